@@ -1,0 +1,242 @@
+"""The one image decoder. Training, feature extraction, prediction and serving all call
+`load_image`, so a file gives the same pixels everywhere. It decides the format by content
+against an allow-list, applies EXIF orientation, normalises every mode explicitly, keeps the first
+frame only, caps pixels, and turns every decoder failure into `ImageLoadError(reason)`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import EpsImagePlugin, Image, ImageOps
+
+from imagefit.errors import ImageLoadError
+
+# Ghostscript is never run on user data, even if a refused EPS somehow reached Pillow.
+EpsImagePlugin.gs_binary = False
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Formats recognised by their magic bytes but refused: they need external programs (EPS, PDF),
+# plugins we do not ship (HEIF, AVIF), or are rarely photos and widen the attack surface.
+REFUSED_FORMATS = ("EPS", "PDF", "HEIF", "AVIF", "JPEG2000", "PSD", "ICO")
+# Pillow's own default: about 89.5 megapixels (a 9,460 x 9,460 image).
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_BYTES = 1 << 30
+# Transparent pixels are composited over white: the usual intent of cut-out product photos and
+# logos, and the convention of browsers showing a PNG on a white page.
+DEFAULT_BACKGROUND = (255, 255, 255)
+# File name endings that promise an image; a file with one of them that is not a readable image
+# is reported as a bad file, any other non-image file is ignored as clutter.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib",
+                            ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".eps",
+                            ".psd", ".ico"})
+
+PathOrBytes = Union[str, os.PathLike, bytes]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What decoding one file found out, for reports (mode histogram, EXIF and frame counts)."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    n_frames: int
+    exif_rotated: bool
+    exif_error: bool
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the image format of a file from its first bytes, or None if it is not an image.
+
+    Args:
+        head: at least the first 16 bytes of the file.
+
+    Example:
+        >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8))
+        'PNG'
+    """
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:2] == b"BM" and len(head) >= 14:
+        return "BMP"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return "EPS"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis"):
+            return "HEIF"
+    if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
+        return "JPEG2000"
+    if head.startswith(b"8BPS"):
+        return "PSD"
+    if head.startswith(b"\x00\x00\x01\x00") and len(head) >= 6 and head[4:6] != b"\x00\x00":
+        return "ICO"
+    return None
+
+
+def load_image(source: PathOrBytes, size: int | tuple[int, int] | None = None, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> np.ndarray:
+    """Decode an image file into an RGB uint8 array of shape (height, width, 3).
+
+    Args:
+        source: a file path, or the file's bytes.
+        size: resize to this (width, height) or square side; None keeps the original size.
+            Large JPEGs are decoded at reduced scale first (DCT scaling), which is faster and
+            gives the same result wherever the same size is asked for.
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+        background: RGB colour that transparent pixels are composited over.
+
+    Raises:
+        ImageLoadError: with `reason` one of empty, truncated, unidentified, format_not_allowed,
+            too_large, corrupt, io_error. No other exception escapes.
+
+    Example:
+        >>> from PIL import Image; import io
+        >>> buf = io.BytesIO(); Image.new("L", (8, 4), 7).save(buf, "PNG")
+        >>> load_image(buf.getvalue()).shape
+        (4, 8, 3)
+    """
+    return decode_image(source, size, max_pixels=max_pixels, background=background)[0]
+
+
+def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+                 ) -> tuple[np.ndarray, ImageInfo]:
+    """`load_image`, also returning what was found out about the file (`ImageInfo`)."""
+    data = source if isinstance(source, bytes) else read_file_bytes(source)
+    if not data:
+        raise ImageLoadError("empty", "file is empty (0 bytes)")
+    fmt = sniff_format(data[:32])
+    if fmt is None:
+        raise ImageLoadError("unidentified", f"not a recognised image format "
+                             f"(file is {len(data):,} bytes; supported: {', '.join(ALLOWED_FORMATS)})")
+    if fmt not in ALLOWED_FORMATS:
+        hint = " (install nothing: convert it to JPEG or PNG)" if fmt in ("HEIF", "AVIF") else ""
+        raise ImageLoadError("format_not_allowed", f"{fmt} images are not accepted{hint}; "
+                             f"supported: {', '.join(ALLOWED_FORMATS)}")
+    target = _as_size(size)
+    try:
+        return _decode(data, fmt, target, max_pixels, background)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:  # not an OSError subclass
+        raise ImageLoadError("too_large", str(exc)) from None
+    except OSError as exc:
+        text = str(exc)
+        reason = "truncated" if "truncat" in text.lower() else "corrupt"
+        if len(data) < 100:
+            text += f" (file is only {len(data)} bytes)"
+        raise ImageLoadError(reason, text) from None
+    except Exception as exc:  # decoders raise many types on hostile input; all mean "corrupt"
+        raise ImageLoadError("corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Read a whole file, turning OS errors into `ImageLoadError('io_error')`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageLoadError("io_error", f"{exc.strerror or exc} ({Path(path).name})") from None
+    if len(data) > max_bytes:
+        raise ImageLoadError("too_large", f"file is larger than {max_bytes:,} bytes")
+    return data
+
+
+def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    return int(size[0]), int(size[1])
+
+
+def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: int,
+            background: tuple[int, int, int]) -> tuple[np.ndarray, ImageInfo]:
+    with warnings.catch_warnings():
+        # We enforce our own pixel cap below; Pillow's warning would only add noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if max_pixels > Image.MAX_IMAGE_PIXELS:
+            # Pillow refuses at twice its limit; a user who raised our cap must be able to pass.
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageLoadError("too_large", f"{width}x{height} = {width * height / 1e6:.0f} MP "
+                                 f"is over the limit of {max_pixels / 1e6:.0f} MP "
+                                 f"(raise it with --max-pixels)")
+        n_frames = int(getattr(im, "n_frames", 1))
+        mode = im.mode
+        if fmt == "JPEG" and target is not None:
+            # DCT scaling: decode at the smallest 1/2, 1/4 or 1/8 scale still >= the target.
+            im.draft(im.mode, (max(target), max(target)))
+        im.load()
+        im, rotated, exif_error = _apply_exif_orientation(im)
+        rgb = _to_rgb(im, background)
+        if target is not None and rgb.size != target:
+            rgb = rgb.resize(target, Image.BILINEAR)
+        array = np.asarray(rgb, dtype=np.uint8)
+    info = ImageInfo(fmt, mode, width, height, n_frames, rotated, exif_error)
+    return np.ascontiguousarray(array), info
+
+
+def _apply_exif_orientation(im: Image.Image) -> tuple[Image.Image, bool, bool]:
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF block: load the pixels as stored
+        return im, False, True
+    if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return im, False, False
+    try:
+        return ImageOps.exif_transpose(im), True, False
+    except Exception:
+        return im, False, True
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Normalise any Pillow mode to 8-bit RGB, explicitly (Pillow's convert clamps 16-bit)."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit integer and float images: stretch the image's own range to 0-255, as
+        # microscopy viewers do. Pillow would clamp them, collapsing a 16-bit ramp to 2 levels.
+        values = np.asarray(im).astype(np.float64)
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scaled = np.zeros(values.shape) if hi <= lo else (values - lo) * (255.0 / (hi - lo))
+        grey = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    elif mode in ("L", "1") and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if im.mode == "RGB":
+        return im
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV

@@ -1,0 +1,18 @@
+"""Progress bars and terminal-safe text. Bars go to stderr and can be switched off (`--quiet`)."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr; a disabled bar accepts the same calls and prints nothing."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+                leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
+def printable(text: str) -> str:
+    """Escape control characters (terminal escape sequences in file names) for printing."""
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(text))
