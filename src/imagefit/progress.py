@@ -9,7 +9,9 @@ from tqdm.auto import tqdm
 
 def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> tqdm:
     """A tqdm bar on stderr; a disabled bar accepts the same calls and prints nothing."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+    # Bars only on a terminal: in logs and CI they are noise.
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and sys.stderr.isatty()),
+                file=sys.stderr,
                 leave=False, dynamic_ncols=True, mininterval=0.5)
 
 

@@ -128,6 +128,24 @@ class ImageIndex:
         return ImageIndex(self.paths[rows], self.labels[rows], self.classes, pick(self.subsets),
                           pick(self.sha256), self.report, self.root)
 
+    def with_classes(self, classes: Sequence[str]) -> "ImageIndex":
+        """This index with labels re-expressed against `classes` (matched by name).
+
+        Raises:
+            DatasetError: a class that has images here is not in `classes`.
+        """
+        classes = tuple(classes)
+        if self.classes == classes:
+            return self
+        used = [c for i, c in enumerate(self.classes) if (self.labels == i).any()]
+        unknown = [c for c in used if c not in classes]
+        if unknown:
+            raise DatasetError(f"Classes {unknown} are not among the model's classes "
+                               f"{list(classes)}.")
+        lookup = np.array([classes.index(c) if c in classes else -1 for c in self.classes] + [-1])
+        return ImageIndex(self.paths, lookup[self.labels], classes, self.subsets, self.sha256,
+                          self.report, self.root)
+
     def with_hashes(self) -> "ImageIndex":
         """This index with the `sha256` column filled (reads every file once if missing)."""
         if self.sha256 is not None:
@@ -266,6 +284,44 @@ def read_csv_index(csv_path: str | os.PathLike) -> ImageIndex:
     index = ImageIndex.from_paths(paths, names, classes)
     return ImageIndex(index.paths, index.labels, index.classes, None, None, walker.report,
                       str(csv_path.parent))
+
+
+def expand_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files to predict: each file as given, each folder expanded recursively (sorted).
+
+    Inside folders, clutter and files that are neither images nor named like images are left
+    out; a file named like an image stays in, so that it gets an error row if it is unreadable.
+    """
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            out.append(os.fspath(item))
+            continue
+        seen: set[tuple[int, int]] = set()
+        for folder, dirs, files in os.walk(path, followlinks=True):
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and d.lower() not in _IGNORED_DIR_NAMES)
+            for name in sorted(files):
+                if _clutter_category(name):
+                    continue
+                full = os.path.join(folder, name)
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES or _sniff_file(full) is not None:
+                    out.append(full)
+    return out
+
+
+def _sniff_file(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(32))
+    except OSError:
+        return None
 
 
 def _check_classes(names: list[str], walker: "_Walker", root: Path) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics from arrays (metrics.py) and evaluating a fitted model (evaluation.py)."""

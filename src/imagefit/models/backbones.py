@@ -206,3 +206,16 @@ def to_input(images: np.ndarray, prep: Preprocessing) -> np.ndarray:
     x -= np.asarray(prep.mean, np.float32)
     x /= np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is available, else "cpu"; validates explicit choices."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"The 'device' parameter must be one of ['auto', 'cpu', 'cuda']. "
+                          f"Got {device!r} instead.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but no CUDA GPU is available; use "
+                          "--device cpu or auto.")
+    return device

@@ -1,0 +1,56 @@
+"""`imagefit predict RUN PATH... [--out FILE.csv] [--top-k N]`: batch prediction to CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imagefit.bundle import load_model
+from imagefit.data.index import expand_paths
+from imagefit.errors import ConfigError
+from imagefit.evaluate.evaluation import write_predictions_csv
+from imagefit.progress import printable
+
+EXAMPLES = """examples:
+  imagefit predict runs/cats new_photos/ --out predictions.csv
+  imagefit predict runs/cats/model a.jpg b.png --top-k 3
+"""
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("predict", parents=[common], help="predict images or folders to CSV",
+                       description="Predict files and folders (expanded recursively). Rows keep "
+                       "input order; unreadable files get a row with the error column filled.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run folder or model folder")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
+    p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
+    p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.run)
+    if args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
+        raise ConfigError(f"The 'top_k' parameter must be an int in [1, {len(model.classes_)}]. "
+                          f"Got {args.top_k} instead.")
+    paths = expand_paths(args.paths)
+    if not paths:
+        raise ConfigError(f"No image files found in {args.paths}.")
+    preds = model.predict_files(paths, progress=not args.quiet)
+    n_errors = sum(bool(e) for e in preds.errors)
+    if args.out:
+        write_predictions_csv(preds, args.out, top_k=args.top_k)
+        if not args.quiet:
+            print(f"Wrote {len(paths):,} predictions to {args.out}"
+                  + (f" ({n_errors} unreadable, see the error column)" if n_errors else "") + ".")
+    else:
+        for i, path in enumerate(preds.paths):
+            if preds.errors[i]:
+                print(f"{printable(path)}\tERROR\t{printable(preds.errors[i])}")
+                continue
+            order = preds.proba[i].argsort()[::-1][:args.top_k or 1]
+            tops = "\t".join(f"{printable(model.classes_[j])}\t{preds.proba[i][j]:.4f}"
+                             for j in order)
+            print(f"{printable(path)}\t{tops}")
+    return 0 if n_errors < len(paths) else 1

@@ -1,0 +1,92 @@
+"""Evaluating a fitted classifier on a labelled dataset: predictions and metrics as arrays,
+and the CSV of predictions (`path,label,confidence,prob_<class>...`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagefit.data.index import BadFile, ImageIndex, scan_folder
+from imagefit.estimator import ImageClassifier, Predictions
+from imagefit.evaluate.metrics import classification_metrics
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics (the `evaluate --json` keys) and the per-image predictions behind them."""
+
+    metrics: dict
+    predictions: Predictions
+    y_true: np.ndarray
+    bad_files: list[BadFile]
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write `metrics.json` and `predictions.csv` into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps(self.metrics, indent=2,
+                                                        ensure_ascii=False), encoding="utf-8")
+        write_predictions_csv(self.predictions, folder / "predictions.csv", y_true=self.y_true)
+        return folder
+
+
+def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
+             progress: bool = False) -> EvaluationResult:
+    """Predict every image of `data` and compute the metrics.
+
+    Args:
+        model: a fitted classifier (e.g. from `load_model`).
+        data: an `ImageIndex` or a dataset folder/CSV; class names are matched by name, and
+            classes unknown to the model are an error.
+
+    Example:
+        >>> result = imagefit.evaluate(clf, "data/test")     # doctest: +SKIP
+        >>> round(result.metrics["balanced_accuracy"], 3)    # doctest: +SKIP
+        0.912
+    """
+    index = data if isinstance(data, ImageIndex) else scan_folder(data)
+    index = index.with_classes(model.classes_)
+    preds = model.predict_files(index.paths, progress=progress)
+    ok = preds.ok
+    bad = list(index.report.bad_files)
+    for path, error in zip(preds.paths[~ok], np.asarray(preds.errors, dtype=object)[~ok]):
+        reason, _, message = error.partition(": ")
+        bad.append(BadFile(str(path), reason, message))
+    metrics = classification_metrics(index.labels[ok], preds.proba[ok], model.classes_)
+    return EvaluationResult(metrics, preds, index.labels, bad)
+
+
+def write_predictions_csv(preds: Predictions, path: str | os.PathLike, *,
+                          y_true: np.ndarray | None = None, top_k: int | None = None) -> None:
+    """`path,label,confidence,prob_<class>...,error` rows in input order (a contract).
+
+    With `y_true`, a `true_label` column follows `path`; with `top_k`, `top_k` columns list the
+    k most likely classes as `class:probability` separated by `;`.
+    """
+    classes = list(preds.classes)
+    header = ["path"] + (["true_label"] if y_true is not None else []) + ["label", "confidence"]
+    header += [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"]
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, file_path in enumerate(preds.paths):
+            row = [file_path]
+            if y_true is not None:
+                row.append(classes[y_true[i]] if y_true[i] >= 0 else "")
+            if preds.errors[i]:
+                row += ["", ""] + [""] * len(classes) + ([""] if top_k else [])
+            else:
+                p = preds.proba[i]
+                row += [classes[int(p.argmax())], f"{p.max():.6f}"]
+                row += [f"{v:.6f}" for v in p]
+                if top_k:
+                    best = np.argsort(-p, kind="stable")[:top_k]
+                    row.append(";".join(f"{classes[j]}:{p[j]:.4f}" for j in best))
+            row.append(preds.errors[i])
+            writer.writerow(row)

@@ -1,0 +1,77 @@
+"""Dataset-level feature extraction (`imagefit features`): scan, pre-flight, then stream the
+backbone's features into `features.npy` through a memory map, reusing and filling the feature
+store. Memory stays bounded by one batch plus one store chunk, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagefit.data.audit import preflight, write_bad_files
+from imagefit.data.index import scan_folder
+from imagefit.features.extract import BackboneRunner, compute_features
+from imagefit.features.store import FeatureStore, default_cache_dir
+from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
+
+
+@dataclass
+class FeatureFiles:
+    out_dir: Path
+    features_path: Path
+    n_rows: int
+    dim: int
+    n_computed: int
+    n_bad: int
+
+
+def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
+                             backbone: str = "efficientnet_lite0", image_size: int | None = None,
+                             weights: str | None = None, batch_size: int = 64,
+                             workers: int | None = None, device: str = "auto",
+                             cache_dir: str | os.PathLike | None = None,
+                             progress: bool = False) -> FeatureFiles:
+    """Write `out/features.npy` (N x D float32), `out/index.csv` (path,label) and
+    `out/bad_files.csv` for every usable image of `data`.
+
+    Example:
+        >>> files = extract_dataset_features("data/", "feats/")   # doctest: +SKIP
+        >>> np.load(files.features_path, mmap_mode="r").shape     # doctest: +SKIP
+        (1000, 1280)
+    """
+    prep = preprocessing_for(backbone, image_size)
+    checked = preflight(scan_folder(data), image_size=prep.image_size, workers=workers,
+                        progress=progress)
+    index = checked.index
+    runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size, weights=weights),
+                            prep, device=resolve_device(device), cache_dir=_cache(cache_dir))
+    store = FeatureStore(_cache(cache_dir), runner.key, runner.dim)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    features_path = out_dir / "features.npy"
+    matrix = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float32,
+                                       shape=(len(index), runner.dim))
+    n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    result = compute_features(index.paths, runner, keys=index.sha256, store=store,
+                              batch_size=batch_size, workers=n_workers, progress=progress,
+                              out=matrix)
+    matrix.flush()
+    del matrix
+    with open(out_dir / "index.csv", "w", newline="", encoding="utf-8",
+              errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(zip(index.paths, index.label_names()))
+    bad = checked.bad_files + result.failed
+    write_bad_files(bad, out_dir / "bad_files.csv")
+    return FeatureFiles(out_dir, features_path, len(index), runner.dim, result.n_computed, len(bad))
+
+
+def _cache(cache_dir: str | os.PathLike | None) -> Path:
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,171 @@
+"""The `train` workflow: scan, pre-flight, split, fit, calibrate, save, evaluate, writing the run
+folder of DESIGN.md section 4. The CLI's `train` and `demo` are thin wrappers around `train_run`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from imagefit.bundle import save_model
+from imagefit.config import TrainConfig
+from imagefit.data.audit import PreflightResult, preflight, write_bad_files
+from imagefit.data.index import BadFile, ImageIndex, scan_folder
+from imagefit.errors import ConfigError, StrictModeError
+from imagefit.estimator import ImageClassifier, Predictions
+from imagefit.evaluate.evaluation import EvaluationResult
+from imagefit.evaluate.metrics import classification_metrics
+from imagefit.models.backbones import preprocessing_for
+from imagefit.progress import printable
+
+HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
+                   "val_balanced_accuracy", "lr", "seconds"]
+
+
+@dataclass
+class TrainResult:
+    """What `train_run` produced."""
+
+    run_dir: Path
+    model_dir: Path
+    classifier: ImageClassifier
+    evaluation: EvaluationResult
+    bad_files: list[BadFile]
+
+
+def train_run(config: TrainConfig, *, progress: bool = True,
+              echo: Callable[[str], None] = print) -> TrainResult:
+    """Train a classifier from `config.data` and write the run folder.
+
+    Raises:
+        DatasetError, ConfigError: the data or the settings cannot be used.
+        StrictModeError: `config.strict` and some files are bad (nothing is trained).
+
+    Example:
+        >>> result = train_run(TrainConfig(data="data/", out="runs/x"))   # doctest: +SKIP
+        >>> result.evaluation.metrics["balanced_accuracy"]                 # doctest: +SKIP
+        0.93
+    """
+    run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    _refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
+    clf = ImageClassifier(**config.estimator_params(), verbose=progress)
+    size = preprocessing_for(clf._resolved_settings()["backbone"], config.image_size).image_size
+
+    index = scan_folder(config.data)
+    echo(f"Found {len(index):,} images in {len(index.classes)} classes: "
+         + ", ".join(f"{printable(c)} ({n})" for c, n in zip(index.classes, index.counts())))
+    for line in [index.report.ignored_summary()] + index.report.warnings:
+        if line:
+            echo(printable(line))
+    checked = _preflight(index, config, size, progress)
+    bad_files = list(checked.bad_files)
+    if config.val:
+        val_index = scan_folder(config.val)
+        val_checked = _preflight(val_index, config, size, progress)
+        bad_files += val_checked.bad_files
+        train, val = checked.index, val_checked.index.with_classes(checked.index.classes)
+    else:
+        train, val = checked.index.split(config.val_fraction, config.seed)
+    echo(checked.summary() + (f" Details: {run_dir / 'bad_files.csv'}" if bad_files else ""))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_bad_files(bad_files, run_dir / "bad_files.csv")
+    if config.strict and bad_files:
+        listing = "\n".join(f"  {printable(b.path)}: {b.reason} ({printable(b.message)})"
+                            for b in bad_files)
+        raise StrictModeError(f"--strict: {len(bad_files)} files cannot be used; nothing was "
+                              f"trained. Fix or remove them, or run without --strict to skip "
+                              f"them:\n{listing}")
+    write_split(train, val, run_dir / "split.csv")
+    echo(f"Training on {len(train):,} images, validating on {len(val):,}.")
+
+    clf.fit(train, val=val)
+    runtime_bad = [b for b in clf.bad_files_ if b not in set(bad_files)]
+    bad_files += runtime_bad
+    write_bad_files(bad_files, run_dir / "bad_files.csv")
+    model_dir = save_model(clf, run_dir / "model")
+    _write_config(config, clf, run_dir / "config.yaml")
+    _write_history(clf.history_, run_dir / "history.csv")
+    evaluation = _validation_result(clf)
+    evaluation.save(run_dir / "eval")
+    return TrainResult(run_dir, model_dir, clf, evaluation, bad_files)
+
+
+def _preflight(index: ImageIndex, config: TrainConfig, size: int, progress: bool) -> PreflightResult:
+    return preflight(index, image_size=size, workers=config.workers,
+                     max_pixels=config.max_pixels, progress=progress)
+
+
+def _refuse_output_inside(run_dir: Path, data_paths: list[str]) -> None:
+    out = run_dir.resolve()
+    for data in data_paths:
+        root = Path(data).resolve()
+        root = root.parent if root.is_file() else root
+        if out == root or root in out.parents:
+            raise ConfigError(f"The output folder {run_dir} is inside the dataset {data}; "
+                              f"imagefit never writes into your data. Choose --out elsewhere.")
+
+
+def _validation_result(clf: ImageClassifier) -> EvaluationResult:
+    """Metrics on the validation set from the features already computed in `fit`."""
+    val = clf.val_index_
+    logits = np.asarray(clf.val_logits_, np.float64) / clf.temperature_
+    logits -= logits.max(axis=1, keepdims=True) if len(logits) else 0
+    proba = np.exp(logits)
+    proba /= proba.sum(axis=1, keepdims=True) if len(proba) else 1
+    preds = Predictions(val.paths, proba.astype(np.float32), clf.classes_, [""] * len(val))
+    metrics = classification_metrics(val.labels, proba, clf.classes_)
+    return EvaluationResult(metrics, preds, val.labels, [])
+
+
+def write_split(train: ImageIndex, val: ImageIndex, path: Path) -> None:
+    """`path,label,split,sha256` for every image used."""
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "sha256"])
+        for name, part in (("train", train), ("val", val)):
+            hashes = part.sha256 if part.sha256 is not None else [""] * len(part)
+            for p, label, digest in zip(part.paths, part.label_names(), hashes):
+                writer.writerow([p, label, name, digest])
+
+
+def _write_config(config: TrainConfig, clf: ImageClassifier, path: Path) -> None:
+    resolved = config.to_dict()
+    resolved.update(backbone=clf.backbone_name_, image_size=clf.preprocessing_.image_size,
+                    balance=clf.balance_, device=clf.device_)
+    settings = clf._resolved_settings()
+    resolved.update(epochs=settings["epochs"], lr=settings["lr"], dropout=settings["dropout"])
+    resolved["resolved"] = {"balance_requested": config.balance,
+                            "class_weight": {c: round(float(w), 6) for c, w in
+                                             zip(clf.classes_, clf.class_weight_)},
+                            "temperature": round(float(clf.temperature_), 6),
+                            "best_epoch": int(clf.best_epoch_),
+                            "n_train": int(clf.n_train_), "n_val": int(clf.n_val_)}
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
+                    encoding="utf-8")
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping of training settings (`--config FILE.yaml`)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Could not read the config file {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"The config file {path} must hold a mapping of settings.")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
