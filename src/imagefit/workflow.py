@@ -26,6 +26,8 @@ from imagefit.evaluate.metrics import classification_metrics
 from imagefit.models.backbones import preprocessing_for
 from imagefit.progress import printable
 
+# Below this many usable images a class gets a warning (its validation share is 0 or 1 image).
+MIN_IMAGES_PER_CLASS = 5
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
                    "val_balanced_accuracy", "lr", "seconds"]
 
@@ -75,6 +77,10 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     echo(checked.summary() + (f" Details: {run_dir / 'bad_files.csv'}" if bad_files else ""))
+    for name, count in zip(train.classes, train.counts() + val.counts()):
+        if count < MIN_IMAGES_PER_CLASS:
+            echo(f"warning: class '{printable(name)}' has only {count} usable images; its "
+                 f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_bad_files(bad_files, run_dir / "bad_files.csv")
     if config.strict and bad_files:

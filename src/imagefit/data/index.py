@@ -347,6 +347,11 @@ def _check_classes(names: list[str], walker: "_Walker", root: Path) -> tuple[str
     if len(classes) < 2:
         raise DatasetError(f"Only 1 class found ({classes[0]!r}) in {root}; a classifier needs at "
                            f"least 2 class sub-folders.")
+    split_like = {"train", "test", "val", "valid", "validation"}
+    if set(c.lower() for c in classes) <= split_like:
+        walker.report.warnings.append(f"The class folders of {root} are named "
+                                      f"{', '.join(classes)}: if these are splits, pass the "
+                                      f"training folder ({root}/train) instead.")
     if walker.root_images:
         walker.report.warnings.append(f"{walker.root_images} images lie directly in {root}, "
                                       f"outside any class folder; they are not used.")

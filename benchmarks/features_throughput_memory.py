@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Feature-extraction bars, whole process trees measured in one run:
+  - `imagefit features` on 1,000 vs 4,000 photos: peak memory (sum of RSS over the process and
+    its workers, polled every 50 ms) must differ by under 150 MB;
+  - throughput on the 1,000 photos vs a hand-written eager extraction (PIL + timm, 2 threads).
+
+    python benchmarks/features_throughput_memory.py [--n-small 1000] [--n-large 4000]
+
+Photos are cut from scikit-image's sample photographs (../shared/bench/make_photo_corpus.py,
+500x375 JPEGs). Each imagefit run gets an empty cache, so every feature is computed.
+Needs scikit-image and psutil (pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV_BIN = Path(sys.executable).parent
+CORPUS_SCRIPT = ROOT.parent / "shared" / "bench" / "make_photo_corpus.py"
+
+EAGER = """
+import sys, numpy as np
+sys.path.insert(0, {here!r})
+from pathlib import Path
+from _reference import eager_features
+paths = sorted(str(p) for p in Path({data!r}).rglob("*.jpg"))
+np.save({out!r}, eager_features(paths, 224))
+"""
+
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run `cmd`; return (seconds, peak MB of the summed RSS of its process tree)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"{cmd[:3]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-small", type=int, default=1000)
+    ap.add_argument("--n-large", type=int, default=4000)
+    args = ap.parse_args()
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rows = []
+        for n in (args.n_small, args.n_large):
+            data = tmp / f"photos{n}"
+            subprocess.run([sys.executable, str(CORPUS_SCRIPT), str(data), "--n", str(n)],
+                           check=True)
+            env = dict(os.environ, IMAGEFIT_CACHE=str(tmp / f"cache{n}"))
+            seconds, peak = measure([str(VENV_BIN / "imagefit"), "features", str(data), "--out",
+                                     str(tmp / f"feats{n}"), "--quiet"], env)
+            rows.append((f"imagefit features, {n} photos", n, seconds, peak))
+        eager_seconds, eager_peak = measure([sys.executable, "-c", EAGER.format(
+            here=str(HERE), data=str(tmp / f"photos{args.n_small}"), out=str(tmp / "eager.npy"))])
+        rows.append((f"eager PIL + timm (2 threads), {args.n_small}", args.n_small,
+                     eager_seconds, eager_peak))
+
+    print(f"{'':42s}{'images':>8s}{'seconds':>10s}{'img/s':>9s}{'peak MB':>10s}")
+    for name, n, seconds, peak in rows:
+        print(f"{name:42s}{n:8d}{seconds:10.1f}{n / seconds:9.1f}{peak:10.0f}")
+    small, large, eager = rows
+    print(f"peak memory, {large[1]} vs {small[1]} photos: +{large[3] - small[3]:.0f} MB "
+          f"(bar: < 150 MB)")
+    print(f"throughput on {small[1]} photos: {eager[2] / small[2]:.2f}x the eager reference "
+          f"(bar: >= 2x)")
+
+
+if __name__ == "__main__":
+    main()
