@@ -302,11 +302,7 @@ class ImageClassifier:
                                   max_pixels=self.max_pixels, progress=progress)
         proba = self.proba_from_features(result.features)
         proba[~result.ok] = np.nan
-        errors = [""] * len(path_array)
-        row_of = {p: i for i, p in enumerate(path_array.tolist())}
-        for bad in result.failed:
-            errors[row_of[bad.path]] = f"{bad.reason}: {bad.message}"
-        return Predictions(path_array, proba, self.classes_, errors)
+        return Predictions(path_array, proba, self.classes_, result.errors)
 
     def proba_from_features(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from backbone features (the head plus temperature)."""

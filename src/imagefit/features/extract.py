@@ -158,12 +158,14 @@ def model_key(backbone: nn.Module, prep: Preprocessing) -> str:
 
 @dataclass
 class FeatureResult:
-    """Features of an index's rows; rows whose file failed at run time are in `failed`."""
+    """Features of an index's rows; rows whose file failed at run time are in `failed`, and
+    `errors[i]` is "reason: message" for a failed row i ("" otherwise)."""
 
     features: np.ndarray
     ok: np.ndarray
     failed: list[BadFile]
     n_computed: int
+    errors: list[str]
 
 
 def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndarray | None = None,
@@ -199,28 +201,28 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
             log.warning("%s", exc)
             missing = store.missing(keys)
         todo = np.flatnonzero(missing)
-    failed: list[BadFile] = []
+    errors = [""] * n
     bar = progress_bar(total=len(todo), desc=f"Extracting features ({runner.runtime})",
                        unit="img", enabled=progress and len(todo) > 0)
     writer = store.writer() if store is not None else None
     position = 0
     try:
-        for images, errors in iter_image_batches(paths[todo], runner.prep, batch_size=batch_size,
+        for images, batch_errors in iter_image_batches(paths[todo], runner.prep, batch_size=batch_size,
                                                  workers=workers, max_pixels=max_pixels):
             rows = todo[position:position + len(images)]
             position += len(images)
-            good = np.array([not e for e in errors])
-            for row, error in zip(rows, errors):
+            good = np.array([not e for e in batch_errors])
+            for row, error in zip(rows, batch_errors):
                 if error:
                     reason, _, message = error.partition(":")
-                    failed.append(BadFile(str(paths[row]), reason, message))
+                    errors[row] = f"{reason}: {message}"
             ok[rows[~good]] = False
             if good.any():
                 feats = runner(images[good])
                 if not np.isfinite(feats).all():
                     bad_rows = rows[good][~np.isfinite(feats).all(axis=1)]
                     for row in bad_rows:
-                        failed.append(BadFile(str(paths[row]), "corrupt", "non-finite features"))
+                        errors[row] = "corrupt: non-finite features"
                     ok[bad_rows] = False
                     feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
                 out[rows[good]] = feats
@@ -232,4 +234,5 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
         if writer is not None:
             writer.flush()
         bar.close()
-    return FeatureResult(out, ok, failed, len(todo))
+    failed = [BadFile(str(paths[row]), *errors[row].split(": ", 1)) for row in np.flatnonzero(~ok)]
+    return FeatureResult(out, ok, failed, len(todo), errors)
