@@ -370,7 +370,10 @@ class _Walker:
         self._seen_files: dict[tuple[int, int], str] = {}
 
     def child_dirs(self, folder: Path) -> list[os.DirEntry]:
-        return [e for e in self._entries(folder) if self._usable_dir(e)]
+        """Sub-folders that would be walked (for layout detection: counts nothing)."""
+        return [e for e in self._entries(folder) if e.is_dir(follow_symlinks=True)
+                and not e.name.startswith(".") and e.name.lower() not in _IGNORED_DIR_NAMES
+                and (self.follow_links or not e.is_symlink())]
 
     def walk_classes(self, folder: Path) -> Iterable[tuple[str, str]]:
         self._seen_dirs.add(self._dir_key(folder))

@@ -1,0 +1,537 @@
+"""Tests of the one image decoder (`imagefit.data.images`): every image is made at test time."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagefit.data.images import (ALLOWED_FORMATS, DEFAULT_BACKGROUND, decode_image, load_image,
+                                  sniff_format)
+from imagefit.errors import ImageLoadError
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def load_error(source, **kwargs) -> ImageLoadError:
+    with pytest.raises(ImageLoadError) as info:
+        load_image(source, **kwargs)
+    return info.value
+
+
+def noise_rgb(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def smooth_rgb(w: int, h: int) -> Image.Image:
+    """A low-frequency picture (gradients and slow waves): resizing methods agree on it."""
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    r = 127 + 120 * np.sin(x / w * 2 * np.pi)
+    g = 255 * y / (h - 1)
+    b = 127 + 120 * np.cos((x + y) / (w + h) * 3 * np.pi)
+    return Image.fromarray(np.stack([r, g, b], -1).round().astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+def _marked_40x20() -> Image.Image:
+    """40 wide, 20 high, grey, with a red 6x6 marker in the stored top-left corner."""
+    arr = np.full((20, 40, 3), 128, np.uint8)
+    arr[:6, :6] = RED
+    return Image.fromarray(arr)
+
+
+def test_exif_orientation_6_rotates_shape_and_pixels():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(_marked_40x20(), "JPEG", quality=95, exif=exif.tobytes())
+    out, info = decode_image(data)
+    assert out.shape == (40, 20, 3)
+    assert out.dtype == np.uint8
+    assert info.exif_rotated is True
+    # Orientation 6 means "rotate 90 degrees clockwise to display": the stored top-left corner
+    # ends up top-right.
+    top_right = out[1:4, 16:19].reshape(-1, 3).astype(int).mean(0)
+    top_left = out[1:4, 1:4].reshape(-1, 3).astype(int).mean(0)
+    bottom_left = out[36:39, 1:4].reshape(-1, 3).astype(int).mean(0)
+    assert top_right[0] > 200 and top_right[1] < 60 and top_right[2] < 60
+    assert np.abs(top_left - 128).max() < 20
+    assert np.abs(bottom_left - 128).max() < 20
+
+
+def test_no_exif_keeps_stored_orientation():
+    out, info = decode_image(encode(_marked_40x20(), "JPEG", quality=95))
+    assert out.shape == (20, 40, 3)
+    assert info.exif_rotated is False
+    assert out[2, 2, 0] > 200 and out[2, 2, 1] < 60
+
+
+@pytest.mark.parametrize("exif_bytes", [
+    b"Exif\x00\x00" + bytes(np.random.default_rng(3).integers(0, 256, 64, dtype=np.uint8)),
+    b"Exif\x00\x00MM\x00*\xff\xff\xff\xf0",                   # IFD offset far past the end
+    b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\x7f\x12\x01",   # IFD claims 32,767 entries
+    b"Exif\x00\x00",                                          # empty block
+], ids=["random", "bad-offset", "huge-count", "empty"])
+def test_malformed_exif_still_loads_unrotated(exif_bytes):
+    data = encode(_marked_40x20(), "JPEG", quality=95, exif=exif_bytes)
+    out = load_image(data)
+    assert out.shape == (20, 40, 3)
+    assert out[2, 2, 0] > 200 and out[2, 2, 1] < 60
+
+
+@pytest.mark.parametrize("value", [99, 0])
+def test_out_of_range_orientation_value_is_ignored(value):
+    exif = Image.Exif()
+    exif[0x0112] = value
+    out = load_image(encode(_marked_40x20(), "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.shape == (20, 40, 3)
+
+
+def test_orientation_of_wrong_type_is_ignored():
+    # One IFD entry: tag 0x0112 (Orientation) typed ASCII with the value "six".
+    ifd = b"\x01\x00" + b"\x12\x01\x02\x00\x04\x00\x00\x00six\x00" + bytes(4)
+    exif_bytes = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + ifd
+    out = load_image(encode(_marked_40x20(), "JPEG", quality=95, exif=exif_bytes))
+    assert out.shape == (20, 40, 3)
+    assert out[2, 2, 0] > 200 and out[2, 2, 1] < 60
+
+
+# --------------------------------------------------------------------------- transparency
+
+def _half_transparent_rgba() -> Image.Image:
+    arr = np.zeros((10, 20, 4), np.uint8)
+    arr[:, :10] = (255, 0, 0, 255)    # opaque red
+    arr[:, 10:] = (0, 255, 0, 0)      # fully transparent (green underneath must not show)
+    return Image.fromarray(arr, "RGBA")
+
+
+def test_rgba_transparent_pixels_get_default_background():
+    assert DEFAULT_BACKGROUND == (255, 255, 255)
+    out = load_image(encode(_half_transparent_rgba(), "PNG"))
+    assert out.shape == (10, 20, 3) and out.dtype == np.uint8
+    assert (out[:, 10:] == (255, 255, 255)).all()
+    assert (out[:, :10] == RED).all()
+
+
+def test_rgba_custom_background_is_honoured():
+    out = load_image(encode(_half_transparent_rgba(), "PNG"), background=(0, 0, 255))
+    assert (out[:, 10:] == (0, 0, 255)).all()
+    assert (out[:, :10] == RED).all()
+
+
+def test_rgba_half_alpha_is_blended_over_background():
+    arr = np.zeros((4, 4, 4), np.uint8)
+    arr[:] = (0, 0, 0, 128)
+    out = load_image(encode(Image.fromarray(arr, "RGBA"), "PNG"))
+    assert np.abs(out.astype(int) - 127).max() <= 1
+
+
+def test_la_mode_transparency():
+    arr = np.zeros((6, 8, 2), np.uint8)
+    arr[:, :4] = (0, 255)       # opaque black
+    arr[:, 4:] = (90, 0)        # transparent
+    im = Image.fromarray(arr, "LA")
+    out = load_image(encode(im, "PNG"))
+    assert out.shape == (6, 8, 3)
+    assert (out[:, :4] == 0).all()
+    assert (out[:, 4:] == 255).all()
+    out_blue = load_image(encode(im, "PNG"), background=(0, 0, 255))
+    assert (out_blue[:, 4:] == (0, 0, 255)).all()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparency_index(fmt):
+    im = Image.new("P", (8, 6), 0)
+    im.putpalette([0, 255, 0] + [255, 0, 0] + [0, 0, 0] * 254)   # 0 = green (transparent), 1 = red
+    im.paste(1, (0, 0, 4, 6))
+    data = encode(im, fmt, transparency=0)
+    out = load_image(data)
+    assert out.shape == (6, 8, 3)
+    assert (out[:, :4] == RED).all()
+    assert (out[:, 4:] == (255, 255, 255)).all()
+    assert (load_image(data, background=(0, 0, 255))[:, 4:] == (0, 0, 255)).all()
+
+
+def test_palette_without_transparency():
+    im = Image.new("P", (4, 4), 1)
+    im.putpalette([0, 0, 0, 10, 20, 30] + [0, 0, 0] * 254)
+    out = load_image(encode(im, "PNG"))
+    assert (out == (10, 20, 30)).all()
+
+
+# --------------------------------------------------------------------------- high bit depth
+
+def test_16bit_ramp_keeps_levels_and_order():
+    ramp = np.linspace(0, 65535, 1024).round().astype(np.uint16).reshape(1, 1024)
+    im = Image.fromarray(ramp)
+    assert im.mode == "I;16"
+    data = encode(im, "PNG")
+    out, info = decode_image(data)
+    assert info.mode == "I;16"
+    assert out.shape == (1, 1024, 3) and out.dtype == np.uint8
+    levels = out[0, :, 0]
+    assert len(np.unique(levels)) >= 200
+    assert (np.diff(levels.astype(int)) >= 0).all()
+    assert levels[0] < 5 and levels[-1] > 250
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_16bit_narrow_range_is_stretched():
+    """A 16-bit image using only 1000..3000 (typical of microscopy) is not a black picture."""
+    ramp = np.linspace(1000, 3000, 512).round().astype(np.uint16).reshape(1, 512)
+    out = load_image(encode(Image.fromarray(ramp), "PNG"))
+    assert len(np.unique(out[0, :, 0])) >= 200
+    assert out[0, -1, 0] > 250
+
+
+def test_16bit_constant_image_does_not_crash():
+    im = Image.fromarray(np.full((8, 12), 1234, np.uint16))
+    out = load_image(encode(im, "PNG"))
+    assert out.shape == (8, 12, 3) and out.dtype == np.uint8
+    assert len(np.unique(out)) == 1
+
+
+def test_mode_I_32bit_ramp():
+    ramp = np.linspace(-200_000, 3_000_000, 600).round().astype(np.int32).reshape(1, 600)
+    im = Image.fromarray(ramp)
+    assert im.mode == "I"
+    out, info = decode_image(encode(im, "TIFF"))
+    assert info.mode.startswith("I")
+    assert out.shape == (1, 600, 3) and out.dtype == np.uint8
+    assert len(np.unique(out[0, :, 0])) >= 200
+    assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()
+
+
+def test_mode_F_float_ramp_and_nan():
+    ramp = np.linspace(-1.5, 2.5, 600, dtype=np.float32).reshape(1, 600)
+    im = Image.fromarray(ramp)
+    assert im.mode == "F"
+    out = load_image(encode(im, "TIFF"))
+    assert out.shape == (1, 600, 3) and out.dtype == np.uint8
+    assert len(np.unique(out[0, :, 0])) >= 200
+    assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()
+    with_nan = ramp.copy()
+    with_nan[0, 300] = np.nan
+    out_nan = load_image(encode(Image.fromarray(with_nan), "TIFF"))
+    assert out_nan.shape == (1, 600, 3)
+    assert out_nan[0, 0, 0] < 5 and out_nan[0, -1, 0] > 250
+
+
+def test_mode_F_constant_does_not_crash():
+    out = load_image(encode(Image.fromarray(np.full((5, 7), 0.25, np.float32)), "TIFF"))
+    assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- other modes
+
+@pytest.mark.parametrize("cmyk, rgb", [((0, 0, 0, 0), (255, 255, 255)),
+                                       ((255, 0, 0, 0), (0, 255, 255)),
+                                       ((0, 0, 0, 255), (0, 0, 0))])
+def test_cmyk_jpeg(cmyk, rgb):
+    data = encode(Image.new("CMYK", (16, 16), cmyk), "JPEG", quality=95)
+    out, info = decode_image(data)
+    assert info.mode == "CMYK"
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb).max() <= 12
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP"])
+def test_greyscale_L(fmt):
+    arr = np.tile(np.array([0, 100, 200, 255], np.uint8).repeat(4), (8, 1))
+    out = load_image(encode(Image.fromarray(arr, "L"), fmt, **({"quality": 100} if fmt == "JPEG"
+                                                              else {})))
+    assert out.shape == (8, 16, 3) and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+    tol = 6 if fmt == "JPEG" else 0
+    assert np.abs(out[..., 0].astype(int) - arr).max() <= tol
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "GIF"])
+def test_one_bit(fmt):
+    im = Image.new("1", (10, 4), 0)
+    im.paste(1, (0, 0, 5, 4))
+    out = load_image(encode(im, fmt))
+    assert out.shape == (4, 10, 3) and out.dtype == np.uint8
+    assert (out[:, :5] == (255, 255, 255)).all()
+    assert (out[:, 5:] == (0, 0, 0)).all()
+
+
+def test_animated_gif_gives_first_frame_and_frame_count():
+    frames = [Image.new("RGB", (12, 8), c) for c in (RED, GREEN, BLUE)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out, info = decode_image(buf.getvalue())
+    assert info.n_frames == 3
+    assert info.format == "GIF"
+    assert out.shape == (8, 12, 3)
+    assert (out == RED).all()
+
+
+def test_image_info_fields():
+    data = encode(Image.new("L", (30, 20), 9), "PNG")
+    _, info = decode_image(data)
+    assert (info.format, info.mode, info.width, info.height, info.n_frames) == \
+        ("PNG", "L", 30, 20, 1)
+
+
+# --------------------------------------------------------------------------- broken files
+
+def test_truncated_jpeg():
+    data = encode(noise_rgb(400, 300), "JPEG", quality=90)
+    assert load_error(data[: int(len(data) * 0.6)]).reason == "truncated"
+
+
+def test_truncated_png():
+    data = encode(noise_rgb(400, 300), "PNG")
+    assert load_error(data[: len(data) // 2]).reason == "truncated"
+
+
+def test_header_only_jpeg():
+    data = encode(noise_rgb(64, 48), "JPEG", quality=90)
+    sos = data.index(b"\xff\xda")
+    err = load_error(data[:sos])
+    assert err.reason in ("truncated", "corrupt")
+
+
+def test_empty_bytes_and_empty_file(tmp_path):
+    assert load_error(b"").reason == "empty"
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    assert load_error(path).reason == "empty"
+    assert load_error(str(path)).reason == "empty"
+
+
+def test_text_is_unidentified(tmp_path):
+    assert load_error(b"hello, this is not an image at all\n" * 3).reason == "unidentified"
+    path = tmp_path / "t.png"
+    path.write_text("name,label\na,b\n")
+    assert load_error(path).reason == "unidentified"
+
+
+def test_missing_file_is_io_error(tmp_path):
+    err = load_error(tmp_path / "nope" / "missing.jpg")
+    assert err.reason == "io_error"
+    assert "missing.jpg" in str(err)
+
+
+def test_directory_path_is_io_error(tmp_path):
+    assert load_error(tmp_path).reason == "io_error"
+
+
+def test_error_reason_is_in_message():
+    err = load_error(b"")
+    assert str(err).startswith("empty:")
+    assert isinstance(err, Exception)
+
+
+# --------------------------------------------------------------------------- format by content
+
+@pytest.mark.parametrize("fmt, name", [("WEBP", "x.jpg"), ("PNG", "y.jpg"), ("JPEG", "z.png"),
+                                       ("BMP", "w.gif")])
+def test_extension_lies_are_decoded_by_content(tmp_path, fmt, name):
+    arr = np.zeros((10, 14, 3), np.uint8)
+    arr[:, :7] = (200, 30, 30)
+    arr[:, 7:] = (30, 30, 200)
+    kwargs = {"lossless": True} if fmt == "WEBP" else {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+    path = tmp_path / name
+    path.write_bytes(encode(Image.fromarray(arr), fmt, **kwargs))
+    out, info = decode_image(path)
+    assert info.format == fmt
+    assert out.shape == (10, 14, 3)
+    assert np.abs(out.astype(int)[:, 1:6] - (200, 30, 30)).max() <= 10
+    assert np.abs(out.astype(int)[:, 9:] - (30, 30, 200)).max() <= 10
+
+
+EPS_BYTES = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+             b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.mark.parametrize("data", [
+    EPS_BYTES,
+    b"\xc5\xd0\xd3\xc6" + bytes(26) + EPS_BYTES,                  # DOS EPS binary header
+], ids=["eps", "dos-eps"])
+def test_eps_refused_without_running_ghostscript(monkeypatch, tmp_path, data):
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a subprocess was started")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    assert load_error(data).reason == "format_not_allowed"
+    path = tmp_path / "e.jpg"
+    path.write_bytes(data)
+    assert load_error(path).reason == "format_not_allowed"
+    assert calls == []
+
+
+@pytest.mark.parametrize("data", [
+    b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n",
+    b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(40),
+    b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(40),
+    b"8BPS\x00\x01" + bytes(40),
+], ids=["pdf", "heic", "avif", "psd"])
+def test_refused_formats(data):
+    err = load_error(data)
+    assert err.reason == "format_not_allowed"
+
+
+def test_heif_message_suggests_converting():
+    err = load_error(b"\x00\x00\x00\x18ftypheic" + bytes(40))
+    assert "HEIF" in err.message and "JPEG or PNG" in err.message
+
+
+# --------------------------------------------------------------------------- pixel cap
+
+def test_max_pixels_refuses_large_image():
+    data = encode(noise_rgb(200, 200), "PNG")
+    assert load_error(data, max_pixels=10_000).reason == "too_large"
+    assert load_error(data, max_pixels=39_999).reason == "too_large"
+    assert load_image(data, max_pixels=40_000).shape == (200, 200, 3)
+    assert load_image(data).shape == (200, 200, 3)
+
+
+def test_max_pixels_checked_before_resizing():
+    data = encode(noise_rgb(200, 200), "JPEG")
+    assert load_error(data, size=16, max_pixels=10_000).reason == "too_large"
+
+
+# --------------------------------------------------------------------------- resizing
+
+def test_size_gives_square_output():
+    out = load_image(encode(noise_rgb(64, 40), "PNG"), size=24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+
+
+def test_size_tuple_is_width_height():
+    out = load_image(encode(noise_rgb(64, 40), "PNG"), size=(50, 30))
+    assert out.shape == (30, 50, 3)
+    out = load_image(encode(noise_rgb(64, 40), "JPEG"), size=(20, 36))
+    assert out.shape == (36, 20, 3)
+
+
+def test_size_equal_to_original_keeps_pixels():
+    im = noise_rgb(32, 32)
+    out = load_image(encode(im, "PNG"), size=32)
+    assert (out == np.asarray(im)).all()
+
+
+def test_large_jpeg_reduced_decode_matches_full_decode():
+    data = encode(smooth_rgb(1600, 1200), "JPEG", quality=90)
+    out = load_image(data, size=100)
+    assert out.shape == (100, 100, 3) and out.dtype == np.uint8
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")
+                           .resize((100, 100), Image.BILINEAR)).astype(int)
+    assert np.abs(out.astype(int) - reference).mean() < 6
+
+
+def test_resize_after_exif_rotation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(_marked_40x20(), "JPEG", quality=95, exif=exif.tobytes())
+    out = load_image(data, size=(10, 20))
+    assert out.shape == (20, 10, 3)
+    assert out[0, 9, 0] > 180 and out[0, 9, 1] < 90     # marker still top-right
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+def _fuzz_bases() -> dict[str, bytes]:
+    im = noise_rgb(24, 16, seed=7)
+    gif = io.BytesIO()
+    im.convert("P").save(gif, "GIF", save_all=True,
+                         append_images=[noise_rgb(24, 16, seed=8).convert("P")])
+    return {
+        "JPEG": encode(im, "JPEG", quality=80),
+        "PNG": encode(im, "PNG"),
+        "PNG16": encode(Image.fromarray(np.arange(384, dtype=np.uint16).reshape(16, 24) * 100),
+                        "PNG"),
+        "GIF": gif.getvalue(),
+        "WEBP": encode(im, "WEBP", quality=80),
+        "BMP": encode(im, "BMP"),
+        "TIFF": encode(im, "TIFF"),
+        "TIFF-LZW": encode(im.convert("RGBA"), "TIFF", compression="tiff_lzw"),
+    }
+
+
+def test_fuzz_only_image_load_error_escapes():
+    rng = np.random.default_rng(12345)
+    bases = _fuzz_bases()
+    for name, data in bases.items():
+        assert sniff_format(data[:32]) == name.split("16")[0].split("-")[0], name
+    cases: list[bytes] = []
+    for data in bases.values():
+        for i in range(34):
+            buf = bytearray(data)
+            kind = i % 3
+            if kind in (0, 2):           # flip a few bytes, sparing the magic number
+                for pos in rng.integers(8, len(buf), int(rng.integers(1, 9))):
+                    buf[pos] = int(rng.integers(0, 256))
+            if kind in (1, 2):           # truncate
+                buf = buf[: int(rng.integers(1, len(buf)))]
+            cases.append(bytes(buf))
+    for i in range(28):                  # pure noise, and noise behind each magic number
+        noise = bytes(rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8))
+        magic = list(bases.values())[i % len(bases)][:12] if i % 2 else b""
+        cases.append(magic + noise)
+    assert len(cases) >= 290
+    outcomes = {"ok": 0, "error": 0}
+    for i, data in enumerate(cases):
+        try:
+            # A lowered pixel cap keeps a header mutated into a huge size from costing seconds.
+            out = load_image(data, max_pixels=4_000_000)
+        except ImageLoadError as exc:
+            assert exc.reason in ImageLoadError.REASONS
+            outcomes["error"] += 1
+        else:
+            assert isinstance(out, np.ndarray), i
+            assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3, i
+            assert out.shape[0] > 0 and out.shape[1] > 0, i
+            outcomes["ok"] += 1
+    # Both outcomes occur: the mutations neither always break nor never break the decoders.
+    assert outcomes["ok"] > 10 and outcomes["error"] > 50
+
+
+# --------------------------------------------------------------------------- sniff_format
+
+@pytest.mark.parametrize("fmt", ALLOWED_FORMATS)
+def test_sniff_format_allowed(fmt):
+    im = Image.new("RGB", (8, 8), (1, 2, 3))
+    assert sniff_format(encode(im, fmt)[:32]) == fmt
+
+
+def test_sniff_format_tiff_big_endian_and_bmp_length():
+    assert sniff_format(b"MM\x00*\x00\x00\x00\x08" + bytes(8)) == "TIFF"
+    assert sniff_format(b"II*\x00\x08\x00\x00\x00" + bytes(8)) == "TIFF"
+    assert sniff_format(b"BM" + bytes(14)) == "BMP"
+    assert sniff_format(b"BM short") is None
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
+
+
+@pytest.mark.parametrize("head, fmt", [
+    (b"%!PS-Adobe-3.0 EPSF-3.0", "EPS"), (b"%PDF-1.4\n", "PDF"),
+    (b"\x00\x00\x00\x18ftypheic", "HEIF"), (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+    (b"8BPS\x00\x01", "PSD"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
+])
+def test_sniff_format_refused(head, fmt):
+    assert sniff_format(head + bytes(16)) == fmt
+
+
+def test_sniff_format_none_on_text():
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz ,.\n"))
+    for _ in range(50):
+        text = "".join(rng.choice(letters, 32)).encode()
+        assert sniff_format(text) is None
+    assert sniff_format(b"") is None
+    assert sniff_format(b"path,label\nimg.jpg,cat\n") is None
