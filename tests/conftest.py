@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Before anything imports huggingface_hub (it reads this once): no test may reach a network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # Small inputs keep the pretrained backbone fast in tests.
 TEST_IMAGE_SIZE = 32
 COLOURS = {"cat": (220, 60, 40), "dog": (40, 200, 60), "owl": (50, 70, 230)}
@@ -22,7 +25,6 @@ def _session_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("imagefit-cache")
     old = os.environ.get("IMAGEFIT_CACHE")
     os.environ["IMAGEFIT_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"
     yield cache
     if old is None:
         os.environ.pop("IMAGEFIT_CACHE", None)

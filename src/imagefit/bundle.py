@@ -109,7 +109,7 @@ def load_model(path: str | os.PathLike) -> ImageClassifier:
         backbone = build_for_loading(meta["backbone"], prep.image_size)
         net = ImageClassifierNet(backbone, len(classes), float(meta["head"]["dropout"]))
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors, timm and torch each raise their own types
         raise ModelFormatError(f"{folder} could not be rebuilt: {type(exc).__name__}: {exc}") from None
     clf = ImageClassifier(meta["backbone"], mode=meta.get("mode", "probe"),
                           image_size=prep.image_size, balance=meta.get("balance", "auto"),

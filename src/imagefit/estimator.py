@@ -327,10 +327,12 @@ class ImageClassifier:
 
     def predict(self, X) -> np.ndarray:
         """Predicted class names."""
+        self._check_fitted()
         return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X, y=None) -> float:
         """Balanced accuracy on an `ImageIndex` (or paths with class names `y`)."""
+        self._check_fitted()
         index = X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y, self.classes_)
         index = index.with_classes(self.classes_)
         pred = self.predict_proba(index).argmax(axis=1)

@@ -21,13 +21,13 @@ def add_parser(sub, common) -> None:
     p = sub.add_parser("demo", parents=[common], help="run the whole workflow on the demo data",
                        description="Train on the bundled, deliberately imbalanced Fashion-MNIST "
                        "subset (train/), then evaluate on its held-out test/ folder.",
-                       epilog="example:\n  imagefit demo --out runs/demo",
+                       epilog="examples:\n  imagefit demo --out runs/demo",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default "
                    "runs/demo)")
     p.add_argument("--data", metavar="DIR", help="demo dataset with train/ and test/ (default: "
                    "the bundled one, or $IMAGEFIT_DEMO_DATA)")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

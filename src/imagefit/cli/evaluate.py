@@ -24,7 +24,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
     p.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, metavar="N", help="image-decoding processes")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

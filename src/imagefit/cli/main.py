@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except ImagefitError as exc:
         if args.debug:
             traceback.print_exc()

@@ -26,7 +26,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def add_parser(sub, common) -> None:
                    "command line win")
     p.add_argument("--strict", action="store_true", default=None,
                    help="stop before training (exit 3) if any file cannot be used")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -156,6 +156,24 @@ def model_key(backbone: nn.Module, prep: Preprocessing) -> str:
     return digest.hexdigest()[:32]
 
 
+def _gather_stored(store: FeatureStore, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Copy every stored row into `out`; return the mask of rows still to compute.
+
+    A chunk that fails validation is removed by the store; gathering then starts again, so the
+    rows of intact chunks are still copied and only the damaged chunk's rows are recomputed.
+    """
+    while True:
+        missing = store.missing(keys)
+        try:
+            for start in range(0, len(keys), 4096):
+                rows = np.flatnonzero(~missing[start:start + 4096]) + start
+                if len(rows):
+                    out[rows] = store.get(keys[rows])
+            return missing
+        except CacheError as exc:
+            log.warning("%s", exc)
+
+
 @dataclass
 class FeatureResult:
     """Features of an index's rows; rows whose file failed at run time are in `failed`, and
@@ -191,16 +209,7 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     if store is not None:
         if keys is None:
             raise ValueError("keys are required with a store")
-        missing = store.missing(keys)
-        try:
-            for start in range(0, n, 4096):
-                rows = np.flatnonzero(~missing[start:start + 4096]) + start
-                if len(rows):
-                    out[rows] = store.get(keys[rows])
-        except CacheError as exc:
-            log.warning("%s", exc)
-            missing = store.missing(keys)
-        todo = np.flatnonzero(missing)
+        todo = np.flatnonzero(_gather_stored(store, keys, out))
     errors = [""] * n
     bar = progress_bar(total=len(todo), desc=f"Extracting features ({runner.runtime})",
                        unit="img", enabled=progress and len(todo) > 0)

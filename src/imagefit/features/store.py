@@ -78,16 +78,19 @@ class FeatureStore:
     def locations(self) -> dict[str, tuple[str, int]]:
         """Map of content hash -> (chunk name, row), read from the chunk records."""
         if self._locations is None:
-            self._locations = {}
+            locations: dict[str, tuple[str, int]] = {}
+            unreadable = []
             for record in sorted(self.folder.glob("chunk-*.json")):
                 try:
-                    meta = json.loads(record.read_text())
-                    keys = meta["keys"]
-                except (OSError, ValueError, KeyError):
-                    self._discard(record.stem)
+                    keys = json.loads(record.read_text())["keys"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    unreadable.append(record.stem)
                     continue
                 for row, key in enumerate(keys):
-                    self._locations.setdefault(key, (record.stem, row))
+                    locations.setdefault(key, (record.stem, row))
+            for name in unreadable:
+                self._discard(name)
+            self._locations = locations
         return self._locations
 
     def missing(self, keys: np.ndarray) -> np.ndarray:
@@ -120,13 +123,16 @@ class FeatureStore:
         return _ChunkWriter(self)
 
     def clean_stale_temp_files(self) -> None:
-        """Remove temp files a killed writer left behind (older than one hour)."""
+        """Remove what a killed writer left behind, once older than an hour (a live writer
+        may still be working on newer ones): temp files, and chunk data with no record."""
         if not self.folder.is_dir():
             return
-        for tmp in self.folder.glob(".tmp-*"):
+        orphans = [npy for npy in self.folder.glob("chunk-*.npy")
+                   if not npy.with_suffix(".json").exists()]
+        for leftover in list(self.folder.glob(".tmp-*")) + orphans:
             try:
-                if time.time() - tmp.stat().st_mtime > 3600:
-                    tmp.unlink()
+                if time.time() - leftover.stat().st_mtime > 3600:
+                    leftover.unlink()
             except OSError:
                 pass
 
