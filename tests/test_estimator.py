@@ -266,3 +266,9 @@ def test_score_is_balanced_accuracy(trained_run):
     assert clf.score(test) == pytest.approx(expected)
     assert clf.score(test.paths.tolist(), test.label_names().tolist()) == pytest.approx(expected)
     assert expected >= 0.8  # separable colours: the probe does learn
+
+
+def test_fit_paths_without_labels_is_a_clear_config_error(dataset):
+    paths = sorted(str(p) for p in dataset.rglob("*.png"))
+    with pytest.raises(ConfigError, match="without labels"):
+        ImageClassifier(image_size=TEST_IMAGE_SIZE).fit(paths)

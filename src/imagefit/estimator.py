@@ -5,6 +5,7 @@ sets attributes ending in "_"; using it before `fit` raises `NotFittedError`.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from dataclasses import dataclass
@@ -102,8 +103,6 @@ class ImageClassifier:
 
     # scikit-learn protocol -------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
-        import inspect
-
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
 
@@ -136,6 +135,9 @@ class ImageClassifier:
         """
         if isinstance(y, ImageIndex):
             val, y = y, None
+        if not isinstance(X, ImageIndex) and y is None:
+            raise ConfigError("fit() got image paths without labels: pass the class names as y, "
+                              "or an ImageIndex from imagefit.scan_folder().")
         train = X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y)
         settings = self._resolved_settings()
         seed_everything(self.seed)
