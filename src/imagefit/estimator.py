@@ -25,6 +25,7 @@ from imagefit.features.store import FeatureStore, default_cache_dir
 from imagefit.models.backbones import (create_backbone, get_spec, preprocessing_for,
                                        resolve_device, to_input)
 from imagefit.models.net import ImageClassifierNet
+from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
 from imagefit.train.calibrate import fit_temperature
 from imagefit.train.engine import LoopSettings, fit_loop, shuffled_batches
@@ -287,6 +288,26 @@ class ImageClassifier:
         return images[ok], index.take(ok)
 
     # prediction ------------------------------------------------------------------------------
+    def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
+                           batch_size: int | None = None, progress: bool = False):
+        """`predict_files` in chunks of `chunk_size` files, in input order: memory stays
+        bounded by one chunk however many files there are."""
+        self._check_fitted()
+        runner = self._get_runner()
+        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
+        bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
+        try:
+            for start in range(0, len(path_array), chunk_size):
+                chunk = path_array[start:start + chunk_size]
+                result = compute_features(chunk, runner, batch_size=batch_size or self.batch_size,
+                                          workers=self._workers(len(path_array)),
+                                          max_pixels=self.max_pixels, bar=bar)
+                proba = self.proba_from_features(result.features)
+                proba[~result.ok] = np.nan
+                yield Predictions(chunk, proba, self.classes_, result.errors)
+        finally:
+            bar.close()
+
     def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                       progress: bool = False) -> Predictions:
         """Calibrated probabilities for files; an unreadable file gets a NaN row and an error.
@@ -296,15 +317,12 @@ class ImageClassifier:
             >>> preds.errors                                        # doctest: +SKIP
             ['', 'io_error: No such file or directory (missing.jpg)']
         """
-        self._check_fitted()
-        runner = self._get_runner()
-        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
-        result = compute_features(path_array, runner, batch_size=batch_size or self.batch_size,
-                                  workers=self._workers(len(path_array)),
-                                  max_pixels=self.max_pixels, progress=progress)
-        proba = self.proba_from_features(result.features)
-        proba[~result.ok] = np.nan
-        return Predictions(path_array, proba, self.classes_, result.errors)
+        chunks = list(self.iter_predict_files(paths, chunk_size=max(len(paths), 1),
+                                              batch_size=batch_size, progress=progress))
+        if not chunks:
+            return Predictions(np.array([], dtype=str), np.zeros((0, len(self.classes_))),
+                               self.classes_, [])
+        return chunks[0]
 
     def proba_from_features(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from backbone features (the head plus temperature)."""

@@ -37,20 +37,33 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_paths(args.paths)
     if not paths:
         raise ConfigError(f"No image files found in {args.paths}.")
-    preds = model.predict_files(paths, progress=not args.quiet)
-    n_errors = sum(bool(e) for e in preds.errors)
+    errors = []  # per chunk, counted as the chunks stream past
+    chunks = model.iter_predict_files(paths, progress=not args.quiet)
     if args.out:
-        write_predictions_csv(preds, args.out, top_k=args.top_k)
+        write_predictions_csv(_counting(chunks, errors), args.out, top_k=args.top_k)
+        n_errors = sum(errors)
         if not args.quiet:
             print(f"Wrote {len(paths):,} predictions to {args.out}"
                   + (f" ({n_errors} unreadable, see the error column)" if n_errors else "") + ".")
     else:
-        for i, path in enumerate(preds.paths):
-            if preds.errors[i]:
-                print(f"{printable(path)}\tERROR\t{printable(preds.errors[i])}")
-                continue
-            order = preds.proba[i].argsort()[::-1][:args.top_k or 1]
-            tops = "\t".join(f"{printable(model.classes_[j])}\t{preds.proba[i][j]:.4f}"
-                             for j in order)
-            print(f"{printable(path)}\t{tops}")
+        for preds in _counting(chunks, errors):
+            _print_chunk(preds, args.top_k or 1)
+        n_errors = sum(errors)
     return 0 if n_errors < len(paths) else 1
+
+
+def _counting(chunks, errors: list[int]):
+    for preds in chunks:
+        errors.append(sum(bool(e) for e in preds.errors))
+        yield preds
+
+
+def _print_chunk(preds, top_k: int) -> None:
+    for i, path in enumerate(preds.paths):
+        if preds.errors[i]:
+            print(f"{printable(path)}\tERROR\t{printable(preds.errors[i])}")
+            continue
+        order = preds.proba[i].argsort()[::-1][:top_k]
+        tops = "\t".join(f"{printable(preds.classes[j])}\t{preds.proba[i][j]:.4f}"
+                         for j in order)
+        print(f"{printable(path)}\t{tops}")

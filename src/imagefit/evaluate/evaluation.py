@@ -5,10 +5,12 @@ and the CSV of predictions (`path,label,confidence,prob_<class>...`).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -62,31 +64,46 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
     return EvaluationResult(metrics, preds, index.labels, bad)
 
 
-def write_predictions_csv(preds: Predictions, path: str | os.PathLike, *,
-                          y_true: np.ndarray | None = None, top_k: int | None = None) -> None:
-    """`path,label,confidence,prob_<class>...,error` rows in input order (a contract).
+def write_predictions_csv(preds: Predictions | Iterable[Predictions], path: str | os.PathLike,
+                          *, y_true: np.ndarray | None = None, top_k: int | None = None) -> int:
+    """`path,label,confidence,prob_<class>...,error` rows in input order (a contract); returns
+    the number of rows. `preds` may be an iterable of chunks, written as they come.
 
-    With `y_true`, a `true_label` column follows `path`; with `top_k`, `top_k` columns list the
+    With `y_true`, a `true_label` column follows `path`; with `top_k`, a `top_k` column lists the
     k most likely classes as `class:probability` separated by `;`.
     """
-    classes = list(preds.classes)
+    chunks = iter([preds] if isinstance(preds, Predictions) else preds)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("no predictions to write")
+    classes = list(first.classes)
     header = ["path"] + (["true_label"] if y_true is not None else []) + ["label", "confidence"]
     header += [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"]
+    n_rows = 0
     with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for i, file_path in enumerate(preds.paths):
-            row = [file_path]
-            if y_true is not None:
-                row.append(classes[y_true[i]] if y_true[i] >= 0 else "")
-            if preds.errors[i]:
-                row += ["", ""] + [""] * len(classes) + ([""] if top_k else [])
-            else:
-                p = preds.proba[i]
-                row += [classes[int(p.argmax())], f"{p.max():.6f}"]
-                row += [f"{v:.6f}" for v in p]
-                if top_k:
-                    best = np.argsort(-p, kind="stable")[:top_k]
-                    row.append(";".join(f"{classes[j]}:{p[j]:.4f}" for j in best))
-            row.append(preds.errors[i])
-            writer.writerow(row)
+        for chunk in itertools.chain([first], chunks):
+            n_rows += _write_rows(writer, chunk, classes, y_true, top_k, n_rows)
+    return n_rows
+
+
+def _write_rows(writer, preds: Predictions, classes: list[str], y_true: np.ndarray | None,
+                top_k: int | None, offset: int) -> int:
+    for i, file_path in enumerate(preds.paths):
+        row = [file_path]
+        if y_true is not None:
+            truth = y_true[offset + i]
+            row.append(classes[truth] if truth >= 0 else "")
+        if preds.errors[i]:
+            row += ["", ""] + [""] * len(classes) + ([""] if top_k else [])
+        else:
+            p = preds.proba[i]
+            row += [classes[int(p.argmax())], f"{p.max():.6f}"]
+            row += [f"{v:.6f}" for v in p]
+            if top_k:
+                best = np.argsort(-p, kind="stable")[:top_k]
+                row.append(";".join(f"{classes[j]}:{p[j]:.4f}" for j in best))
+        row.append(preds.errors[i])
+        writer.writerow(row)
+    return len(preds.paths)

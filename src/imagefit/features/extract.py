@@ -189,7 +189,7 @@ class FeatureResult:
 def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndarray | None = None,
                      store: FeatureStore | None = None, batch_size: int = 64, workers: int = 0,
                      max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                     out: np.ndarray | None = None) -> FeatureResult:
+                     out: np.ndarray | None = None, bar=None) -> FeatureResult:
     """Features for every path, reusing stored rows and storing new ones.
 
     Args:
@@ -198,6 +198,7 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
         keys: content hashes of the files (required with `store`).
         store: a `FeatureStore`; rows found there are not recomputed.
         out: an (N, D) float32 array (e.g. a memory map) to write into; default in memory.
+        bar: a progress bar to advance instead of making one (for callers that chunk).
 
     Returns:
         `FeatureResult`; failed rows hold zeros and are listed with their reason.
@@ -211,8 +212,10 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
             raise ValueError("keys are required with a store")
         todo = np.flatnonzero(_gather_stored(store, keys, out))
     errors = [""] * n
-    bar = progress_bar(total=len(todo), desc=f"Extracting features ({runner.runtime})",
-                       unit="img", enabled=progress and len(todo) > 0)
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=len(todo), desc=f"Extracting features ({runner.runtime})",
+                           unit="img", enabled=progress and len(todo) > 0)
     writer = store.writer() if store is not None else None
     position = 0
     try:
@@ -242,6 +245,7 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     finally:
         if writer is not None:
             writer.flush()
-        bar.close()
+        if own_bar:
+            bar.close()
     failed = [BadFile(str(paths[row]), *errors[row].split(": ", 1)) for row in np.flatnonzero(~ok)]
     return FeatureResult(out, ok, failed, len(todo), errors)

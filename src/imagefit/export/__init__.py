@@ -1,0 +1,1 @@
+"""Exports of fitted models (ONNX, TorchScript)."""

@@ -1,0 +1,171 @@
+"""Exporting a fitted classifier to a file that runs without imagefit: ONNX (for ONNX Runtime) or
+TorchScript. The exported graph takes uint8 RGB images already resized to the model's size and
+returns calibrated probabilities; the export verifies itself against PyTorch before it is kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from imagefit import __version__
+from imagefit.data.images import load_image
+from imagefit.errors import ConfigError, ExportError, ImageLoadError
+from imagefit.estimator import ImageClassifier
+from imagefit.features.store import atomic_write_bytes
+
+FORMATS = ("onnx", "torchscript")
+# Largest absolute difference in any probability between the export and PyTorch.
+TOLERANCE = 1e-4
+INPUT_DESCRIPTION = ("uint8 RGB images, shape (batch, {s}, {s}, 3), each decoded with EXIF "
+                     "orientation applied, transparency composited over {bg}, and resized to "
+                     "{s}x{s} ignoring aspect ratio (bilinear); the resize is not in the graph")
+
+
+class DeployableClassifier(nn.Module):
+    """uint8 (N, S, S, 3) RGB -> calibrated probabilities (N, K): normalisation, backbone,
+    head and temperature in one module."""
+
+    def __init__(self, clf: ImageClassifier):
+        super().__init__()
+        prep = clf.preprocessing_
+        self.net = clf.net_
+        # (x / 255 - mean) / std == (x - 255 mean) / (255 std)
+        self.register_buffer("offset", torch.tensor(prep.mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("scale", torch.tensor(prep.std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - self.offset) / self.scale
+        return torch.softmax(self.net(x) / self.net.temperature, dim=-1)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    n_verified: int
+    verified_on: str  # "validation images", "given images" or "random images"
+
+
+def export_model(clf: ImageClassifier, out: str | os.PathLike, *, format: str = "onnx",
+                 verify_images: Sequence[str | os.PathLike] = (), max_verify: int = 32
+                 ) -> ExportResult:
+    """Export `clf` and verify the file reproduces PyTorch's probabilities within `TOLERANCE`.
+
+    Args:
+        clf: a fitted classifier.
+        out: the file to write (written only if verification passes).
+        format: "onnx" or "torchscript".
+        verify_images: real images to verify on (e.g. the validation set); random images are
+            used only when none is given or none decodes.
+
+    Raises:
+        ExportError: the export fails, or its outputs differ from PyTorch's.
+
+    Example:
+        >>> export_model(load_model("runs/x"), "model.onnx", verify_images=paths)  # doctest: +SKIP
+        ExportResult(path=PosixPath('model.onnx'), format='onnx', max_abs_diff=2.9e-07, ...)
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"The 'format' parameter must be one of {list(FORMATS)}. "
+                          f"Got {format!r} instead.")
+    clf._check_fitted()
+    module = DeployableClassifier(clf).eval().cpu()
+    images, source = _verification_batch(clf, verify_images, max_verify)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(images)).numpy()
+    try:
+        data = _export_onnx(module, clf) if format == "onnx" else _export_torchscript(module, images)
+        got = _run_onnx(data, images) if format == "onnx" else _run_torchscript(data, images)
+    except Exception as exc:  # exporters and runtimes raise many types
+        raise ExportError(f"{format} export failed: {type(exc).__name__}: {exc}") from None
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= TOLERANCE:
+        raise ExportError(f"The {format} export does not reproduce the PyTorch model: largest "
+                          f"probability difference {diff:.2e} > {TOLERANCE:.0e} on {len(images)} "
+                          f"{source}. Nothing was written.")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return ExportResult(path, format, diff, len(images), source)
+
+
+def _verification_batch(clf: ImageClassifier, paths, limit: int) -> tuple[np.ndarray, str]:
+    prep = clf.preprocessing_
+    decoded = []
+    for path in list(paths)[:limit * 2]:
+        try:
+            decoded.append(load_image(path, prep.image_size, background=prep.background))
+        except ImageLoadError:
+            continue
+        if len(decoded) == limit:
+            break
+    if decoded:
+        return np.stack(decoded), "given images"
+    rng = np.random.default_rng(0)
+    size = prep.image_size
+    return rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), "random images"
+
+
+def _export_onnx(module: nn.Module, clf: ImageClassifier) -> bytes:
+    import onnx
+
+    size = clf.preprocessing_.image_size
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), buffer,
+                          input_names=["images"], output_names=["probabilities"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    bg = clf.preprocessing_.background
+    meta = {
+        "imagefit.classes": json.dumps(list(clf.classes_), ensure_ascii=False),
+        "imagefit.image_size": str(size),
+        "imagefit.preprocessing": json.dumps(clf.preprocessing_.to_dict()),
+        "imagefit.temperature": repr(float(clf.temperature_)),
+        "imagefit.backbone": clf.backbone_name_,
+        "imagefit.version": __version__,
+        "imagefit.input": INPUT_DESCRIPTION.format(s=size, bg=f"RGB{tuple(bg)}"),
+        "imagefit.output": "probabilities, shape (batch, n_classes), calibrated, in the order "
+                           "of imagefit.classes",
+    }
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = f"imagefit {__version__} image classifier ({clf.backbone_name_})"
+    return model.SerializeToString()
+
+
+def _run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+def _export_torchscript(module: nn.Module, images: np.ndarray) -> bytes:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, torch.from_numpy(images[:1]))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def _run_torchscript(data: bytes, images: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(io.BytesIO(data))  # our own bytes, just written
+        return loaded(torch.from_numpy(images)).numpy()

@@ -1,0 +1,1 @@
+"""The local prediction service (`imagefit serve`)."""
