@@ -1,0 +1,523 @@
+"""The prediction service: in-process through Starlette's TestClient (predictions, static
+files, Host check, body cap, content sniffing, API key, bounded concurrency, error hygiene),
+`imagefit serve` option checks, one real server on a socket, and one real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from conftest import COLOURS, make_image
+from imagefit.cli.main import main
+from imagefit.estimator import ImageClassifier
+from imagefit.serve.app import ServeSettings, create_app, is_loopback
+
+BASE = "http://127.0.0.1:8000"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def clf(trained_run):
+    return trained_run["result"].classifier
+
+
+@pytest.fixture(scope="module")
+def client(clf):
+    return TestClient(create_app(clf, ServeSettings()), base_url=BASE)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One PNG per class (made here), plus the bytes of each."""
+    root = tmp_path_factory.mktemp("serve-images")
+    paths = {name: make_image(root / f"{name}.png", colour, seed=900 + i)
+             for i, (name, colour) in enumerate(COLOURS.items())}
+    return {name: (path, path.read_bytes()) for name, path in paths.items()}
+
+
+def png_bytes(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def octet(data, **extra):
+    return {"content": data, "headers": {"Content-Type": "application/octet-stream", **extra}}
+
+
+# --- predictions -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(COLOURS))
+def test_predict_matches_classifier(client, clf, images, name):
+    path, data = images[name]
+    r = client.post("/predict", **octet(data))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"label", "confidence", "probabilities"}
+    assert list(body["probabilities"]) == list(clf.classes_)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["label"] == clf.predict([str(path)])[0]
+    proba = clf.predict_proba([str(path)])[0]
+    assert body["confidence"] == pytest.approx(float(proba.max()), abs=1e-4)
+    np.testing.assert_allclose([body["probabilities"][c] for c in clf.classes_], proba, atol=1e-4)
+    assert body["confidence"] == max(body["probabilities"].values())
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_predict_sniffs_content_not_header(client, clf, images):
+    path, data = images["dog"]
+    r = client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == clf.predict([str(path)])[0]
+
+
+# --- health, page and static files -------------------------------------------------------------
+
+def test_health(client, clf):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["classes"] == list(clf.classes_)
+    assert body["status"] == "ok" and body["auth"] is False
+    assert body["image_size"] == clf.preprocessing_.image_size
+
+
+def test_page_and_static_assets(client):
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert '<script src="/static/app.js">' in r.text
+    js = client.get("/static/app.js")
+    assert js.status_code == 200
+    assert "javascript" in js.headers["content-type"]
+    assert 'fetch("/predict"' in js.text
+    assert client.get("/static/app.css").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/static/../bundle.py", "/static/..%2Fbundle.py",
+                                  "/static/%2e%2e", "/static/whatever", "/static/index.html",
+                                  "/static/__init__.py", "/bundle.py"])
+def test_static_refuses_other_paths(client, path):
+    r = client.get(path)
+    assert r.status_code == 404
+    assert "import" not in r.text and "def " not in r.text
+
+
+def test_predict_needs_post(client):
+    assert client.get("/predict").status_code == 405
+
+
+# --- Host header -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "[::1]:8000", "[::1]",
+                                  "LOCALHOST", "127.0.0.1:8000"])
+def test_loopback_hosts_allowed(client, host):
+    r = client.get("/health", headers={"Host": host})
+    assert r.status_code == 200, host
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example",
+                                  "127.0.0.1.nip.io:8000", ""])
+def test_other_hosts_refused(client, host):
+    r = client.get("/health", headers={"Host": host})
+    assert r.status_code == 403, host
+    assert r.json() == {"error": "Host not allowed."}
+
+
+def test_host_check_covers_predict(client, images):
+    r = client.post("/predict", **octet(images["cat"][1], Host="evil.example"))
+    assert r.status_code == 403
+
+
+def _asgi_get(app, headers: list[tuple[bytes, bytes]]) -> int:
+    """Status of GET /health with exactly these raw headers (no client adds a Host)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/health",
+             "raw_path": b"/health", "root_path": "", "scheme": "http", "query_string": b"",
+             "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def test_missing_host_header_refused(clf):
+    app = create_app(clf, ServeSettings())
+    assert _asgi_get(app, []) == 403
+    assert _asgi_get(app, [(b"host", b"127.0.0.1:8000")]) == 200
+
+
+# --- body cap ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_app(clf):
+    return create_app(clf, ServeSettings(max_body_bytes=1000))
+
+
+def test_body_cap_with_content_length(small_app):
+    client = TestClient(small_app, base_url=BASE)
+    r = client.post("/predict", **octet(bytes(2000)))
+    assert r.status_code == 413
+    assert "1,000" in r.json()["error"]
+    # The cap is on the body, not on valid images: a small image still passes.
+    small = png_bytes((8, 8))
+    assert len(small) < 1000
+    assert client.post("/predict", **octet(small)).status_code == 200
+
+
+def test_body_cap_with_chunked_body(small_app, images):
+    client = TestClient(small_app, base_url=BASE)
+    data = images["cat"][1] + bytes(1000)  # a real image header, then too many bytes
+    assert len(data) > 2000
+
+    def chunks():
+        for i in range(0, len(data), 100):
+            yield data[i:i + 100]
+
+    r = client.post("/predict", content=chunks(),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413
+    assert "1,000" in r.json()["error"]
+
+
+def test_body_cap_stops_reading_early(small_app):
+    """Driven as ASGI directly, so every body chunk the app pulls is counted."""
+    total, size = 100_000, 100
+    pulled = 0
+    sent = []
+
+    async def receive():
+        nonlocal pulled
+        if pulled >= total:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += size
+        return {"type": "http.request", "body": b"\x89PNG\r\n\x1a\n" + bytes(size - 8),
+                "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/predict",
+             "raw_path": b"/predict", "root_path": "", "scheme": "http", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8000"),
+                         (b"content-type", b"application/octet-stream"),
+                         (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(small_app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == 413
+    assert pulled <= 1000 + size  # stopped at the first chunk past the cap
+
+
+def test_bad_content_length_refused(small_app):
+    """A Content-Length over the cap is refused before any body is read."""
+    client = TestClient(small_app, base_url=BASE)
+    r = client.post("/predict", content=bytes(10),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Length": "999999999"})
+    assert r.status_code == 413
+
+
+# --- content sniffing --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [
+    b"<!doctype html><html><body><script>alert(1)</script></body></html>",
+    b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(40),
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+    b"\xc5\xd0\xd3\xc6" + bytes(40),
+    b"%PDF-1.7\n" + bytes(40),
+    b"",
+], ids=["html", "zip", "eps", "eps-binary", "pdf", "empty"])
+def test_non_images_are_415(client, data):
+    r = client.post("/predict", **octet(data))
+    assert r.status_code == 415
+    assert set(r.json()) == {"error"}
+
+
+def test_form_upload_is_415(client, images):
+    r = client.post("/predict", files={"file": ("cat.png", images["cat"][1], "image/png")})
+    assert r.headers.get("content-type", "").startswith("application/json")
+    assert r.status_code == 415
+
+
+def test_text_content_type_is_415(client, images):
+    r = client.post("/predict", content=images["cat"][1], headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+@pytest.fixture(scope="module")
+def bomb_client(clf):
+    return TestClient(create_app(clf, ServeSettings(max_pixels=10_000)), base_url=BASE)
+
+
+def test_decompression_bomb_is_422_and_service_recovers(bomb_client, images, clf):
+    r = bomb_client.post("/predict", **octet(png_bytes((200, 200))))
+    assert r.status_code == 422
+    assert "too_large" in r.json()["error"]
+    path, data = images["owl"]
+    r = bomb_client.post("/predict", **octet(data))
+    assert r.status_code == 200
+    assert r.json()["label"] == clf.predict([str(path)])[0]
+
+
+def test_truncated_jpeg_is_422(client, tmp_path):
+    jpeg = make_image(tmp_path / "x.jpg", COLOURS["cat"], seed=5, size=(120, 90), fmt="JPEG")
+    data = jpeg.read_bytes()
+    r = client.post("/predict", **octet(data[: len(data) // 2]))
+    assert r.status_code == 422
+    assert set(r.json()) == {"error"}
+
+
+# --- API key -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def key_client(clf):
+    return TestClient(create_app(clf, ServeSettings(api_key="s3cret")), base_url=BASE)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"X-API-Key": "wrong"}, {"Authorization": "s3cret"},
+                                     {"Authorization": "Bearer s3cret2"},
+                                     {"Authorization": "Bearer "}])
+def test_api_key_refused(key_client, images, headers):
+    r = key_client.post("/predict", **octet(images["cat"][1], **headers))
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert "s3cret" not in r.text
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer s3cret"},
+                                     {"X-API-Key": "s3cret"}])
+def test_api_key_accepted(key_client, images, clf, headers):
+    path, data = images["cat"]
+    r = key_client.post("/predict", **octet(data, **headers))
+    assert r.status_code == 200
+    assert r.json()["label"] == clf.predict([str(path)])[0]
+
+
+def test_health_without_key_says_auth(key_client, clf):
+    r = key_client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["auth"] is True and r.json()["classes"] == list(clf.classes_)
+
+
+# --- bounded concurrency and errors ------------------------------------------------------------
+
+def test_bounded_concurrency_429(clf, images, monkeypatch):
+    original = ImageClassifier.proba_from_features
+
+    def slow(self, features):
+        time.sleep(0.5)
+        return original(self, features)
+
+    app = create_app(clf, ServeSettings(max_concurrency=1, max_queue=0))
+    data = images["dog"][1]
+    statuses, retry_after = [], []
+    with TestClient(app, base_url=BASE) as client:
+        with monkeypatch.context() as m:
+            m.setattr(ImageClassifier, "proba_from_features", slow)
+            barrier = threading.Barrier(4)
+
+            def fire():
+                barrier.wait()
+                r = client.post("/predict", **octet(data))
+                statuses.append(r.status_code)
+                if r.status_code == 429:
+                    retry_after.append(r.headers.get("retry-after"))
+
+            threads = [threading.Thread(target=fire) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        assert sorted(set(statuses)) == [200, 429], statuses
+        assert len(statuses) == 4
+        assert retry_after and all(v and v.isdigit() and int(v) >= 1 for v in retry_after)
+        assert client.post("/predict", **octet(data)).status_code == 200  # limiter released
+        assert client.post("/predict", **octet(data)).status_code == 200
+
+
+def test_internal_error_hides_details(clf, images, monkeypatch):
+    app = create_app(clf, ServeSettings(max_concurrency=1, max_queue=0))
+    client = TestClient(app, base_url=BASE, raise_server_exceptions=False)
+
+    def boom(self, features):
+        raise RuntimeError("boom /secret/path")
+
+    with monkeypatch.context() as m:
+        m.setattr(ImageClassifier, "proba_from_features", boom)
+        r = client.post("/predict", **octet(images["owl"][1]))
+    assert r.status_code == 500
+    assert r.json() == {"error": "Internal error."}
+    assert "Traceback" not in r.text and "/secret/path" not in r.text and "boom" not in r.text
+    # The failed request released its slot (capacity is one).
+    assert client.post("/predict", **octet(images["owl"][1])).status_code == 200
+
+
+# --- CLI settings ------------------------------------------------------------------------------
+
+def test_serve_cli_refuses_public_host_without_key(trained_run, monkeypatch, capsys):
+    import uvicorn
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(uvicorn, "run", no_server)
+    code = main(["serve", str(trained_run["run"]), "--host", "0.0.0.0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--api-key" in err and "0.0.0.0" in err
+
+
+def test_serve_cli_public_host_with_key(trained_run, monkeypatch, capsys):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", str(trained_run["run"]), "--host", "0.0.0.0", "--port", "9123",
+                 "--api-key", "k", "--quiet"]) == 0
+    (app, kw), = calls
+    assert kw["host"] == "0.0.0.0" and kw["port"] == 9123
+    client = TestClient(app, base_url="http://192.168.1.10:9123")
+    assert client.get("/health").json()["auth"] is True  # any Host; the key protects it
+    assert client.post("/predict", **octet(b"x")).status_code == 401
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.5.5.5", "[::1]"])
+def test_is_loopback_true(host):
+    assert is_loopback(host) is True
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.com", "::",
+                                  "localhost.example.com", "10.0.0.1"])
+def test_is_loopback_false(host):
+    assert is_loopback(host) is False
+
+
+# --- a real server on a socket, and a real browser ---------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(trained_run, tmp_path_factory):
+    port = _free_port()
+    logs = tmp_path_factory.mktemp("server")
+    exe = Path(sys.executable).parent / "imagefit"
+    with open(logs / "out.txt", "wb") as out, open(logs / "err.txt", "wb") as err:
+        proc = subprocess.Popen([str(exe), "serve", str(trained_run["run"]), "--port", str(port)],
+                                stdout=out, stderr=err, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}: "
+                            f"{(logs / 'err.txt').read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the server did not answer /health within 60 s")
+            time.sleep(0.2)
+        yield {"url": url, "port": port, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_real_server_binds_loopback_only(live_server, images, clf):
+    proc = psutil.Process(live_server["proc"].pid)
+    listening = [c for p in [proc, *proc.children(recursive=True)]
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening
+    assert {(c.laddr.ip, c.laddr.port) for c in listening} == {("127.0.0.1",
+                                                                live_server["port"])}
+    path, data = images["owl"]
+    r = httpx.post(live_server["url"] + "/predict", content=data, timeout=30,
+                   headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200
+    assert r.json()["label"] == clf.predict([str(path)])[0]
+    assert "server" not in r.headers
+    r = httpx.get(live_server["url"] + "/health", headers={"Host": "evil.example"}, timeout=10)
+    assert r.status_code == 403
+
+
+def _browser_available() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if not missing:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{', '.join(missing)} missing: .ci/run must install chromium "
+                    f"chromium-driver (apt-get install chromium chromium-driver)")
+    pytest.skip(f"{', '.join(missing)} not installed")
+
+
+def test_browser_page_predicts(live_server, clf, tmp_path):
+    _browser_available()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = make_image(tmp_path / "photo.png", COLOURS["dog"], seed=31337, size=(64, 48))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=900,700"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        driver.get(live_server["url"] + "/")
+        wait = WebDriverWait(driver, 30)
+        n = len(clf.classes_)
+        wait.until(lambda d: d.find_element(By.ID, "model").text.startswith(f"{n} classes"))
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        status = driver.find_element(By.ID, "status")
+        wait.until(lambda d: status.get_attribute("data-label")
+                   or status.get_attribute("class") == "error")
+        assert status.get_attribute("class") != "error", status.text
+        label = status.get_attribute("data-label")
+        assert label == clf.predict([str(image)])[0]
+        assert status.text.startswith(label + " (")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#bars li")) == min(5, n)
+        shot = tmp_path / "serve-page.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.is_file() and shot.stat().st_size > 5000
+        with Image.open(shot) as im:
+            assert im.format == "PNG" and im.size[0] >= 400
+    finally:
+        driver.quit()
