@@ -46,5 +46,8 @@ def run(args: argparse.Namespace) -> int:
     test_dir = test.save(result.run_dir / "test-eval")
     echo(format_per_class_table(test.metrics))
     echo(f"Test metrics: {test_dir / 'metrics.json'}")
-    echo(f"\nNext: imagefit predict {result.run_dir} {data / 'test'} --out predictions.csv")
+    echo("\nNext (with .venv/bin/ in front, or the venv activated):")
+    echo(f"  imagefit predict {result.run_dir} {data / 'test'} --out predictions.csv")
+    echo(f"  imagefit export {result.run_dir} --format onnx")
+    echo(f"  imagefit serve {result.run_dir}      # then open http://127.0.0.1:8000/")
     return 0
