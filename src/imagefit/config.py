@@ -31,6 +31,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     workers: int | None = None        # decoding processes; default by dataset size
     strict: bool = False              # stop (exit 3) before training if any file is bad
+    report: bool = True               # build RUN/report/index.html after training
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit per image
     cache_dir: str | None = None      # feature store; default $IMAGEFIT_CACHE or ~/.cache/imagefit
 
@@ -52,5 +53,5 @@ class TrainConfig:
 
     def estimator_params(self) -> dict:
         """The subset of settings that are `ImageClassifier` parameters."""
-        skip = {"data", "out", "val", "strict"}
+        skip = {"data", "out", "val", "strict", "report"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -171,6 +171,7 @@ class ImageClassifier:
         else:
             val_logits, y_val = self._fit_scratch(train, val, loop)
         temperature = fit_temperature(val_logits, y_val)
+        self.net_.eval()
         self.net_.temperature.fill_(temperature)
         self.temperature_ = temperature
         self._runner = None

@@ -41,6 +41,7 @@ class TrainResult:
     classifier: ImageClassifier
     evaluation: EvaluationResult
     bad_files: list[BadFile]
+    report: Path | None = None
 
 
 def train_run(config: TrainConfig, *, progress: bool = True,
@@ -101,7 +102,12 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     _write_history(clf.history_, run_dir / "history.csv")
     evaluation = _validation_result(clf)
     evaluation.save(run_dir / "eval")
-    return TrainResult(run_dir, model_dir, clf, evaluation, bad_files)
+    report = None
+    if config.report:
+        from imagefit.report.build import build_run_report
+
+        report = build_run_report(run_dir, progress=progress).index_html
+    return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report)
 
 
 def _preflight(index: ImageIndex, config: TrainConfig, size: int, progress: bool) -> PreflightResult:

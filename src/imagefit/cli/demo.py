@@ -11,6 +11,7 @@ from imagefit.config import TrainConfig
 from imagefit.errors import DatasetError
 from imagefit.evaluate.evaluation import evaluate
 from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.report.build import build_run_report
 from imagefit.workflow import train_run
 
 # src/imagefit/cli/demo.py -> repository root / examples / fashion-mnist-demo
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                            f"'python examples/make_demo_dataset.py'.")
     echo = (lambda line: None) if args.quiet else print
     echo(f"== imagefit demo: train on {data / 'train'}")
-    result = train_run(TrainConfig(data=str(data / "train"), out=args.out),
+    result = train_run(TrainConfig(data=str(data / "train"), out=args.out, report=False),
                        progress=not args.quiet, echo=echo)
     report(result, echo)
     echo(f"\n== Held-out test set: {data / 'test'}")
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     test_dir = test.save(result.run_dir / "test-eval")
     echo(format_per_class_table(test.metrics))
     echo(f"Test metrics: {test_dir / 'metrics.json'}")
+    page = build_run_report(result.run_dir, data=data / "test", progress=not args.quiet)
+    echo(f"Report:       {page.index_html}  (open it in a browser: per-class galleries, "
+         f"label issues, duplicates)")
     echo("\nNext (with .venv/bin/ in front, or the venv activated):")
     echo(f"  imagefit predict {result.run_dir} {data / 'test'} --out predictions.csv")
     echo(f"  imagefit export {result.run_dir} --format onnx")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from imagefit.bundle import load_model
+from imagefit.bundle import load_model, resolve_model_dir
 from imagefit.evaluate.evaluation import evaluate
 from imagefit.evaluate.metrics import format_per_class_table
 
@@ -24,6 +24,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
     p.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--report", metavar="DIR", help="also build the HTML report of RUN on DATA "
+                   "into DIR (a run folder's report includes label issues and duplicates)")
     p.set_defaults(handler=run)
 
 
@@ -35,7 +37,22 @@ def run(args: argparse.Namespace) -> int:
         if result.bad_files:
             print(f"Skipped {len(result.bad_files)} unreadable files "
                   f"(first: {result.bad_files[0].path}: {result.bad_files[0].reason}).")
+    if args.report:
+        _report(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=False),
                                    encoding="utf-8")
     return 0
+
+
+def _report(args: argparse.Namespace) -> None:
+    from imagefit.report.build import build_run_report
+
+    if (resolve_model_dir(args.run).parent / "split.csv").is_file():
+        result = build_run_report(args.run, data=args.data, out=args.report,
+                                  progress=not args.quiet)
+        index = result.index_html
+    else:  # a bare model folder: report on the evaluated data only
+        index = evaluate(load_model(args.run), args.data).save_report(args.report)
+    if not args.quiet:
+        print(f"Report: {index}")

@@ -11,11 +11,13 @@ import sys
 import traceback
 
 from imagefit import __version__
-from imagefit.cli import demo, evaluate, export, features, predict, serve, train
+from imagefit.cli import (demo, evaluate, explain, export, features, inspect, predict, report,
+                          serve, train)
 from imagefit.errors import ImagefitError
 from imagefit.progress import printable
 
-COMMANDS = (train, evaluate, predict, features, export, serve, demo)
+COMMANDS = (train, evaluate, predict, inspect, features, report, explain, export, serve,
+            demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

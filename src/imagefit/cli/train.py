@@ -50,6 +50,8 @@ def add_parser(sub, common) -> None:
                    "(decompression bombs; default 89,478,485)")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file; options given on the "
                    "command line win")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="skip building RUN/report/index.html")
     p.add_argument("--strict", action="store_true", default=None,
                    help="stop before training (exit 3) if any file cannot be used")
     p.set_defaults(handler=run)
@@ -59,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
                 "balance", "epochs", "batch_size", "lr", "dropout", "seed", "device", "workers",
-                "max_pixels", "strict"):
+                "max_pixels", "strict", "report"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -82,5 +84,7 @@ def report(result, echo) -> None:
     echo(format_per_class_table(result.evaluation.metrics))
     echo(f"Model:   {result.model_dir}")
     echo(f"Metrics: {result.run_dir / 'eval' / 'metrics.json'}  (predictions.csv beside it)")
+    if result.report:
+        echo(f"Report:  {result.report}  (open it in a browser)")
     if result.bad_files:
         echo(f"Skipped: {len(result.bad_files)} files, listed in {result.run_dir / 'bad_files.csv'}")

@@ -32,6 +32,7 @@ class PreflightResult:
     bad_files: list[BadFile]
     formats: Counter = field(default_factory=Counter)
     modes: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)   # (width, height) as stored, before EXIF
     exif_rotated: int = 0
     multi_frame: int = 0
 
@@ -84,10 +85,11 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
         if isinstance(result, BadFile):
             bad.append(result)
             continue
-        digest, fmt, mode, frames, rotated = result
+        digest, fmt, mode, frames, rotated, size = result
         keep[row], hashes[row] = True, digest
         out.formats[fmt] += 1
         out.modes[mode] += 1
+        out.sizes[size] += 1
         out.multi_frame += frames > 1
         out.exif_rotated += rotated
     checked = ImageIndex(index.paths, index.labels, index.classes, index.subsets, hashes,
@@ -103,7 +105,8 @@ def _check_file(job: tuple[str, int | None, int]):
         _, info = decode_image(data, size, max_pixels=max_pixels)
     except ImageLoadError as exc:
         return BadFile(path, exc.reason, exc.message)
-    return hashlib.sha256(data).hexdigest(), info.format, info.mode, info.n_frames, info.exif_rotated
+    return (hashlib.sha256(data).hexdigest(), info.format, info.mode, info.n_frames,
+            info.exif_rotated, (info.width, info.height))
 
 
 def write_bad_files(bad_files: list[BadFile], path: str | os.PathLike) -> None:

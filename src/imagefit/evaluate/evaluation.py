@@ -17,6 +17,7 @@ import numpy as np
 from imagefit.data.index import BadFile, ImageIndex, scan_folder
 from imagefit.estimator import ImageClassifier, Predictions
 from imagefit.evaluate.metrics import classification_metrics
+from imagefit.evaluate.ranking import Rankings, rank_per_class
 
 
 @dataclass
@@ -27,6 +28,46 @@ class EvaluationResult:
     predictions: Predictions
     y_true: np.ndarray
     bad_files: list[BadFile]
+
+    def rankings(self, k: int = 8) -> Rankings:
+        """Per class: the `k` most confident, least confident and confidently wrong images."""
+        return rank_per_class(self.y_true, self.predictions.proba, k)
+
+    def label_issues(self) -> list[tuple[str, str, str, float]]:
+        """Likely mislabelled images of this (held-out) set by confident learning on the
+        model's predictions: (path, given_label, suggested_label, score), most likely first."""
+        from imagefit.evaluate.issues import find_label_issues
+
+        ok = self.predictions.ok & (self.y_true >= 0)
+        rows = np.flatnonzero(ok)
+        if len(rows) < 2:
+            return []
+        found = find_label_issues(self.y_true[rows], self.predictions.proba[rows])
+        classes = self.predictions.classes
+        return [(str(self.predictions.paths[rows[i]]), classes[self.y_true[rows[i]]],
+                 classes[s], float(score))
+                for i, s, score in zip(found.indices, found.suggested, found.score)]
+
+    def save_report(self, folder: str | os.PathLike) -> Path:
+        """Write an HTML report of this evaluation (index.html, rankings.csv,
+        label_issues.csv); returns the page. For label issues of the training data and
+        duplicates, use `imagefit report RUN`."""
+        from imagefit.report.build import write_label_issues
+        from imagefit.report.html import ReportData, render_report
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        preds = self.predictions
+        rankings = self.rankings()
+        rankings.write_csv(folder / "rankings.csv", preds.paths, preds.classes)
+        issues = self.label_issues()
+        write_label_issues(issues, folder / "label_issues.csv")
+        data = ReportData(title="imagefit evaluation", metrics=self.metrics,
+                          classes=preds.classes, paths=preds.paths, y_true=self.y_true,
+                          proba=preds.proba, rankings=rankings, label_issues=issues,
+                          label_issue_note="Images of this set whose label disagrees with "
+                          "the model's confident predictions; most likely first.")
+        return render_report(data, folder)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `metrics.json` and `predictions.csv` into `folder`."""

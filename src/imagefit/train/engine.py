@@ -79,7 +79,8 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
         row.update(_validate(model, val_logits, y_val, n_classes))
         row.update(lr=settings.lr, seconds=round(time.perf_counter() - started, 4))
         history.append(row)
-        score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0, -epoch)
+        # Without validation data, later is better: the last epoch is kept.
+        score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0, epoch)
         if best_score is None or score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

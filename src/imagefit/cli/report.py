@@ -1,0 +1,35 @@
+"""`imagefit report RUN [--data DIR]`: (re)build RUN/report/index.html."""
+
+from __future__ import annotations
+
+import argparse
+
+from imagefit.report.build import build_run_report
+
+EXAMPLES = """examples:
+  imagefit report runs/cats                      # on the run's validation split
+  imagefit report runs/cats --data data/test     # on a labelled test folder
+"""
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("report", parents=[common], help="build the HTML report of a run",
+                       description="Build RUN/report/index.html (open it from disk): metrics, "
+                       "confusion matrix, per-class galleries of the most confident, least "
+                       "confident and confidently wrong images, training curves, calibration, "
+                       "likely label issues and duplicates/leakage; plus rankings.csv and "
+                       "label_issues.csv.", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run folder written by 'imagefit train'")
+    p.add_argument("--data", metavar="DIR", help="labelled test folder to evaluate instead of "
+                   "the validation split")
+    p.add_argument("--out", metavar="DIR", help="report folder (default RUN/report)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = build_run_report(args.run, data=args.data, out=args.out, progress=not args.quiet)
+    if not args.quiet:
+        print(f"Report: {result.index_html} ({result.n_evaluated:,} images evaluated, "
+              f"{result.n_label_issues} likely label issues).")
+    return 0

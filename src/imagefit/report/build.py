@@ -1,0 +1,210 @@
+"""Assembling the report of a run: predictions on the validation set (or a given test folder),
+rankings, label issues of the training data from out-of-fold predictions of the head on the
+stored bottleneck features, exact and near duplicates across train/validation/test, training
+curves, and Grad-CAM maps of the confidently wrong images. Rendering is html.py's job.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagefit.bundle import load_model, resolve_model_dir
+from imagefit.data.audit import preflight
+from imagefit.data.images import load_image
+from imagefit.data.index import ImageIndex, scan_folder
+from imagefit.errors import DatasetError, ImageLoadError
+from imagefit.estimator import ImageClassifier
+from imagefit.evaluate.issues import (classify_duplicate_pairs, exact_duplicate_groups,
+                                      find_label_issues, near_duplicate_pairs,
+                                      out_of_fold_probabilities)
+from imagefit.evaluate.metrics import classification_metrics
+from imagefit.evaluate.ranking import rank_per_class
+from imagefit.features.extract import compute_features
+from imagefit.features.store import FeatureStore
+from imagefit.report.html import ReportData, render_report
+
+GALLERY_SIZE = 8
+GRADCAMS_PER_CLASS = 3
+
+
+@dataclass
+class ReportResult:
+    index_html: Path
+    n_evaluated: int
+    n_label_issues: int
+    duplicate_summary: dict
+
+
+def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None = None,
+                     out: str | os.PathLike | None = None, progress: bool = False) -> ReportResult:
+    """(Re)build `RUN/report/` (or `out`): index.html, rankings.csv, label_issues.csv.
+
+    Args:
+        run: a run folder written by `imagefit train`.
+        data: a labelled test folder to evaluate instead of the run's validation split.
+        out: the report folder (default `RUN/report`).
+
+    Example:
+        >>> build_run_report("runs/demo", data="examples/fashion-mnist-demo/test")  # doctest: +SKIP
+        ReportResult(index_html=PosixPath('runs/demo/report/index.html'), ...)
+    """
+    model_dir = resolve_model_dir(run)
+    run_dir = model_dir.parent
+    clf = load_model(model_dir)
+    train, val = _read_split(run_dir / "split.csv", clf.classes_)
+    parts = {"train": train, "val": val}
+    if data is not None:
+        test = preflight(scan_folder(data), image_size=clf.preprocessing_.image_size,
+                         progress=progress).index.with_classes(clf.classes_)
+        parts["test"] = test
+    features = {name: _features(clf, index, progress) for name, index in parts.items()}
+    eval_name = "test" if data is not None else "val"
+    evaluated, (x_eval, ok_eval) = parts[eval_name], features[eval_name]
+    proba = np.full((len(evaluated), len(clf.classes_)), np.nan)
+    if ok_eval.any():
+        proba[ok_eval] = clf.proba_from_features(x_eval[ok_eval])
+    y_eval = evaluated.labels
+    metrics = classification_metrics(y_eval[ok_eval], proba[ok_eval], clf.classes_)
+    rankings = rank_per_class(y_eval, proba, k=GALLERY_SIZE)
+
+    out_dir = Path(out) if out else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rankings.write_csv(out_dir / "rankings.csv", evaluated.paths, clf.classes_)
+    issues = _label_issues(clf, train, *features["train"])
+    write_label_issues(issues, out_dir / "label_issues.csv")
+    duplicates = _duplicates(parts, features)
+    report = ReportData(
+        title=f"imagefit report: {run_dir.name}",
+        subtitle=f"{clf.backbone_name_} at {clf.preprocessing_.image_size}px · evaluated on the "
+                 f"{'test folder ' + str(data) if data is not None else 'validation split'} · "
+                 f"temperature {clf.temperature_:.3f}",
+        metrics=metrics, classes=clf.classes_, paths=evaluated.paths, y_true=y_eval,
+        proba=proba, rankings=rankings, temperature=clf.temperature_,
+        history=_read_history(run_dir / "history.csv"),
+        class_counts={name: index.counts() for name, index in parts.items()},
+        label_issues=issues,
+        label_issue_note=("Training images whose given label disagrees with out-of-fold "
+                          "predictions (5-fold cross-validation of the head on the cached "
+                          "features, then confident learning); most likely first. Check them "
+                          "before trusting the metrics."),
+        duplicates=duplicates, gradcams=_gradcams(clf, evaluated.paths, rankings),
+        notes=[f"{(~ok_eval).sum()} evaluated files could not be read."] if (~ok_eval).any()
+        else [])
+    index_html = render_report(report, out_dir)
+    return ReportResult(index_html, int(ok_eval.sum()), len(issues), duplicates["summary"])
+
+
+def _read_split(path: Path, classes: tuple[str, ...]) -> tuple[ImageIndex, ImageIndex]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: a report needs the run folder written by "
+                           f"'imagefit train' (split.csv lists the training images).")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    parts = []
+    for name in ("train", "val"):
+        chosen = [r for r in rows if r["split"] == name]
+        index = ImageIndex.from_paths([r["path"] for r in chosen], [r["label"] for r in chosen],
+                                      classes)
+        parts.append(ImageIndex(index.paths, index.labels, index.classes, None,
+                                np.array([r["sha256"] for r in chosen], dtype="<U64")))
+    return parts[0], parts[1]
+
+
+def _features(clf: ImageClassifier, index: ImageIndex, progress: bool
+              ) -> tuple[np.ndarray, np.ndarray]:
+    runner = clf._get_runner()
+    store = FeatureStore(clf._cache_dir(), runner.key, runner.dim)
+    result = compute_features(index.paths, runner, keys=index.sha256, store=store,
+                              batch_size=clf.batch_size, workers=clf._workers(len(index)),
+                              progress=progress)
+    return result.features, result.ok
+
+
+def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np.ndarray
+                  ) -> list[tuple[str, str, str, float]]:
+    labels = train.labels[ok]
+    if len(labels) < 10 or len(np.unique(labels)) < 2:
+        return []
+    oof = out_of_fold_probabilities(x[ok], labels, len(clf.classes_), seed=clf.seed,
+                                    class_weight=clf.class_weight_,
+                                    dropout=float(clf.net_.head[0].p))
+    found = find_label_issues(labels, oof)
+    paths = train.paths[ok]
+    return [(str(paths[i]), clf.classes_[labels[i]], clf.classes_[s], float(score))
+            for i, s, score in zip(found.indices, found.suggested, found.score)]
+
+
+def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) -> None:
+    """`path,given_label,suggested_label,score`, most likely issues first."""
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "given_label", "suggested_label", "score"])
+        writer.writerows((p, g, s, f"{score:.6f}") for p, g, s, score in issues)
+
+
+def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
+    paths = np.concatenate([index.paths for index in parts.values()])
+    labels = np.concatenate([index.labels for index in parts.values()])
+    subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
+    hashes = np.concatenate([index.sha256 for index in parts.values()])
+    embeddings = np.concatenate([x for x, _ in features.values()])
+    ok = np.concatenate([ok for _, ok in features.values()])
+    exact = exact_duplicate_groups(hashes)
+    rows = np.flatnonzero(ok)
+    near = near_duplicate_pairs(embeddings[rows])
+    near[:, :2] = rows[near[:, :2].astype(int)] if len(near) else near[:, :2]
+    exact_pairs = {(int(g[i]), int(g[j])) for g in exact for i in range(len(g))
+                   for j in range(i + 1, len(g))}
+    near = np.array([p for p in near if (int(p[0]), int(p[1])) not in exact_pairs]).reshape(-1, 3)
+    summary = classify_duplicate_pairs(near, labels, subsets)
+    exact_summary = classify_duplicate_pairs(
+        np.array([[i, j, 1.0] for i, j in sorted(exact_pairs)]).reshape(-1, 3), labels, subsets)
+    counts = {"exact duplicate groups": len(exact),
+              "near-duplicate pairs (not exact)": len(near)}
+    for kind, info in (("exact", exact_summary), ("near", summary)):
+        for key, value in info.items():
+            if not isinstance(value, np.ndarray) and not isinstance(value, list):
+                counts[f"{kind}: {key}"] = value
+    groups = [[(str(paths[i]), _label(parts, labels[i]), str(subsets[i])) for i in g]
+              for g in exact]
+    groups += [[(str(paths[int(i)]), _label(parts, labels[int(i)]), str(subsets[int(i)]))
+                for i in pair[:2]] for pair in near[:30]]
+    return {"summary": counts, "groups": groups}
+
+
+def _label(parts: dict[str, ImageIndex], label: int) -> str:
+    classes = next(iter(parts.values())).classes
+    return classes[label] if label >= 0 else "?"
+
+
+def _gradcams(clf: ImageClassifier, paths: np.ndarray, rankings) -> dict[int, np.ndarray]:
+    try:
+        from imagefit.explain import gradcam, overlay
+    except ImportError:
+        return {}
+    prep, maps = clf.preprocessing_, {}
+    for c in range(len(clf.classes_)):
+        for pos in rankings.select(c, "wrong")[:GRADCAMS_PER_CLASS]:
+            row = int(rankings.row[pos])
+            try:
+                image = load_image(str(paths[row]), prep.image_size, background=prep.background)
+            except ImageLoadError:
+                continue
+            heat = gradcam(clf, image, int(rankings.predicted[pos]))
+            maps[row] = overlay(image, heat)
+    return maps
+
+
+def _read_history(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    numeric = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy")
+    return [{k: float(r[k]) if r.get(k) not in (None, "", "nan") else float("nan")
+             for k in numeric} for r in rows]

@@ -1,0 +1,210 @@
+"""Rankings, the HTML report (escaping, assets, no EXIF), report/inspect commands, and the report
+opened in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, TEST_IMAGE_SIZE, make_dataset, make_image
+from imagefit.cli.main import main
+from imagefit.errors import ConfigError
+from imagefit.evaluate.ranking import most_confused, rank_per_class
+from imagefit.report.html import ReportData, render_report
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _rows(r, c, gallery):
+    return r.row[r.select(c, gallery)].tolist()
+
+
+def test_rankings_known_order_ties_and_classes_without_errors():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p = np.array([[.9, .1], [.6, .4], [.6, .4], [.2, .8], [.1, .9], [.3, .7]])
+    r = rank_per_class(y, p, k=3)
+    assert _rows(r, 0, "confident") == [0, 1, 2]        # tie between rows 1 and 2 keeps order
+    assert _rows(r, 0, "unconfident") == [3, 1, 2]
+    assert _rows(r, 0, "wrong") == [3]
+    assert _rows(r, 1, "wrong") == []                   # class 1 has no errors
+    assert _rows(r, 1, "confident") == [4, 5]
+    wrong = r.select(0, "wrong")[0]
+    assert r.p_true[wrong] == pytest.approx(0.2) and r.p_pred[wrong] == pytest.approx(0.8)
+    assert r.predicted[wrong] == 1 and r.rank[wrong] == 1
+
+
+def test_rankings_limit_and_excluded_rows():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1, 1, 1], 50)
+    y = rng.integers(0, 3, 50)
+    y[0] = -1
+    p[1] = np.nan
+    r = rank_per_class(y, p, k=4)
+    assert 0 not in r.row and 1 not in r.row
+    for c in range(3):
+        for gallery in ("confident", "unconfident", "wrong"):
+            positions = r.select(c, gallery)
+            assert len(positions) <= 4
+            assert r.rank[positions].tolist() == list(range(1, len(positions) + 1))
+    unconfident = r.p_true[r.select(2, "unconfident")]
+    assert np.all(np.diff(unconfident) >= 0)
+    with pytest.raises(ConfigError, match="'k' parameter"):
+        rank_per_class(y, p, k=0)
+
+
+def test_most_confused_orders_off_diagonal_cells():
+    matrix = np.array([[9, 1, 4], [0, 5, 0], [2, 4, 7]])
+    assert most_confused(matrix, k=3) == [(0, 2, 4), (2, 1, 4), (2, 0, 2)]
+
+
+def test_report_escapes_hostile_names_and_strips_exif(tmp_path):
+    hostile_class = "<script>alert(1)</script>"
+    photo = tmp_path / "<img src=x onerror=alert(2)>.jpg"
+    image = Image.new("RGB", (60, 40), (200, 30, 30))
+    exif = image.getexif()
+    exif[0x010F] = "SecretCameraMaker"
+    image.save(photo, "JPEG", exif=exif)
+    other = make_image(tmp_path / "javascript:alert(3).png", (10, 200, 10), seed=1)
+    paths = np.array([str(photo), str(other)])
+    y, proba = np.array([0, 1]), np.array([[0.2, 0.8], [0.3, 0.7]])
+    metrics = {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.33, "log_loss": 1.0,
+               "ece": 0.1, "n": 2, "classes": [hostile_class, "ok"],
+               "confusion_matrix": [[0, 1], [0, 1]],
+               "per_class": {hostile_class: {"precision": 0, "recall": 0, "f1": 0, "support": 1},
+                             "ok": {"precision": .5, "recall": 1, "f1": .67, "support": 1}}}
+    data = ReportData("t", metrics, (hostile_class, "ok"), paths, y, proba,
+                      rank_per_class(y, proba), label_issues=[(str(photo), hostile_class, "ok",
+                                                               0.9)])
+    index = render_report(data, tmp_path / "report")
+    html = index.read_text()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "javascript:" not in re.findall(r"(?:src|href)='([^']*)'", html).__str__()
+    sources = re.findall(r"<img src='([^']+)'", html)
+    assert sources and all(s.startswith("assets/") for s in sources)
+    for source in sources:
+        thumb = Image.open(index.parent / source)
+        assert len(thumb.getexif()) == 0
+        assert b"SecretCameraMaker" not in (index.parent / source).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def report_run(trained_run):
+    run = trained_run["run"]
+    assert (run / "report" / "index.html").is_file()  # train_run builds it by default
+    return run
+
+
+def test_run_report_files_and_contents(report_run, trained_run):
+    report = report_run / "report"
+    html = (report / "index.html").read_text()
+    for name in trained_run["result"].classifier.classes_:
+        assert f"<h3>{name}</h3>" in html
+    for source in re.findall(r"<img src='([^']+)'", html):
+        assert (report / source).is_file()
+    with open(report / "rankings.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["class", "gallery", "rank", "path", "p_true", "p_pred", "predicted"]
+    split = {r["path"]: r["split"] for r in csv.DictReader(open(report_run / "split.csv"))}
+    assert all(split[r["path"]] == "val" for r in rows)
+    with open(report / "label_issues.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["path", "given_label", "suggested_label", "score"]
+
+
+def test_report_on_test_folder_and_evaluate_report(report_run, trained_run, tmp_path):
+    out = tmp_path / "r"
+    assert main(["report", str(report_run), "--data", str(trained_run["test"]), "--out",
+                 str(out), "--quiet"]) == 0
+    with open(out / "rankings.csv", newline="") as f:
+        paths = {r["path"] for r in csv.DictReader(f)}
+    assert paths and all(str(trained_run["test"]) in p for p in paths)
+    out2 = tmp_path / "e"
+    assert main(["evaluate", str(report_run / "model"), str(trained_run["test"]), "--report",
+                 str(out2), "--quiet"]) == 0
+    assert (out2 / "index.html").is_file() and (out2 / "label_issues.csv").is_file()
+
+
+def test_evaluation_result_api(trained_run):
+    import imagefit
+
+    result = imagefit.evaluate(trained_run["result"].classifier, trained_run["test"])
+    rankings = result.rankings(2)
+    assert len(rankings.row) <= 3 * 3 * 2
+    issues = result.label_issues()
+    assert all(len(item) == 4 for item in issues)
+
+
+def test_inspect_finds_conflicts_leakage_and_writes_contract_json(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_dataset(data / "train", {"cat": 6, "dog": 6})
+    make_dataset(data / "val", {"cat": 2, "dog": 2}, seed=3)
+    shutil.copy(data / "train/cat/cat_001.png", data / "train/dog/copy_of_cat.png")  # conflict
+    shutil.copy(data / "train/dog/dog_002.jpg", data / "val/dog/leaked.jpg")         # leakage
+    (data / "train/cat/.DS_Store").write_bytes(b"x")
+    (data / "train/cat/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "audit.json"
+    assert main(["inspect", str(data), "--json", str(out), "--image-size",
+                 str(TEST_IMAGE_SIZE)]) == 0
+    audit = json.loads(out.read_text())
+    for key in ("n_images", "classes", "bad_files", "ignored", "duplicates", "modes"):
+        assert key in audit
+    assert audit["classes"] == {"cat": 8, "dog": 10}
+    assert len(audit["bad_files"]) == 1
+    assert audit["bad_files"][0]["path"].endswith("broken.jpg")
+    assert audit["bad_files"][0]["reason"] in ("truncated", "corrupt")
+    assert audit["ignored"] == {".DS_Store": 1}
+    assert len(audit["label_conflicts"]) == 1 and len(audit["leakage"]) >= 1
+    assert any(p.endswith("leaked.jpg") for group in audit["leakage"] for p in group)
+    assert isinstance(audit["near_duplicates"], list)
+    assert "Suggestion:" in capsys.readouterr().out
+    assert main(["inspect", str(data), "--json", str(out), "--no-near", "--quiet"]) == 0
+    assert json.loads(out.read_text())["near_duplicates"] is None
+
+
+def _browser_or_skip():
+    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
+        return
+    if os.environ.get("CI"):
+        pytest.fail(".ci/run must install chromium and chromium-driver (make system-deps)")
+    pytest.skip("Debian chromium/chromium-driver not installed (make system-deps)")
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_without_broken_images_or_console_errors(report_run, tmp_path):
+    _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        driver.get((report_run / "report" / "index.html").as_uri())
+        driver.execute_script("document.querySelectorAll('img').forEach(i => i.loading='eager')")
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
+            " i.naturalWidth])")
+        assert images, "the report shows no images"
+        broken = [src for src, complete, width in images if not complete or width == 0]
+        assert not broken, f"broken images: {broken[:5]}"
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        assert driver.find_element("id", "galleries").is_displayed()
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        assert (tmp_path / "report.png").stat().st_size > 5000
+    finally:
+        driver.quit()
