@@ -148,33 +148,32 @@ def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) ->
 
 
 def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
+    """Exact groups (same bytes) and near-duplicate pairs (embeddings) over every split, with
+    counts of label conflicts (across classes) and leakage (across splits)."""
     paths = np.concatenate([index.paths for index in parts.values()])
     labels = np.concatenate([index.labels for index in parts.values()])
     subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
     hashes = np.concatenate([index.sha256 for index in parts.values()])
     embeddings = np.concatenate([x for x, _ in features.values()])
-    ok = np.concatenate([ok for _, ok in features.values()])
+    rows = np.flatnonzero(np.concatenate([ok for _, ok in features.values()]))
     exact = exact_duplicate_groups(hashes)
-    rows = np.flatnonzero(ok)
     near = near_duplicate_pairs(embeddings[rows])
-    near[:, :2] = rows[near[:, :2].astype(int)] if len(near) else near[:, :2]
-    exact_pairs = {(int(g[i]), int(g[j])) for g in exact for i in range(len(g))
-                   for j in range(i + 1, len(g))}
-    near = np.array([p for p in near if (int(p[0]), int(p[1])) not in exact_pairs]).reshape(-1, 3)
-    summary = classify_duplicate_pairs(near, labels, subsets)
-    exact_summary = classify_duplicate_pairs(
-        np.array([[i, j, 1.0] for i, j in sorted(exact_pairs)]).reshape(-1, 3), labels, subsets)
-    counts = {"exact duplicate groups": len(exact),
-              "near-duplicate pairs (not exact)": len(near)}
-    for kind, info in (("exact", exact_summary), ("near", summary)):
-        for key, value in info.items():
-            if not isinstance(value, np.ndarray) and not isinstance(value, list):
-                counts[f"{kind}: {key}"] = value
-    groups = [[(str(paths[i]), _label(parts, labels[i]), str(subsets[i])) for i in g]
-              for g in exact]
-    groups += [[(str(paths[int(i)]), _label(parts, labels[int(i)]), str(subsets[int(i)]))
-                for i in pair[:2]] for pair in near[:30]]
-    return {"summary": counts, "groups": groups}
+    if len(near):
+        near[:, :2] = rows[near[:, :2].astype(int)]
+        same_bytes = hashes[near[:, 0].astype(int)] == hashes[near[:, 1].astype(int)]
+        near = near[~same_bytes]
+    exact_info = classify_duplicate_pairs(exact, labels, subsets)
+    near_info = classify_duplicate_pairs(near, labels, subsets)
+    summary = {"exact duplicate groups": len(exact),
+               "exact pairs across classes (label conflicts)": exact_info["label_conflict"],
+               "exact pairs across splits (leakage)": exact_info["leakage"],
+               "near-duplicate pairs": near_info["n_pairs"],
+               "near pairs across classes": near_info["label_conflict"],
+               "near pairs across splits (leakage)": near_info["leakage"]}
+    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]), str(subsets[i])))
+    groups = [[describe(int(i)) for i in group] for group in exact]
+    groups += [[describe(int(i)), describe(int(j))] for i, j, _ in near[:30]]
+    return {"summary": summary, "groups": groups}
 
 
 def _label(parts: dict[str, ImageIndex], label: int) -> str:
