@@ -130,13 +130,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
         _check_int(name, value, minimum)
     _check_float("lr", lr, 0.0, None, low_open=True)
     _check_float("dropout", dropout, 0.0, 1.0, high_open=True)
-    x = np.asarray(features, dtype=np.float32)
-    if x.ndim != 2:
-        raise ConfigError(f"The 'features' parameter must be a 2-D array of shape (n, d). "
-                          f"Got shape {x.shape} instead.")
-    if not np.isfinite(x).all():
-        raise ConfigError("The 'features' parameter must be finite. Got NaN or infinite "
-                          "values instead.")
+    x = _check_matrix("features", features)
     y = _check_labels(labels, len(x), n_classes)
     if class_weight is not None:
         class_weight = np.asarray(class_weight, dtype=np.float64)
@@ -368,13 +362,7 @@ def near_duplicate_pairs(embeddings: np.ndarray, *, threshold: float = NEAR_DUPL
     """
     _check_float("threshold", threshold, -1.0, 1.0)
     _check_int("block", block, 1)
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 2:
-        raise ConfigError(f"The 'embeddings' parameter must be a 2-D array of shape (n, d). "
-                          f"Got shape {x.shape} instead.")
-    if not np.isfinite(x).all():
-        raise ConfigError("The 'embeddings' parameter must be finite. Got NaN or infinite "
-                          "values instead.")
+    x = _check_matrix("embeddings", embeddings)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     valid = norms[:, 0] > 0
     has_zero_rows = not valid.all()
@@ -535,6 +523,18 @@ def _check_float(name: str, value, low: float, high: float | None, *, low_open: 
             bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ConfigError(f"The {name!r} parameter must be a float {bound}. "
                           f"Got {value!r} instead.")
+
+
+def _check_matrix(name: str, value) -> np.ndarray:
+    """A finite 2-D float32 array, or a ConfigError naming the parameter."""
+    x = np.asarray(value, dtype=np.float32)
+    if x.ndim != 2:
+        raise ConfigError(f"The '{name}' parameter must be a 2-D array of shape (n, d). "
+                          f"Got shape {x.shape} instead.")
+    if not np.isfinite(x).all():
+        raise ConfigError(f"The '{name}' parameter must be finite. Got NaN or infinite "
+                          f"values instead.")
+    return x
 
 
 def _check_probs(pred_probs: np.ndarray) -> np.ndarray:
