@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imagefit import __version__
-from imagefit.errors import ModelFormatError
+from imagefit.errors import ModelFormatError, ModelNotFoundError
 from imagefit.estimator import ImageClassifier
 from imagefit.features.store import atomic_write_bytes
 from imagefit.models.backbones import Preprocessing, build_for_loading
@@ -55,7 +55,7 @@ def save_model(clf: ImageClassifier, path: str | os.PathLike) -> Path:
         "weights_sha256": _sha256(folder / WEIGHTS_FILE),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_bytes(folder / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False).encode())
+    atomic_write_bytes(folder / META_FILE, json.dumps(meta, indent=2, ensure_ascii=True).encode())
     return folder
 
 
@@ -69,12 +69,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
                 f"files ({', '.join(PICKLE_SUFFIXES)}) can run arbitrary code when loaded, so "
                 f"imagefit never opens them. Use a folder with {WEIGHTS_FILE} and {META_FILE} "
                 f"(written by 'imagefit train' or ImageClassifier.save).")
-        raise ModelFormatError(f"{p} is a file; expected a model folder with {WEIGHTS_FILE} and "
+        raise ModelNotFoundError(f"{p} is a file; expected a model folder with {WEIGHTS_FILE} and "
                                f"{META_FILE}, or a run folder that holds model/.")
     for candidate in (p, p / "model"):
         if (candidate / META_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
             return candidate
-    raise ModelFormatError(f"No model found in {p}: expected {META_FILE} and {WEIGHTS_FILE} "
+    raise ModelNotFoundError(f"No model found in {p}: expected {META_FILE} and {WEIGHTS_FILE} "
                            f"there or in {p / 'model'}.")
 
 

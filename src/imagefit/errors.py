@@ -60,6 +60,12 @@ class ModelFormatError(ImagefitError):
     exit_code = 6
 
 
+class ModelNotFoundError(ModelFormatError):
+    """No model folder where one was named (a user error, exit 1: nothing was refused)."""
+
+    exit_code = 1
+
+
 class ExportError(ImagefitError):
     """An exported model does not reproduce the PyTorch model's outputs."""
 

@@ -188,7 +188,8 @@ class ImageClassifier:
                               f"mode='scratch' (--mode scratch) or a pretrained backbone.")
         checks = [("epochs", self.epochs, int, 1, 100_000), ("batch_size", self.batch_size, int, 1,
                   65_536), ("lr", self.lr, float, 1e-8, 10.0), ("dropout", self.dropout, float,
-                  0.0, 0.95), ("seed", self.seed, int, 0, 2**32 - 1)]
+                  0.0, 0.95), ("seed", self.seed, int, 0, 2**32 - 1),
+                  ("workers", self.workers, int, 0, 256)]
         for name, value, kind, lo, hi in checks:
             if value is None:
                 continue

@@ -18,7 +18,7 @@ import yaml
 from imagefit.bundle import save_model
 from imagefit.config import TrainConfig
 from imagefit.data.audit import PreflightResult, preflight, write_bad_files
-from imagefit.data.index import BadFile, ImageIndex, scan_folder
+from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier, Predictions
 from imagefit.evaluate.evaluation import EvaluationResult
@@ -58,7 +58,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         0.93
     """
     run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    _refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
+    refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
     clf = ImageClassifier(**config.estimator_params(), verbose=progress)
     size = preprocessing_for(clf._resolved_settings()["backbone"], config.image_size).image_size
 
@@ -68,6 +68,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     for line in [index.report.ignored_summary()] + index.report.warnings:
         if line:
             echo(printable(line))
+    n_scan_warnings = len(index.report.warnings)
     checked = _preflight(index, config, size, progress)
     bad_files = list(checked.bad_files)
     if config.val:
@@ -78,6 +79,8 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     echo(checked.summary() + (f" Details: {run_dir / 'bad_files.csv'}" if bad_files else ""))
+    for line in checked.index.report.warnings[n_scan_warnings:]:
+        echo(printable(line))  # warnings the split added
     for name, count in zip(train.classes, train.counts() + val.counts()):
         if count < MIN_IMAGES_PER_CLASS:
             echo(f"warning: class '{printable(name)}' has only {count} usable images; its "
@@ -115,16 +118,6 @@ def _preflight(index: ImageIndex, config: TrainConfig, size: int, progress: bool
                      max_pixels=config.max_pixels, progress=progress)
 
 
-def _refuse_output_inside(run_dir: Path, data_paths: list[str]) -> None:
-    out = run_dir.resolve()
-    for data in data_paths:
-        root = Path(data).resolve()
-        root = root.parent if root.is_file() else root
-        if out == root or root in out.parents:
-            raise ConfigError(f"The output folder {run_dir} is inside the dataset {data}; "
-                              f"imagefit never writes into your data. Choose --out elsewhere.")
-
-
 def _validation_result(clf: ImageClassifier) -> EvaluationResult:
     """Metrics on the validation set from the features already computed in `fit`."""
     val = clf.val_index_
@@ -138,8 +131,9 @@ def _validation_result(clf: ImageClassifier) -> EvaluationResult:
 
 
 def write_split(train: ImageIndex, val: ImageIndex, path: Path) -> None:
-    """`path,label,split,sha256` for every image used."""
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+    """`path,label,split,sha256` for every image used. Names that are not valid UTF-8 on
+    disk are written byte for byte (surrogateescape), so `imagefit report` reads them back."""
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "sha256"])
         for name, part in (("train", train), ("val", val)):

@@ -40,14 +40,16 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         _report(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=False),
+        Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=True),
                                    encoding="utf-8")
     return 0
 
 
 def _report(args: argparse.Namespace) -> None:
+    from imagefit.data.index import refuse_output_inside
     from imagefit.report.build import build_run_report
 
+    refuse_output_inside(args.report, [args.data])
     if (resolve_model_dir(args.run).parent / "split.csv").is_file():
         result = build_run_report(args.run, data=args.data, out=args.report,
                                   progress=not args.quiet)

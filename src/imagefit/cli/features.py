@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.data.index import refuse_output_inside
+from imagefit.errors import ConfigError
 from imagefit.features.pipeline import extract_dataset_features
 
 EXAMPLES = """examples:
@@ -32,6 +34,9 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
+        raise ConfigError("--batch-size must be >= 1 and --workers >= 0.")
+    refuse_output_inside(args.out, [args.data])
     result = extract_dataset_features(
         args.data, args.out, backbone=args.backbone, image_size=args.image_size,
         weights=args.weights, batch_size=args.batch_size, workers=args.workers,

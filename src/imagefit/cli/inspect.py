@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
             print(printable(line) if "\n" not in line else
                   "\n".join(printable(part) for part in line.split("\n")))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.summary, indent=2, ensure_ascii=False),
+        Path(args.json).write_text(json.dumps(result.summary, indent=2, ensure_ascii=True),
                                    encoding="utf-8")
     return 0

@@ -214,7 +214,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def scan_folder(root: str | os.PathLike, *, follow_links: bool = True) -> ImageIndex:
+def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
+                min_classes: int = 2) -> ImageIndex:
     """Index a dataset: class sub-folders, a `train/` + `val/` pair, or a `path,label` CSV.
 
     Class names are the first-level folder names, sorted; images in deeper sub-folders belong to
@@ -223,9 +224,13 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True) -> ImageI
     and counted; files that promise an image but are not one are listed as bad files. Directory
     links are followed once each (loops cannot hang or duplicate).
 
+    Args:
+        min_classes: fewer usable classes is an error (2 for training; 1 to evaluate a folder
+            that holds a single class).
+
     Raises:
-        DatasetError: no such folder, no class folders, fewer than two usable classes, or class
-            names that collide (case or Unicode normalisation).
+        DatasetError: no such folder, no class folders, fewer than `min_classes` usable
+            classes, or class names that collide (case or Unicode normalisation).
 
     Example:
         >>> index = imagefit.scan_folder("data/")          # doctest: +SKIP
@@ -234,7 +239,7 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True) -> ImageI
     """
     root_path = Path(root)
     if root_path.is_file() and root_path.suffix.lower() == ".csv":
-        return read_csv_index(root_path)
+        return read_csv_index(root_path, min_classes=min_classes)
     if not root_path.is_dir():
         raise DatasetError(f"Dataset folder {str(root_path)!r} does not exist or is not a folder. "
                            f"Pass a folder of class sub-folders or a CSV of path,label.")
@@ -252,38 +257,59 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True) -> ImageI
     for subset, folder in parts:
         rows.extend((path, label, subset) for path, label in walker.walk_classes(folder))
     paths, names, subsets = (list(col) for col in zip(*rows)) if rows else ([], [], [])
-    classes = _check_classes(names, walker, root_path)
+    classes = _check_classes(names, walker, root_path, min_classes)
     index = ImageIndex.from_paths(paths, names, classes)
     subset_array = np.array(subsets, dtype=str) if parts[0][0] else None
     return ImageIndex(index.paths, index.labels, index.classes, subset_array, None,
                       walker.report, str(root_path))
 
 
-def read_csv_index(csv_path: str | os.PathLike) -> ImageIndex:
+def read_csv_index(csv_path: str | os.PathLike, *, min_classes: int = 2) -> ImageIndex:
     """Index a CSV with columns `path,label` (paths relative to the CSV's folder)."""
     csv_path = Path(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-        if "path" not in fields or "label" not in fields:
-            raise DatasetError(f"{csv_path} must have a header with columns 'path' and 'label'; "
-                               f"found {list(fields)}.")
-        records = [(row[fields["path"]], row[fields["label"]]) for row in reader]
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+            if "path" not in fields or "label" not in fields:
+                raise DatasetError(f"{csv_path} must have a header with columns 'path' and "
+                                   f"'label'; found {list(fields)}.")
+            records = [(row[fields["path"]] or "", row[fields["label"]] or "") for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           f"save it as UTF-8 CSV.") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{csv_path} is not a readable CSV: {exc}") from None
     walker = _Walker(follow_links=True)
     paths, names = [], []
     for raw_path, label in records:
         path = csv_path.parent / raw_path.strip()
-        label = (label or "").strip()
-        if not label:
-            walker.report.bad_files.append(BadFile(str(path), "io_error", "row has no label"))
+        label = label.strip()
+        if not label or not raw_path.strip():
+            walker.report.bad_files.append(BadFile(str(path), "io_error",
+                                                   "row has no label" if not label
+                                                   else "row has no path"))
             continue
         if walker.classify_file(path, path.name, path.name) is not None:
             paths.append(str(path))
             names.append(label)
-    classes = _check_classes(names, walker, csv_path)
+    classes = _check_classes(names, walker, csv_path, min_classes)
     index = ImageIndex.from_paths(paths, names, classes)
     return ImageIndex(index.paths, index.labels, index.classes, None, None, walker.report,
                       str(csv_path.parent))
+
+
+def refuse_output_inside(out: str | os.PathLike, data_paths: Sequence[str | os.PathLike]
+                         ) -> None:
+    """ConfigError if `out` is, or is inside, one of the dataset folders: imagefit never writes
+    into user data (a report folder there would even become a new class)."""
+    target = Path(out).resolve()
+    for data in data_paths:
+        root = Path(data).resolve()
+        root = root.parent if root.is_file() else root
+        if target == root or root in target.parents:
+            raise ConfigError(f"The output folder {out} is inside the dataset {data}; imagefit "
+                              f"never writes into your data. Choose an output folder elsewhere.")
 
 
 def expand_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
@@ -324,7 +350,8 @@ def _sniff_file(path: str) -> str | None:
         return None
 
 
-def _check_classes(names: list[str], walker: "_Walker", root: Path) -> tuple[str, ...]:
+def _check_classes(names: list[str], walker: "_Walker", root: Path,
+                   min_classes: int = 2) -> tuple[str, ...]:
     present = set(names)
     for name in walker.class_dirs:
         if name not in present:
@@ -344,7 +371,7 @@ def _check_classes(names: list[str], walker: "_Walker", root: Path) -> tuple[str
                                f"sub-folders. Expected {root}/<class>/<image>.")
         raise DatasetError(f"Found no images in {root}. Supported formats: "
                            f"{', '.join(ALLOWED_FORMATS)}.")
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise DatasetError(f"Only 1 class found ({classes[0]!r}) in {root}; a classifier needs at "
                            f"least 2 class sub-folders.")
     split_like = {"train", "test", "val", "valid", "validation"}

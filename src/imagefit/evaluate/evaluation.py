@@ -74,7 +74,7 @@ class EvaluationResult:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "metrics.json").write_text(json.dumps(self.metrics, indent=2,
-                                                        ensure_ascii=False), encoding="utf-8")
+                                                        ensure_ascii=True), encoding="utf-8")
         write_predictions_csv(self.predictions, folder / "predictions.csv", y_true=self.y_true)
         return folder
 
@@ -93,7 +93,7 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
         >>> round(result.metrics["balanced_accuracy"], 3)    # doctest: +SKIP
         0.912
     """
-    index = data if isinstance(data, ImageIndex) else scan_folder(data)
+    index = data if isinstance(data, ImageIndex) else scan_folder(data, min_classes=1)
     index = index.with_classes(model.classes_)
     preds = model.predict_files(index.paths, progress=progress)
     ok = preds.ok

@@ -190,7 +190,7 @@ def _write_json(result: ExplainResult, true_label: str | None, stages: list[dict
            "probabilities": result.probabilities, "stages": stages,
            "files": [p.relative_to(result.out_dir).as_posix() for p in result.files],
            "notes": result.notes}
-    target.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    target.write_text(json.dumps(doc, indent=2, ensure_ascii=True), encoding="utf-8")
 
 
 def _inside(folder: Path, name: str) -> Path:

@@ -131,7 +131,7 @@ def _export_onnx(module: nn.Module, clf: ImageClassifier) -> bytes:
     model = onnx.load_from_string(buffer.getvalue())
     bg = clf.preprocessing_.background
     meta = {
-        "imagefit.classes": json.dumps(list(clf.classes_), ensure_ascii=False),
+        "imagefit.classes": json.dumps(list(clf.classes_), ensure_ascii=True),
         "imagefit.image_size": str(size),
         "imagefit.preprocessing": json.dumps(clf.preprocessing_.to_dict()),
         "imagefit.temperature": repr(float(clf.temperature_)),

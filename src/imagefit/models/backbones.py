@@ -166,7 +166,12 @@ def load_safetensors_weights(model: nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     except Exception as exc:
         raise ModelFormatError(f"Could not read {path}: {exc}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ModelFormatError(f"{path.name} does not fit this backbone ({first}); pass the "
+                               f"--backbone these weights were made for.") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ModelFormatError(f"{path.name} does not fit this backbone: {len(missing)} missing "

@@ -16,7 +16,7 @@ import numpy as np
 from imagefit.bundle import load_model, resolve_model_dir
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
-from imagefit.data.index import ImageIndex, scan_folder
+from imagefit.data.index import ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import DatasetError, ImageLoadError
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluate.issues import (classify_duplicate_pairs, exact_duplicate_groups,
@@ -55,11 +55,13 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     """
     model_dir = resolve_model_dir(run)
     run_dir = model_dir.parent
+    if data is not None and out is not None:
+        refuse_output_inside(Path(out), [str(data)])
     clf = load_model(model_dir)
     train, val = _read_split(run_dir / "split.csv", clf.classes_)
     parts = {"train": train, "val": val}
     if data is not None:
-        test = preflight(scan_folder(data), image_size=clf.preprocessing_.image_size,
+        test = preflight(scan_folder(data, min_classes=1), image_size=clf.preprocessing_.image_size,
                          progress=progress).index.with_classes(clf.classes_)
         parts["test"] = test
     features = {name: _features(clf, index, progress) for name, index in parts.items()}
@@ -103,7 +105,7 @@ def _read_split(path: Path, classes: tuple[str, ...]) -> tuple[ImageIndex, Image
     if not path.is_file():
         raise DatasetError(f"{path} is missing: a report needs the run folder written by "
                            f"'imagefit train' (split.csv lists the training images).")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     parts = []
     for name in ("train", "val"):

@@ -71,7 +71,7 @@ class _Assets:
         return self.cache[path]
 
     def array(self, key: str, pixels: np.ndarray) -> str:
-        name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".png"
+        name = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24] + ".png"
         Image.fromarray(pixels).save(self.folder / name, "PNG")
         return f"assets/{name}"
 
@@ -107,7 +107,8 @@ def render_report(data: ReportData, out_dir: str | os.PathLike) -> Path:
             + "".join(body) + "</main></body></html>")
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    # Names that were not valid UTF-8 on disk are shown with backslash escapes.
+    index.write_text(page, encoding="utf-8", errors="backslashreplace")
     return index
 
 

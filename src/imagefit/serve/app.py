@@ -45,7 +45,7 @@ class ServeSettings:
     max_body_bytes: int = 10 * 2**20
     max_concurrency: int = 2        # predictions computed at once
     max_queue: int = 16             # requests allowed to wait; beyond that: 429
-    timeout_s: float = 30.0         # per request, queueing included: beyond that 503
+    timeout_s: float = 30.0         # per request (upload, queue, prediction): beyond that 503
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
@@ -115,14 +115,17 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
             return _error(429, "Too many requests in flight; retry shortly.",
                           {"Retry-After": "1"})
         try:
-            data = await _read_capped(request, settings.max_body_bytes)
-            if data is None:
-                return _error(413, f"Images are limited to {settings.max_body_bytes:,} bytes.")
-            fmt = sniff_format(data[:32])
-            if fmt not in ALLOWED_FORMATS:
-                return _error(415, f"Not an accepted image; supported: "
-                                   f"{', '.join(ALLOWED_FORMATS)}.")
+            # One deadline for reading, queueing and predicting: a client trickling its upload
+            # cannot hold an admission slot for longer than that.
             with anyio.fail_after(settings.timeout_s):
+                data = await _read_capped(request, settings.max_body_bytes)
+                if data is None:
+                    return _error(413, f"Images are limited to {settings.max_body_bytes:,} "
+                                       f"bytes.")
+                fmt = sniff_format(data[:32])
+                if fmt not in ALLOWED_FORMATS:
+                    return _error(415, f"Not an accepted image; supported: "
+                                       f"{', '.join(ALLOWED_FORMATS)}.")
                 async with limiter().semaphore:
                     result = await anyio.to_thread.run_sync(predict_bytes, data, limiter=workers)
             return JSONResponse(result, headers=_SECURITY_HEADERS)
