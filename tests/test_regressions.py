@@ -99,3 +99,21 @@ def test_train_prints_the_warnings_the_split_adds(tmp_path, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--image-size",
                  str(TEST_IMAGE_SIZE), "--epochs", "2", "--no-report"]) == 0
     assert "Class 'owl' has no validation image" in capsys.readouterr().out
+
+
+def test_damaged_chunk_that_cannot_be_removed_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    import numpy as np
+
+    from imagefit.errors import CacheError
+    from imagefit.features.extract import _gather_stored
+    from imagefit.features.store import FeatureStore
+
+    store = FeatureStore(tmp_path, "k", dim=2)
+    with store.writer() as writer:
+        writer.add(["a" * 64], np.ones((1, 2), np.float32))
+    npy = next(store.folder.glob("chunk-*.npy"))
+    npy.write_bytes(npy.read_bytes()[:-4] + b"\x00\x00\x80\x7f")   # payload no longer matches
+    monkeypatch.setattr(FeatureStore, "_discard", lambda self, name: setattr(self, "_locations",
+                                                                             None))
+    with pytest.raises(CacheError, match="cannot be removed"):
+        _gather_stored(store, np.array(["a" * 64]), np.zeros((1, 2), np.float32))

@@ -161,8 +161,11 @@ def _gather_stored(store: FeatureStore, keys: np.ndarray, out: np.ndarray) -> np
 
     A chunk that fails validation is removed by the store; gathering then starts again, so the
     rows of intact chunks are still copied and only the damaged chunk's rows are recomputed.
+    Each retry removes one chunk, so more retries than chunks means a chunk cannot be removed
+    (e.g. a read-only cache): that is an error, not a reason to loop.
     """
-    while True:
+    attempts = len(list(store.folder.glob("chunk-*.json"))) + 1
+    for _ in range(attempts):
         missing = store.missing(keys)
         try:
             for start in range(0, len(keys), 4096):
@@ -172,6 +175,8 @@ def _gather_stored(store: FeatureStore, keys: np.ndarray, out: np.ndarray) -> np
             return missing
         except CacheError as exc:
             log.warning("%s", exc)
+    raise CacheError(f"The feature store {store.folder} has damaged chunks that cannot be "
+                     f"removed; delete that folder (it is only a cache) or set IMAGEFIT_CACHE.")
 
 
 @dataclass
