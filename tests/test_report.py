@@ -135,11 +135,20 @@ def test_report_on_test_folder_and_evaluate_report(report_run, trained_run, tmp_
 def test_evaluation_result_api(trained_run):
     import imagefit
 
-    result = imagefit.evaluate(trained_run["result"].classifier, trained_run["test"])
+    clf = trained_run["result"].classifier
+    result = imagefit.evaluate(clf, trained_run["test"])
     rankings = result.rankings(2)
-    assert len(rankings.row) <= 3 * 3 * 2
-    issues = result.label_issues()
-    assert all(len(item) == 4 for item in issues)
+    assert 0 < len(rankings.row) <= 3 * 3 * 2
+    for pos, row in enumerate(rankings.row):   # every ranked row is a real prediction
+        truth = result.y_true[row]
+        assert rankings.true_class[pos] == truth
+        assert rankings.p_true[pos] == pytest.approx(result.predictions.proba[row, truth])
+        assert rankings.predicted[pos] == result.predictions.proba[row].argmax()
+    paths = result.predictions.paths.tolist()
+    for path, given, suggested, score in result.label_issues():
+        assert given == Path(path).parent.name and suggested != given
+        assert suggested in clf.classes_ and 0 <= score <= 1
+        assert path in paths
 
 
 def test_inspect_finds_conflicts_leakage_and_writes_contract_json(tmp_path, capsys):

@@ -9,7 +9,6 @@ from pathlib import Path
 from imagefit.cli.train import report
 from imagefit.config import TrainConfig
 from imagefit.errors import DatasetError
-from imagefit.evaluate.evaluation import evaluate
 from imagefit.evaluate.metrics import format_per_class_table
 from imagefit.report.build import build_run_report
 from imagefit.workflow import train_run
@@ -43,11 +42,11 @@ def run(args: argparse.Namespace) -> int:
                        progress=not args.quiet, echo=echo)
     report(result, echo)
     echo(f"\n== Held-out test set: {data / 'test'}")
-    test = evaluate(result.classifier, data / "test", progress=not args.quiet)
-    test_dir = test.save(result.run_dir / "test-eval")
-    echo(format_per_class_table(test.metrics))
-    echo(f"Test metrics: {test_dir / 'metrics.json'}")
+    # The report evaluates the test folder; its predictions are the test metrics too.
     page = build_run_report(result.run_dir, data=data / "test", progress=not args.quiet)
+    test_dir = page.evaluation.save(result.run_dir / "test-eval")
+    echo(format_per_class_table(page.evaluation.metrics))
+    echo(f"Test metrics: {test_dir / 'metrics.json'}")
     echo(f"Report:       {page.index_html}  (open it in a browser: per-class galleries, "
          f"label issues, duplicates)")
     echo("\nNext (with .venv/bin/ in front, or the venv activated):")

@@ -18,13 +18,14 @@ from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import DatasetError, ImageLoadError
-from imagefit.estimator import ImageClassifier
+from imagefit.estimator import ImageClassifier, Predictions
+from imagefit.evaluate.evaluation import EvaluationResult
 from imagefit.evaluate.issues import (classify_duplicate_pairs, exact_duplicate_groups,
                                       find_label_issues, near_duplicate_pairs,
                                       out_of_fold_probabilities)
 from imagefit.evaluate.metrics import classification_metrics
 from imagefit.evaluate.ranking import rank_per_class
-from imagefit.features.extract import compute_features
+from imagefit.features.extract import FeatureResult, compute_features
 from imagefit.features.store import FeatureStore
 from imagefit.report.html import ReportData, render_report
 
@@ -38,6 +39,7 @@ class ReportResult:
     n_evaluated: int
     n_label_issues: int
     duplicate_summary: dict
+    evaluation: EvaluationResult   # metrics and predictions of the evaluated set
 
 
 def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None = None,
@@ -66,7 +68,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
         parts["test"] = test
     features = {name: _features(clf, index, progress) for name, index in parts.items()}
     eval_name = "test" if data is not None else "val"
-    evaluated, (x_eval, ok_eval) = parts[eval_name], features[eval_name]
+    evaluated, extracted = parts[eval_name], features[eval_name]
+    x_eval, ok_eval = extracted.features, extracted.ok
     proba = np.full((len(evaluated), len(clf.classes_)), np.nan)
     if ok_eval.any():
         proba[ok_eval] = clf.proba_from_features(x_eval[ok_eval])
@@ -77,7 +80,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     out_dir = Path(out) if out else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     rankings.write_csv(out_dir / "rankings.csv", evaluated.paths, clf.classes_)
-    issues = _label_issues(clf, train, *features["train"])
+    issues = _label_issues(clf, train, features["train"].features, features["train"].ok)
     write_label_issues(issues, out_dir / "label_issues.csv")
     duplicates = _duplicates(parts, features)
     report = ReportData(
@@ -98,7 +101,11 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
         notes=[f"{(~ok_eval).sum()} evaluated files could not be read."] if (~ok_eval).any()
         else [])
     index_html = render_report(report, out_dir)
-    return ReportResult(index_html, int(ok_eval.sum()), len(issues), duplicates["summary"])
+    evaluation = EvaluationResult(metrics, Predictions(evaluated.paths, proba, clf.classes_,
+                                                       extracted.errors), y_eval,
+                                  extracted.failed)
+    return ReportResult(index_html, int(ok_eval.sum()), len(issues), duplicates["summary"],
+                        evaluation)
 
 
 def _read_split(path: Path, classes: tuple[str, ...]) -> tuple[ImageIndex, ImageIndex]:
@@ -117,14 +124,13 @@ def _read_split(path: Path, classes: tuple[str, ...]) -> tuple[ImageIndex, Image
     return parts[0], parts[1]
 
 
-def _features(clf: ImageClassifier, index: ImageIndex, progress: bool
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _features(clf: ImageClassifier, index: ImageIndex, progress: bool) -> FeatureResult:
     runner = clf._get_runner()
     store = FeatureStore(clf._cache_dir(), runner.key, runner.dim)
     result = compute_features(index.paths, runner, keys=index.sha256, store=store,
                               batch_size=clf.batch_size, workers=clf._workers(len(index)),
                               progress=progress)
-    return result.features, result.ok
+    return result
 
 
 def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np.ndarray
@@ -156,8 +162,8 @@ def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
     labels = np.concatenate([index.labels for index in parts.values()])
     subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
     hashes = np.concatenate([index.sha256 for index in parts.values()])
-    embeddings = np.concatenate([x for x, _ in features.values()])
-    rows = np.flatnonzero(np.concatenate([ok for _, ok in features.values()]))
+    embeddings = np.concatenate([f.features for f in features.values()])
+    rows = np.flatnonzero(np.concatenate([f.ok for f in features.values()]))
     exact = exact_duplicate_groups(hashes)
     near = near_duplicate_pairs(embeddings[rows])
     if len(near):
