@@ -74,9 +74,12 @@ def test_train_writes_complete_run_folder(dataset, tmp_path, capsys):
     header, history = read_csv(run / "history.csv")
     assert header == ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
                       "val_balanced_accuracy", "lr", "seconds"]
-    assert 1 <= len(history) <= 10
-    assert [int(r["epoch"]) for r in history] == list(range(1, len(history) + 1))
-    assert {r["stage"] for r in history} == {"probe"}
+    # The default mode fine-tunes: a probe stage on cached features, then --epochs of finetune.
+    assert [r["stage"] for r in history][-1] == "finetune"
+    assert 1 <= sum(r["stage"] == "finetune" for r in history) <= 10
+    for stage in ("probe", "finetune"):  # epochs are numbered within each stage
+        epochs = [int(r["epoch"]) for r in history if r["stage"] == stage]
+        assert epochs == list(range(1, len(epochs) + 1))
 
     header, bad = read_csv(run / "bad_files.csv")
     assert header == ["path", "reason", "message"] and bad == []
@@ -103,7 +106,8 @@ def test_train_prints_summary_without_quiet(dataset, tmp_path, capsys):
     assert cli(["train", dataset, "--out", tmp_path / "run", *SIZE, "--epochs", 5]) == 0
     out = capsys.readouterr().out
     assert "Found 29 images in 3 classes: cat (14), dog (9), owl (6)" in out
-    assert "Balance: weights" in out
+    assert "Mode: finetune; balance: weights" in out
+    assert "Trained with mode finetune, balance weights, augment light" in out
     assert "precision" in out and all(c in out for c in CLASSES)
 
 
@@ -143,14 +147,14 @@ def test_config_file_is_honoured_and_cli_wins(dataset, tmp_path):
     run = tmp_path / "run"
     assert cli(["train", dataset, "--out", run, "--config", cfg, "--quiet"]) == 0
     _, history = read_csv(run / "history.csv")
-    assert 1 <= len(history) <= 3
+    assert 1 <= sum(r["stage"] == "finetune" for r in history) <= 3
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["epochs"] == 3 and config["balance"] == "none"
     assert config["image_size"] == TEST_IMAGE_SIZE
     run2 = tmp_path / "run2"
     assert cli(["train", dataset, "--out", run2, "--config", cfg, "--epochs", 2, "--quiet"]) == 0
     _, history = read_csv(run2 / "history.csv")
-    assert len(history) <= 2
+    assert sum(r["stage"] == "finetune" for r in history) <= 2
     assert yaml.safe_load((run2 / "config.yaml").read_text())["epochs"] == 2
 
 

@@ -80,7 +80,7 @@ def test_use_before_fit_raises_not_fitted(tmp_path, method):
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"mode": "x"}, r"The 'mode' parameter must be one of \['probe', 'scratch'\]\. "
+    ({"mode": "x"}, r"The 'mode' parameter must be one of \['auto', 'probe', 'finetune', 'scratch'\]\. "
                     r"Got 'x' instead\."),
     ({"epochs": 0}, r"The 'epochs' parameter must be an int in \[1, 100000\]\. Got 0 instead\."),
     ({"epochs": 2.5}, r"The 'epochs' parameter must be an int"),
@@ -131,7 +131,7 @@ def test_offline_timm_backbone_mentions_weights_option(dataset, monkeypatch):
 
 def test_fit_probe_sets_fitted_attributes(dataset):
     index = scan_folder(dataset)
-    clf = _fast(epochs=15)
+    clf = _fast(mode="probe", epochs=15)
     assert clf.fit(index) is clf
     assert clf.classes_ == CLASSES
     assert clf.temperature_ > 0 and np.isfinite(clf.temperature_)

@@ -41,7 +41,7 @@ def save_model(clf: ImageClassifier, path: str | os.PathLike) -> Path:
     meta = {
         "format_version": FORMAT_VERSION,
         "backbone": clf.backbone_name_,
-        "mode": clf.mode,
+        "mode": getattr(clf, "mode_", clf.mode),
         "image_size": clf.preprocessing_.image_size,
         "preprocessing": clf.preprocessing_.to_dict(),
         "classes": list(clf.classes_),

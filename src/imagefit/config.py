@@ -18,11 +18,17 @@ class TrainConfig:
     out: str | None = None            # run folder; default runs/<timestamp>
     val: str | None = None            # a separate validation folder (same class names)
     val_fraction: float = 0.2         # share of each class held out when there is no val folder
-    mode: str = "probe"               # probe: head on frozen pretrained features; scratch: whole net
+    mode: str = "auto"                # auto | probe | finetune | scratch (auto: finetune a
+                                      # pretrained backbone on GPU or <= 20k images, else probe)
     backbone: str | None = None       # default efficientnet_lite0 (probe) / simple_cnn (scratch)
     weights: str | None = None        # .safetensors backbone weights (timm models offline)
     image_size: int | None = None     # default: the backbone's own (224 for efficientnet_lite0)
-    balance: str = "auto"             # auto | weights | none  (class weights for imbalance)
+    augment: Any = "auto"             # auto | none | light | keras | strong | FILE.yaml | mapping
+    balance: str = "auto"             # auto | weights | sampler | none (auto: by imbalance ratio)
+    class_weight: Any = None          # balanced (default) | effective_number | {class: weight}
+    max_per_class: int | None = None  # sampler: at most this many draws per class and epoch
+    logit_adjustment: Any = False     # false, or tau (float) for logit-adjusted loss
+    unfreeze: int | None = None       # finetune: top stages to train; default by dataset size
     epochs: int | None = None         # maximum epochs; early stopping on val balanced accuracy
     batch_size: int = 64
     lr: float | None = None           # Adam learning rate; default 1e-3
@@ -34,6 +40,8 @@ class TrainConfig:
     report: bool = True               # build RUN/report/index.html after training
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit per image
     cache_dir: str | None = None      # feature store; default $IMAGEFIT_CACHE or ~/.cache/imagefit
+    time_budget: float | None = None  # minutes; stop after the epoch that passes it, keep the best
+    resume: bool = False              # continue the run in `out` from RUN/checkpoints/
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
@@ -53,5 +61,5 @@ class TrainConfig:
 
     def estimator_params(self) -> dict:
         """The subset of settings that are `ImageClassifier` parameters."""
-        skip = {"data", "out", "val", "strict", "report"}
+        skip = {"data", "out", "val", "strict", "report"}  # resume: with checkpoint_dir
         return {k: v for k, v in self.to_dict().items() if k not in skip}

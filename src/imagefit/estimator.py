@@ -5,9 +5,12 @@ sets attributes ending in "_"; using it before `fit` raises `NotFittedError`.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
-import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,10 +20,12 @@ import torch
 
 from imagefit.data.audit import preflight
 from imagefit.data.images import DEFAULT_MAX_PIXELS
-from imagefit.data.index import BadFile, ImageIndex
-from imagefit.data.sampling import balanced_class_weights, resolve_balance
+from imagefit.data.index import ImageIndex
+from imagefit.data.augment import Augmenter, resolve_augment
+from imagefit.data.sampling import (BalancedSampler, class_weights, logit_adjustment,
+                                    resolve_balance, stacked_correction_warning)
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError, NotFittedError
-from imagefit.features.extract import BackboneRunner, compute_features, iter_image_batches
+from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore, default_cache_dir
 from imagefit.models.backbones import (create_backbone, get_spec, preprocessing_for,
                                        resolve_device, to_input)
@@ -28,12 +33,21 @@ from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
 from imagefit.train.calibrate import fit_temperature
-from imagefit.train.engine import LoopSettings, fit_loop, shuffled_batches
+from imagefit.train.checkpoint import Checkpointer
+from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.finetune import (BackboneSplit, LowerRunner, TopNet, default_unfreeze,
+                                     param_groups, split_backbone)
+from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
 
-MODES = ("probe", "scratch")
-# Per-mode defaults: (backbone, epochs, patience, lr, dropout).
+MODES = ("auto", "probe", "finetune", "scratch")
+# Per-mode defaults: (backbone, epochs, patience, lr, dropout). "finetune" first runs the probe
+# stage with the probe defaults, then its own stage with these.
 _MODE_DEFAULTS = {"probe": ("efficientnet_lite0", 100, 15, 1e-3, 0.2),
+                  "finetune": ("efficientnet_lite0", 30, 8, 1e-3, 0.2),
                   "scratch": ("simple_cnn", 50, 10, 1e-3, 0.5)}
+# "auto" fine-tunes on a CPU up to this many training images; beyond, it probes (fine-tuning
+# a larger set takes hours on a laptop; pass mode="finetune" with a time budget to do it anyway).
+AUTO_FINETUNE_MAX_CPU = 20_000
 
 
 @dataclass
@@ -57,10 +71,28 @@ class ImageClassifier:
         backbone: a registry name ("efficientnet_lite0", "simple_cnn", ...) or any timm model
             name; default "efficientnet_lite0" for mode "probe", "simple_cnn" for "scratch".
         mode: "probe" trains a dropout + linear head on frozen pretrained features;
-            "scratch" trains the whole network from random weights.
+            "finetune" does that, then unfreezes the top stages and trains them with the head
+            on augmented images; "scratch" trains the whole network from random weights;
+            "auto" (default): "scratch" for a backbone without pretrained weights, "finetune"
+            on a GPU or up to 20,000 training images, else "probe".
         image_size: input side in pixels (default: the backbone's own).
-        balance: "auto" (class weights when the largest class is over 1.5x the smallest),
-            "weights" (scikit-learn "balanced" class weights), or "none".
+        augment: "auto" ("light" when images are trained on, i.e. finetune and scratch),
+            "none", "light", "keras", "strong", a YAML file, a mapping of `AugmentConfig`
+            fields, or an `AugmentConfig`. Never applied to validation or prediction.
+        balance: "auto" (none up to 1.5x imbalance, class weights up to 10x, a balanced
+            sampler beyond), "weights", "sampler" (every class drawn equally often, each draw
+            augmented afresh) or "none".
+        class_weight: the weights "weights" uses: "balanced" (default), "effective_number",
+            or a dict {class: weight}.
+        max_per_class: with the sampler, draw at most this many images per class and epoch
+            (under-sampling of very large classes).
+        logit_adjustment: add tau * log(prior) to the logits in the loss (Menon et al. 2021);
+            a float tau, or False.
+        unfreeze: top stages to fine-tune (default by training-set size, see
+            `train.finetune.default_unfreeze`).
+        time_budget: minutes; training stops after the epoch that passes it, keeping the best.
+        checkpoint_dir: save resumable state there after every epoch.
+        resume: continue from the state in `checkpoint_dir`.
         epochs, lr, dropout: training settings (defaults depend on the mode).
         batch_size: mini-batch size.
         val_fraction: used when `fit` gets no validation set.
@@ -78,17 +110,26 @@ class ImageClassifier:
         array(['cat'], dtype='<U3')
     """
 
-    def __init__(self, backbone: str | None = None, *, mode: str = "probe",
-                 image_size: int | None = None, balance: str = "auto", epochs: int | None = None,
+    def __init__(self, backbone: str | None = None, *, mode: str = "auto",
+                 image_size: int | None = None, augment="auto", balance: str = "auto",
+                 class_weight=None, max_per_class: int | None = None,
+                 logit_adjustment: float | bool = False, unfreeze: int | None = None,
+                 epochs: int | None = None,
                  batch_size: int = 64, lr: float | None = None, dropout: float | None = None,
                  val_fraction: float = 0.2, seed: int = 0, device: str = "auto",
                  workers: int | None = None, weights: str | None = None,
                  cache_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 verbose: bool = False):
+                 time_budget: float | None = None, checkpoint_dir: str | None = None,
+                 resume: bool = False, verbose: bool = False):
         self.backbone = backbone
         self.mode = mode
         self.image_size = image_size
+        self.augment = augment
         self.balance = balance
+        self.class_weight = class_weight
+        self.max_per_class = max_per_class
+        self.logit_adjustment = logit_adjustment
+        self.unfreeze = unfreeze
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -100,6 +141,9 @@ class ImageClassifier:
         self.weights = weights
         self.cache_dir = cache_dir
         self.max_pixels = max_pixels
+        self.time_budget = time_budget
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
         self.verbose = verbose
 
     # scikit-learn protocol -------------------------------------------------------------------
@@ -152,9 +196,10 @@ class ImageClassifier:
             raise DatasetError("No usable training images remain after the pre-flight check.")
         counts = train.counts()
         self.classes_ = train.classes
-        self.balance_ = resolve_balance(self.balance, counts)
-        self.class_weight_ = (balanced_class_weights(counts) if self.balance_ == "weights"
-                              else np.ones(len(counts)))
+        self.mode_ = self._resolve_mode(settings["backbone"], len(train))
+        settings = self._resolved_settings(self.mode_)
+        self._resolve_imbalance(counts)
+        self.augment_ = resolve_augment(self._augment_spec())
         self.device_ = resolve_device(self.device)
         self.preprocessing_ = preprocessing_for(settings["backbone"], self.image_size)
         self.backbone_name_ = settings["backbone"]
@@ -163,33 +208,74 @@ class ImageClassifier:
             self.bad_files_ += val.report.bad_files
         self.n_train_, self.n_val_ = len(train), len(val)
         backbone = create_backbone(settings["backbone"], image_size=self.preprocessing_.image_size,
-                                   pretrained=self.mode == "probe", weights=self.weights)
+                                   pretrained=self.mode_ != "scratch", weights=self.weights)
         self.net_ = ImageClassifierNet(backbone, len(self.classes_), settings["dropout"])
-        loop = LoopSettings(settings["epochs"], settings["lr"], settings["patience"], self.mode)
-        if self.mode == "probe":
+        self._started = time.perf_counter()
+        self._checkpointer = self._make_checkpointer(train, val)
+        self.history_, self.unfreeze_ = [], None
+        if self.mode_ in ("probe", "finetune"):
+            _, epochs, patience, lr, _ = _MODE_DEFAULTS["probe"]
+            loop = LoopSettings(epochs, lr, patience, "probe", time_budget_s=self._budget_left())
+            if self.mode_ == "probe":
+                loop.epochs, loop.lr = settings["epochs"], settings["lr"]
             val_logits, y_val = self._fit_probe(train, val, loop)
-        else:
-            val_logits, y_val = self._fit_scratch(train, val, loop)
+        if self.mode_ in ("finetune", "scratch"):
+            val_logits, y_val = self._fit_images(train, val, settings)
         temperature = fit_temperature(val_logits, y_val)
-        self.net_.eval()
+        # Whatever device training used, the fitted model lives on the CPU (it is moved for
+        # prediction as needed): explain, export and save work right after fit.
+        self.net_ = self.net_.cpu().eval()
         self.net_.temperature.fill_(temperature)
         self.temperature_ = temperature
         self._runner = None
         return self
 
-    def _resolved_settings(self) -> dict:
+    def _resolve_mode(self, backbone: str, n_train: int) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if not get_spec(backbone).pretrained:
+            return "scratch"
+        if resolve_device(self.device) == "cuda" or n_train <= AUTO_FINETUNE_MAX_CPU:
+            return "finetune"
+        return "probe"
+
+    def _augment_spec(self):
+        if isinstance(self.augment, str) and self.augment == "auto":
+            return "none" if self.mode_ == "probe" else "light"
+        return self.augment
+
+    def _resolve_imbalance(self, counts: np.ndarray) -> None:
+        self.balance_ = resolve_balance(self.balance, counts)
+        spec = self.class_weight
+        if spec is None:
+            spec = "balanced" if self.balance_ == "weights" else "none"
+        warning = stacked_correction_warning(self.balance_, self.class_weight)
+        if warning:
+            warnings.warn(warning, stacklevel=3)
+        self.class_weight_ = class_weights(spec, counts, self.classes_)
+        tau = self.logit_adjustment
+        self.logit_adjustment_ = (None if tau is False or tau is None
+                                  else logit_adjustment(counts, 1.0 if tau is True else tau))
+
+    def _resolved_settings(self, mode: str | None = None) -> dict:
         if self.mode not in MODES:
             raise ConfigError(f"The 'mode' parameter must be one of {list(MODES)}. "
                               f"Got {self.mode!r} instead.")
-        backbone, epochs, patience, lr, dropout = _MODE_DEFAULTS[self.mode]
+        if mode is None:
+            mode = "probe" if self.mode == "auto" else self.mode
+            if self.mode == "auto" and self.backbone and not get_spec(self.backbone).pretrained:
+                mode = "scratch"
+        backbone, epochs, patience, lr, dropout = _MODE_DEFAULTS[mode]
         backbone = self.backbone or backbone
-        if self.mode == "probe" and not get_spec(backbone).pretrained:
-            raise ConfigError(f"Backbone {backbone!r} has no pretrained weights to probe; use "
+        if mode in ("probe", "finetune") and not get_spec(backbone).pretrained:
+            raise ConfigError(f"Backbone {backbone!r} has no pretrained weights to {mode}; use "
                               f"mode='scratch' (--mode scratch) or a pretrained backbone.")
         checks = [("epochs", self.epochs, int, 1, 100_000), ("batch_size", self.batch_size, int, 1,
                   65_536), ("lr", self.lr, float, 1e-8, 10.0), ("dropout", self.dropout, float,
                   0.0, 0.95), ("seed", self.seed, int, 0, 2**32 - 1),
-                  ("workers", self.workers, int, 0, 256)]
+                  ("workers", self.workers, int, 0, 256), ("unfreeze", self.unfreeze, int, 1, 100),
+                  ("max_per_class", self.max_per_class, int, 1, 2**40),
+                  ("time_budget", self.time_budget, float, 0.0, 1e7)]
         for name, value, kind, lo, hi in checks:
             if value is None:
                 continue
@@ -197,8 +283,36 @@ class ImageClassifier:
             if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
                 raise ConfigError(f"The {name!r} parameter must be {'an int' if kind is int else 'a float'} "
                                   f"in [{lo}, {hi}]. Got {value!r} instead.")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("resume=True needs checkpoint_dir (the CLI's --resume needs --out "
+                              "of the run to continue).")
         return {"backbone": backbone, "epochs": self.epochs or epochs, "patience": patience,
                 "lr": self.lr or lr, "dropout": dropout if self.dropout is None else self.dropout}
+
+    def _budget_left(self) -> float | None:
+        if self.time_budget is None:
+            return None
+        return max(self.time_budget * 60 - (time.perf_counter() - self._started), 0.0)
+
+    def _make_checkpointer(self, train: ImageIndex, val: ImageIndex) -> Checkpointer | None:
+        if not self.checkpoint_dir:
+            return None
+        skip = {"verbose", "workers", "cache_dir", "resume", "time_budget", "checkpoint_dir",
+                "device"}
+        params = {k: repr(v) for k, v in self.get_params().items() if k not in skip}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+        for index in (train, val):
+            digest.update("\n".join(map(str, index.sha256 if index.sha256 is not None
+                                        else index.paths)).encode())
+        checkpointer = Checkpointer(self.checkpoint_dir, digest.hexdigest()[:32])
+        if not self.resume:
+            if any(checkpointer.folder.glob("*.pt")):
+                raise ConfigError(f"{checkpointer.folder} already holds checkpoints: pass "
+                                  f"resume=True (--resume) to continue that run, or train into "
+                                  f"a new folder.")
+        else:
+            checkpointer.clean_temp_files()
+        return checkpointer
 
     def _checked(self, index: ImageIndex) -> ImageIndex:
         """Pre-flight unless the index already went through it (it then has hashes)."""
@@ -220,16 +334,26 @@ class ImageClassifier:
         head = self.net_.head
         xt, yt = torch.from_numpy(x_train), torch.from_numpy(train.labels)
         xv = torch.from_numpy(x_val)
-        batches = lambda epoch: ((xt[b], yt[b]) for b in shuffled_batches(
-            len(yt), self.batch_size, self.seed, epoch))
-        self.history_, self.best_epoch_ = fit_loop(
+        draws = self._draws(train.labels)
+        batches = lambda epoch: ((xt[b], yt[b]) for b in torch.from_numpy(
+            draws(epoch)).split(self.batch_size))
+        loop.steps_per_epoch = -(-len(draws(1)) // self.batch_size)
+        history, self.best_epoch_ = fit_loop(
             head, batches, lambda: head(xv), val.labels, len(self.classes_), loop,
-            class_weight=self.class_weight_, progress=self.verbose)
+            class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
+            checkpointer=self._checkpointer, progress=self.verbose)
+        self.history_ = history
         with torch.no_grad():
             val_logits = head(xv).numpy()
         self.val_index_ = val
         self.val_logits_ = val_logits
         return val_logits, val.labels
+
+    def _draws(self, labels: np.ndarray):
+        """epoch -> the training rows drawn that epoch (balanced sampler or a shuffle)."""
+        if self.balance_ == "sampler":
+            return BalancedSampler(labels, seed=self.seed, max_per_class=self.max_per_class).indices
+        return shuffled_indices(len(labels), self.seed)
 
     def _features(self, index: ImageIndex, runner: BackboneRunner, store: FeatureStore):
         result = compute_features(index.paths, runner, keys=index.sha256, store=store,
@@ -238,56 +362,86 @@ class ImageClassifier:
         self.bad_files_.extend(result.failed)
         return result.features[result.ok], index.take(result.ok)
 
-    def _fit_scratch(self, train: ImageIndex, val: ImageIndex, loop: LoopSettings):
-        net, device = self.net_.to(self.device_), self.device_
-        with tempfile.TemporaryDirectory(dir=_ensure(self._cache_dir())) as tmp:
-            train_images, train = self._decode_all(train, Path(tmp) / "train.npy")
-            val_images, val = self._decode_all(val, Path(tmp) / "val.npy")
-            self.n_train_, self.n_val_ = len(train), len(val)
-            prep, labels = self.preprocessing_, torch.from_numpy(train.labels)
+    def _fill_cache(self, index: ImageIndex, decode: DecodeRunner,
+                    images: FeatureStore) -> ImageIndex:
+        """Decode what the cache lacks, a chunk at a time (memory stays bounded)."""
+        ok = np.ones(len(index), bool)
+        bar = progress_bar(total=int(images.missing(index.sha256).sum()), desc="Decoding images",
+                           unit="img", enabled=self.verbose)
+        with bar:
+            for start in range(0, len(index), 2048):
+                part = index.take(np.arange(start, min(start + 2048, len(index))))
+                result = compute_features(part.paths, decode, keys=part.sha256, store=images,
+                                          batch_size=self.batch_size, bar=bar,
+                                          workers=self._workers(len(index)),
+                                          max_pixels=self.max_pixels)
+                ok[start:start + len(part)] = result.ok
+                self.bad_files_.extend(result.failed)
+        return index if ok.all() else index.take(ok)
 
-            def batches(epoch):
-                for b in shuffled_batches(len(labels), self.batch_size, self.seed, epoch):
-                    rows = np.sort(b.numpy())
-                    yield torch.from_numpy(to_input(train_images[rows], prep)), labels[rows]
+    def _fit_images(self, train: ImageIndex, val: ImageIndex, settings: dict):
+        """Train on augmented images: the top of the backbone plus the head (finetune), or
+        the whole network (scratch). Images come from the decoded-image cache."""
+        decode = DecodeRunner(self.preprocessing_, self.max_pixels)
+        images = decode.store(_ensure(self._cache_dir()))
+        images.clean_stale_temp_files()
+        train = self._fill_cache(train, decode, images)
+        val_images, val = self._features(val, decode, images)
+        self.n_train_, self.n_val_ = len(train), len(val)
+        if len(train) == 0:
+            raise DatasetError("No usable training images remain after decoding.")
+        if self.mode_ == "finetune":
+            self.unfreeze_ = self.unfreeze or default_unfreeze(len(train))
+            split = split_backbone(self.net_.backbone, self.unfreeze_)
+            groups = param_groups(self.net_.head, split, settings["lr"])
+        else:
+            self.unfreeze_ = None
+            split = BackboneSplit(None, self.net_.backbone, [])
+            groups = None
+        lower = LowerRunner(split.lower, self.preprocessing_, device=self.device_,
+                            cache_dir=_ensure(self._cache_dir()))
+        top = TopNet(split.upper, self.net_.head).to(self.device_)
+        if self.device_ == "cpu":
+            top = top.to(memory_format=torch.channels_last)
+        dataset = CachedImages(*images.resolve(train.sha256), train.labels,
+                               Augmenter(self.augment_), seed=self.seed)
+        draws = self._draws(train.labels)
+        loader = TrainLoader(dataset, draws, batch_size=self.batch_size,
+                             workers=self._workers(len(train)))
+        # Validation images are never augmented; with a frozen lower part their lower
+        # outputs are the same every epoch, so they are computed once.
+        val_lower = lower.features(val_images) if split.lower is not None else None
 
-            def val_logits():
-                return torch.cat([net(torch.from_numpy(to_input(val_images[s:s + 256], prep))
-                                      .to(device)).cpu() for s in range(0, len(val), 256)]
-                                 or [torch.zeros(0, len(self.classes_))])
+        def batches(epoch):
+            for batch, labels in loader.epoch(epoch):
+                yield lower(batch), labels
 
-            self.history_, self.best_epoch_ = fit_loop(
-                net, batches, val_logits, val.labels, len(self.classes_), loop,
-                class_weight=self.class_weight_, device=device, progress=self.verbose)
-            with torch.no_grad():
-                logits = val_logits().numpy()
-        self.net_ = net.cpu().eval()
+        def val_logits():
+            if val_lower is not None:
+                chunks = [top(val_lower[s:s + 256].to(self.device_)).cpu()
+                          for s in range(0, len(val_lower), 256)]
+            else:
+                chunks = [top(lower(torch.from_numpy(val_images[s:s + 256]))).cpu()
+                          for s in range(0, len(val_images), 256)]
+            return torch.cat(chunks) if chunks else torch.zeros(0, len(self.classes_))
+
+        steps = -(-len(draws(1)) // self.batch_size)
+        loop = LoopSettings(settings["epochs"], settings["lr"], settings["patience"], self.mode_,
+                            weight_decay=1e-4 if self.mode_ == "finetune" else 0.0,
+                            schedule="cosine", warmup_steps=steps, steps_per_epoch=steps,
+                            time_budget_s=self._budget_left())
+        history, self.best_epoch_ = fit_loop(
+            top, batches, val_logits, val.labels, len(self.classes_), loop,
+            class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
+            param_groups=groups, checkpointer=self._checkpointer, device=self.device_,
+            progress=self.verbose)
+        self.history_ = self.history_ + history
+        self.lower_runtime_ = lower.runtime
+        with torch.no_grad():
+            logits = val_logits().numpy()
         self.val_index_ = val
         self.val_logits_ = logits
         return logits, val.labels
-
-    def _decode_all(self, index: ImageIndex, path: Path) -> tuple[np.ndarray, ImageIndex]:
-        """Decode every image once into a uint8 memory map at working size."""
-        size = self.preprocessing_.image_size
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                           shape=(len(index), size, size, 3))
-        ok = np.ones(len(index), bool)
-        start = 0
-        for batch, errors in iter_image_batches(index.paths, self.preprocessing_,
-                                                batch_size=self.batch_size,
-                                                workers=self._workers(len(index)),
-                                                max_pixels=self.max_pixels):
-            images[start:start + len(batch)] = batch
-            for offset, error in enumerate(errors):
-                if error:
-                    ok[start + offset] = False
-                    reason, _, message = error.partition(":")
-                    self.bad_files_.append(BadFile(str(index.paths[start + offset]), reason,
-                                                   message))
-            start += len(batch)
-        if ok.all():
-            return images, index
-        return images[ok], index.take(ok)
 
     # prediction ------------------------------------------------------------------------------
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,

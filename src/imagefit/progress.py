@@ -7,11 +7,12 @@ import sys
 from tqdm.auto import tqdm
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> tqdm:
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True,
+                 initial: int = 0) -> tqdm:
     """A tqdm bar on stderr; a disabled bar accepts the same calls and prints nothing."""
     # Bars only on a terminal: in logs and CI they are noise.
     return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and sys.stderr.isatty()),
-                file=sys.stderr,
+                file=sys.stderr, initial=initial,
                 leave=False, dynamic_ncols=True, mininterval=0.5)
 
 

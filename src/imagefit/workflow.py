@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +60,10 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     """
     run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
-    clf = ImageClassifier(**config.estimator_params(), verbose=progress)
+    params = config.estimator_params()
+    resume = params.pop("resume")
+    clf = ImageClassifier(**params, checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
+                          verbose=progress)
     size = preprocessing_for(clf._resolved_settings()["backbone"], config.image_size).image_size
 
     index = scan_folder(config.data)
@@ -95,8 +99,12 @@ def train_run(config: TrainConfig, *, progress: bool = True,
                               f"them:\n{listing}")
     write_split(train, val, run_dir / "split.csv")
     echo(f"Training on {len(train):,} images, validating on {len(val):,}.")
-
-    clf.fit(train, val=val)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        clf.fit(train, val=val)
+    for warning in caught:
+        echo(f"warning: {warning.message}")
+    echo(_choices(clf))
     runtime_bad = [b for b in clf.bad_files_ if b not in set(bad_files)]
     bad_files += runtime_bad
     write_bad_files(bad_files, run_dir / "bad_files.csv")
@@ -111,6 +119,23 @@ def train_run(config: TrainConfig, *, progress: bool = True,
 
         report = build_run_report(run_dir, progress=progress).index_html
     return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report)
+
+
+def _choices(clf: ImageClassifier) -> str:
+    """One line naming what "auto" settings became (also stored in config.yaml)."""
+    parts = [f"mode {clf.mode_}", f"balance {clf.balance_}"]
+    if clf.mode_ != "probe":
+        parts.append("augment " + ("none" if clf.augment_.is_identity else
+                                   _augment_name(clf.augment_)))
+    if getattr(clf, "unfreeze_", None):
+        parts.append(f"top {clf.unfreeze_} stage(s) unfrozen")
+    return "Trained with " + ", ".join(parts) + "."
+
+
+def _augment_name(config) -> str:
+    from imagefit.data.augment import PRESETS
+
+    return next((name for name, preset in PRESETS.items() if preset == config), "custom")
 
 
 def _preflight(index: ImageIndex, config: TrainConfig, size: int, progress: bool) -> PreflightResult:
@@ -144,11 +169,14 @@ def write_split(train: ImageIndex, val: ImageIndex, path: Path) -> None:
 
 def _write_config(config: TrainConfig, clf: ImageClassifier, path: Path) -> None:
     resolved = config.to_dict()
-    resolved.update(backbone=clf.backbone_name_, image_size=clf.preprocessing_.image_size,
-                    balance=clf.balance_, device=clf.device_)
-    settings = clf._resolved_settings()
+    resolved.update(mode=clf.mode_, backbone=clf.backbone_name_,
+                    image_size=clf.preprocessing_.image_size, balance=clf.balance_,
+                    device=clf.device_, augment=json.loads(json.dumps(clf.augment_.to_dict())),
+                    unfreeze=clf.unfreeze_)
+    settings = clf._resolved_settings(clf.mode_)
     resolved.update(epochs=settings["epochs"], lr=settings["lr"], dropout=settings["dropout"])
-    resolved["resolved"] = {"balance_requested": config.balance,
+    resolved["resolved"] = {"mode_requested": config.mode, "augment_requested": config.augment,
+                            "balance_requested": config.balance,
                             "class_weight": {c: round(float(w), 6) for c, w in
                                              zip(clf.classes_, clf.class_weight_)},
                             "temperature": round(float(clf.temperature_), 6),

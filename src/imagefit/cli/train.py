@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   imagefit train data/train --val data/val --image-size 160 --out runs/cats
   imagefit train labels.csv --mode scratch --epochs 30 --out runs/scratch
   imagefit train data/ --strict          # stop (exit 3) if any file is unreadable
+  imagefit train data/ --augment keras --balance sampler --time-budget 15 --out runs/x
+  imagefit train data/ --out runs/x --resume   # continue an interrupted run
 """
 
 
@@ -30,15 +32,33 @@ def add_parser(sub, common) -> None:
     split.add_argument("--val-fraction", type=float, metavar="F",
                        help="share of each class held out for validation (default 0.2)")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<timestamp>)")
-    p.add_argument("--mode", choices=MODES, help="probe: linear head on frozen pretrained "
-                   "features (default); scratch: small CNN trained from random weights")
+    p.add_argument("--mode", choices=MODES, help="auto (default): finetune a pretrained "
+                   "backbone (on a GPU, or up to 20,000 images on a CPU; else probe); probe: "
+                   "linear head on frozen pretrained features; finetune: probe, then train the "
+                   "top stages on augmented images; scratch: small CNN from random weights")
+    p.add_argument("--augment", metavar="PRESET|FILE.yaml", help="training augmentation: "
+                   "none, light (default when training on images), keras (the Keras blog's "
+                   "settings), strong, or a YAML file of ImageDataGenerator-style settings")
+    p.add_argument("--unfreeze", type=int, metavar="N", help="finetune: top stages to train "
+                   "(default 1 below 2,000 images, 2 below 20,000, else 3)")
     p.add_argument("--backbone", metavar="NAME", help="efficientnet_lite0 (default), "
                    "efficientnet_lite1/2, simple_cnn, or any timm model name")
     p.add_argument("--weights", metavar="FILE", help=".safetensors backbone weights")
     p.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
-    p.add_argument("--balance", choices=BALANCE_CHOICES, help="class weights for imbalanced "
-                   "data: auto (default: on when the largest class is >1.5x the smallest), "
-                   "weights, none")
+    p.add_argument("--balance", choices=BALANCE_CHOICES, help="imbalance correction: auto "
+                   "(default: none up to 1.5x imbalance, class weights up to 10x, a balanced "
+                   "sampler beyond), weights, sampler, none")
+    p.add_argument("--class-weight", choices=("balanced", "effective_number"),
+                   help="how --balance weights are computed (default balanced; a "
+                   "{class: weight} mapping can be given in --config)")
+    p.add_argument("--max-per-class", type=int, metavar="N", help="sampler: draw at most N "
+                   "images per class and epoch (under-sample huge classes)")
+    p.add_argument("--logit-adjustment", type=float, metavar="TAU", help="logit-adjusted loss "
+                   "(Menon et al. 2021) with this tau, e.g. 1.0")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop after the epoch "
+                   "that passes this many minutes of training, keeping the best model so far")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the "
+                   "interrupted run in --out from its checkpoints (same options as before)")
     p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (early stopping)")
     p.add_argument("--batch-size", type=int, metavar="N", help="mini-batch size (default 64)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
@@ -60,8 +80,9 @@ def add_parser(sub, common) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
-                "balance", "epochs", "batch_size", "lr", "dropout", "seed", "device", "workers",
-                "max_pixels", "strict", "report"):
+                "augment", "balance", "class_weight", "max_per_class", "logit_adjustment",
+                "unfreeze", "epochs", "batch_size", "lr", "dropout", "seed", "device", "workers",
+                "max_pixels", "time_budget", "resume", "strict", "report"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -78,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 def report(result, echo) -> None:
     clf = result.classifier
-    echo(f"Balance: {clf.balance_}; best epoch {clf.best_epoch_}; temperature "
-         f"{clf.temperature_:.3f}.")
+    echo(f"Mode: {clf.mode_}; balance: {clf.balance_}; best epoch {clf.best_epoch_}; "
+         f"temperature {clf.temperature_:.3f}.")
     echo("Validation metrics:")
     echo(format_per_class_table(result.evaluation.metrics))
     echo(f"Model:   {result.model_dir}")

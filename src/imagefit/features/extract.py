@@ -30,6 +30,8 @@ from imagefit.progress import progress_bar
 log = logging.getLogger(__name__)
 # Largest absolute difference between ONNX Runtime and PyTorch features we accept.
 ORT_TOLERANCE = 1e-3
+# Bump when `load_image` changes the pixels it returns: it invalidates decoded-image caches.
+DECODER_VERSION = 1
 
 
 class ImageFiles(Dataset):
@@ -85,7 +87,7 @@ class BackboneRunner:
         self.prep = prep
         self.device = device
         self.key = model_key(backbone, prep)
-        self.dim = int(backbone.num_features)
+        self.dim = int(getattr(backbone, "num_features", 0))  # 0: not a pooled-feature model
         self.session = None
         if runtime in ("auto", "onnx") and device == "cpu" and cache_dir is not None:
             self.session = self._onnx_session(Path(cache_dir), strict=runtime == "onnx")
@@ -132,6 +134,32 @@ class BackboneRunner:
             log.warning("ONNX Runtime features differ from PyTorch; using PyTorch")
             return None
         return session
+
+
+class DecodeRunner:
+    """The identity "runner": its rows are the decoded uint8 images themselves, so
+    `compute_features` with it fills the decoded-image cache (decode once, augment every epoch).
+    """
+
+    dtype = np.uint8
+    runtime = "decode"
+    description = "Decoding images"
+
+    def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.prep = prep
+        size = prep.image_size
+        self.dim = (size, size, 3)
+        settings = {"size": size, "background": list(prep.background), "resize": prep.resize,
+                    "interpolation": prep.interpolation, "max_pixels": max_pixels,
+                    "decoder": DECODER_VERSION}
+        self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return images
+
+    def store(self, cache_dir: str | Path) -> FeatureStore:
+        """The decoded-image cache for these settings."""
+        return FeatureStore(cache_dir, self.key, self.dim, dtype=np.uint8, kind="images")
 
 
 def export_onnx_bytes(module: nn.Module, prep: Preprocessing) -> bytes:
@@ -209,7 +237,8 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
         `FeatureResult`; failed rows hold zeros and are listed with their reason.
     """
     n = len(paths)
-    out = np.zeros((n, runner.dim), np.float32) if out is None else out
+    row_shape = (runner.dim,) if isinstance(runner.dim, int) else tuple(runner.dim)
+    out = np.zeros((n, *row_shape), getattr(runner, "dtype", np.float32)) if out is None else out
     ok = np.ones(n, bool)
     todo = np.arange(n)
     if store is not None:
@@ -219,7 +248,8 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     errors = [""] * n
     own_bar = bar is None
     if own_bar:
-        bar = progress_bar(total=len(todo), desc=f"Extracting features ({runner.runtime})",
+        bar = progress_bar(total=len(todo), desc=getattr(runner, "description",
+                                                         f"Extracting features ({runner.runtime})"),
                            unit="img", enabled=progress and len(todo) > 0)
     writer = store.writer() if store is not None else None
     position = 0
@@ -237,7 +267,7 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
             if good.any():
                 feats = runner(images[good])
                 if not np.isfinite(feats).all():
-                    bad_rows = rows[good][~np.isfinite(feats).all(axis=1)]
+                    bad_rows = rows[good][~np.isfinite(feats).reshape(len(feats), -1).all(axis=1)]
                     for row in bad_rows:
                         errors[row] = "corrupt: non-finite features"
                     ok[bad_rows] = False

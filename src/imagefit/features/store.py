@@ -1,5 +1,7 @@
-"""The bottleneck feature store: rows of float32 features on disk, keyed by the SHA-256 of the
-image file's bytes, in a folder keyed by backbone weights and preprocessing. Rows are written in
+"""The content-keyed row store: rows on disk keyed by the SHA-256 of the image file's bytes, in a
+folder keyed by what produced them. Two kinds share it: float32 bottleneck features (keyed by
+backbone weights and preprocessing) and uint8 decoded images at working size (keyed by the
+decoder settings), so epochs after the first never decode again. Rows are written in
 chunks of bounded size, each chunk an `.npy` file plus a JSON record (keys, shape, CRC32) written
 last, atomically: a chunk without its record does not exist, so a killed run leaves nothing
 half-valid. Chunks are validated on read; a bad one is removed and its rows are recomputed.
@@ -20,6 +22,8 @@ import numpy as np
 from imagefit.errors import CacheError
 
 CHUNK_ROWS = 4096
+# Rows buffered before a chunk is committed are bounded in bytes too (decoded images are large).
+CHUNK_BYTES = 64 << 20
 _FORMAT = 1
 
 
@@ -69,9 +73,14 @@ class FeatureStore:
         (1, 4)
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, key: str, dim: int):
-        self.folder = Path(cache_dir) / "features" / key
+    def __init__(self, cache_dir: str | os.PathLike, key: str, dim: int | tuple[int, ...], *,
+                 dtype: np.dtype | type = np.float32, kind: str = "features"):
+        self.folder = Path(cache_dir) / kind / key
         self.dim = dim
+        self.row_shape = (dim,) if isinstance(dim, int) else tuple(dim)
+        self.dtype = np.dtype(dtype)
+        row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(row_bytes, 1)))
         self._locations: dict[str, tuple[str, int]] | None = None
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -106,7 +115,7 @@ class FeatureStore:
                 recomputing the missing rows repairs the store).
         """
         known = self.locations()
-        out = np.empty((len(keys), self.dim), np.float32) if out is None else out
+        out = np.empty((len(keys), *self.row_shape), self.dtype) if out is None else out
         by_chunk: dict[str, tuple[list[int], list[int]]] = {}
         for i, key in enumerate(keys):
             if key not in known:
@@ -118,6 +127,18 @@ class FeatureStore:
         for chunk, (dst, src) in by_chunk.items():
             out[dst] = self._chunk(chunk)[src]
         return out
+
+    def resolve(self, keys) -> tuple[list[Path], np.ndarray, np.ndarray]:
+        """Where each key's row lives, as arrays (cheap to hand to DataLoader workers): chunk
+        files, and per key the chunk number and the row. All keys must be present."""
+        known = self.locations()
+        names = sorted({known[k][0] for k in keys})
+        number = {name: i for i, name in enumerate(names)}
+        chunk = np.array([number[known[k][0]] for k in keys], np.int32)
+        row = np.array([known[k][1] for k in keys], np.int64)
+        for name in names:
+            self._chunk(name)  # validate once here, not in every worker
+        return [self.folder / f"{n}.npy" for n in names], chunk, row
 
     def writer(self) -> "_ChunkWriter":
         return _ChunkWriter(self)
@@ -142,8 +163,8 @@ class FeatureStore:
             try:
                 meta = json.loads(record.read_text())
                 array = np.load(self.folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-                valid = (meta.get("format") == _FORMAT and array.dtype == np.float32
-                         and array.shape == (len(meta["keys"]), self.dim)
+                valid = (meta.get("format") == _FORMAT and array.dtype == self.dtype
+                         and array.shape == (len(meta["keys"]), *self.row_shape)
                          and zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
                          == meta["crc32"])
             except (OSError, ValueError, KeyError):
@@ -167,7 +188,7 @@ class FeatureStore:
     def _commit(self, keys: list[str], rows: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"chunk-{uuid.uuid4().hex}"
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
         buffer = io.BytesIO()
         np.save(buffer, rows, allow_pickle=False)
         atomic_write_bytes(self.folder / f"{name}.npy", buffer.getvalue())
@@ -180,7 +201,7 @@ class FeatureStore:
 
 
 class _ChunkWriter:
-    """Buffers at most `CHUNK_ROWS` rows in memory, then commits them as one chunk."""
+    """Buffers at most `chunk_rows` rows in memory, then commits them as one chunk."""
 
     def __init__(self, store: FeatureStore):
         self.store = store
@@ -192,9 +213,9 @@ class _ChunkWriter:
         if len(keys) != len(rows):
             raise ValueError("keys and rows differ in length")
         self.keys.extend(keys)
-        self.rows.append(np.asarray(rows, np.float32))
+        self.rows.append(np.asarray(rows, self.store.dtype))
         self.n_buffered += len(rows)
-        if self.n_buffered >= CHUNK_ROWS:
+        if self.n_buffered >= min(CHUNK_ROWS, self.store.chunk_rows):
             self.flush()
 
     def flush(self) -> None:

@@ -1,13 +1,16 @@
 """The training loop shared by every mode: epochs of mini-batches, weighted cross-entropy,
 validation after each epoch, model selection on validation balanced accuracy (ties: lower
-validation loss), early stopping, the best epoch's weights restored at the end.
+validation loss), early stopping, a time budget, the best epoch's weights restored at the end;
+optionally a checkpoint after every epoch, from which a killed run continues exactly.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -17,6 +20,9 @@ from torch import nn
 from imagefit.errors import ImagefitError
 from imagefit.evaluate.metrics import classification_metrics
 from imagefit.progress import progress_bar
+from imagefit.train.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -29,41 +35,81 @@ class TrainingDivergedError(ImagefitError):
 
 @dataclass
 class LoopSettings:
+    """One training stage. The learning rate is `lr` times `lr_factor(step)` of the schedule."""
+
     epochs: int
     lr: float
     patience: int
     stage: str
     weight_decay: float = 0.0
+    schedule: str = "constant"        # constant | cosine (with linear warm-up)
+    warmup_steps: int = 0
+    steps_per_epoch: int = 1
+    time_budget_s: float | None = None  # stop after the epoch that passes it; best kept
+
+
+def lr_factor(step: int, settings: LoopSettings) -> float:
+    """The schedule as a pure function of the optimizer step (0-based)."""
+    if settings.schedule == "constant":
+        return 1.0
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    total = max(settings.epochs * settings.steps_per_epoch - settings.warmup_steps, 1)
+    progress = min((step - settings.warmup_steps) / total, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
              val_logits: Callable[[], torch.Tensor], y_val: np.ndarray, n_classes: int,
              settings: LoopSettings, *, class_weight: np.ndarray | None = None,
-             device: str = "cpu", progress: bool = False) -> tuple[list[dict], int]:
+             logit_adjustment: np.ndarray | None = None, param_groups: list[dict] | None = None,
+             checkpointer: Checkpointer | None = None, device: str = "cpu",
+             progress: bool = False) -> tuple[list[dict], int]:
     """Train `model` in place; return (history rows, best epoch).
 
     Args:
         train_batches: epoch number -> iterable of (inputs, int64 targets), freshly shuffled.
         val_logits: computes validation logits with the model in eval mode.
         y_val: validation targets (may be empty: then the last epoch is kept).
+        logit_adjustment: added to the logits inside the loss only (Menon et al. 2021).
+        param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
+            every trainable parameter at `settings.lr`.
+        checkpointer: save the state after every epoch, and continue from a saved state.
     """
     weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32,
                                                                 device=device)
+    adjust = (None if logit_adjustment is None
+              else torch.as_tensor(logit_adjustment, dtype=torch.float32, device=device))
     criterion = nn.CrossEntropyLoss(weight=weight)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    history: list[dict] = []
-    best_score: tuple[float, float] | None = None
-    best_state, best_epoch, stale = None, 0, 0
+    if param_groups is None:
+        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                         "lr": settings.lr}]
+    base_lrs = [group["lr"] for group in param_groups]
+    optimizer = torch.optim.AdamW(param_groups, lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    state = _State()
+    if checkpointer is not None:
+        saved = checkpointer.load(settings.stage)
+        if saved is not None:
+            state = _State.restore(saved, model, optimizer)
     bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})", unit="epoch",
-                       enabled=progress)
-    for epoch in range(1, settings.epochs + 1):
+                       enabled=progress, initial=state.epoch)
+    step = state.epoch * settings.steps_per_epoch
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        if state.done:
+            break
         started = time.perf_counter()
         model.train()
         total, count, skipped = 0.0, 0, 0
         for inputs, targets in train_batches(epoch):
+            if not len(targets):
+                continue
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(step, settings)
+            step += 1
             inputs, targets = inputs.to(device), targets.to(device)
-            loss = criterion(model(inputs), targets)
+            logits = model(inputs)
+            loss = criterion(logits if adjust is None else logits + adjust, targets)
             if not torch.isfinite(loss):
                 skipped += 1
                 continue
@@ -77,24 +123,64 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
                                         f"Try a lower learning rate (--lr).")
         row = {"epoch": epoch, "stage": settings.stage, "train_loss": total / max(count, 1)}
         row.update(_validate(model, val_logits, y_val, n_classes))
-        row.update(lr=settings.lr, seconds=round(time.perf_counter() - started, 4))
-        history.append(row)
+        row.update(lr=optimizer.param_groups[-1]["lr"],
+                   seconds=round(time.perf_counter() - started, 4))
+        state.history.append(row)
+        state.elapsed += time.perf_counter() - started
         # Without validation data, later is better: the last epoch is kept.
         score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0, epoch)
-        if best_score is None or score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if state.best_score is None or score > tuple(state.best_score):
+            state.best_score, state.best_epoch, state.stale = score, epoch, 0
+            state.best_state = copy.deepcopy(model.state_dict())
         else:
-            stale += 1
+            state.stale += 1
+        state.epoch = epoch
+        over_budget = (settings.time_budget_s is not None
+                       and state.elapsed >= settings.time_budget_s)
+        state.done = bool((len(y_val) and state.stale >= settings.patience) or over_budget
+                          or epoch == settings.epochs)
+        if checkpointer is not None:
+            checkpointer.save(settings.stage, state.to_dict(model, optimizer))
         bar.update()
-        bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=best_epoch)
-        if len(y_val) and stale >= settings.patience:
-            break
+        bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
+        if over_budget:
+            log.warning("Time budget reached after epoch %d of %s; keeping the best epoch (%d).",
+                        epoch, settings.stage, state.best_epoch)
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     model.eval()
-    return history, best_epoch
+    return state.history, state.best_epoch
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds besides the model and optimizer."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_score: tuple | None = None
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stale: int = 0
+    elapsed: float = 0.0
+    done: bool = False
+
+    def to_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "epoch": self.epoch, "history": self.history,
+                "best_score": list(self.best_score) if self.best_score else None,
+                "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "stale": self.stale, "elapsed": self.elapsed, "done": self.done}
+
+    @classmethod
+    def restore(cls, saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> "_State":
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        score = tuple(saved["best_score"]) if saved["best_score"] is not None else None
+        return cls(saved["epoch"], list(saved["history"]), score, saved["best_epoch"],
+                   saved["best_state"], saved["stale"], saved["elapsed"], saved["done"])
 
 
 def _validate(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,

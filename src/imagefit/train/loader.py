@@ -1,0 +1,158 @@
+"""The training data path: working-size uint8 images (from the decoded-image cache, or decoded from
+files for a cold epoch), augmented afresh on every draw, batched by a DataLoader. Everything a
+worker holds is a NumPy array or a short list, never per-sample Python objects. Each draw's
+augmentation comes from its own generator, seeded by (seed, epoch, position in the epoch): runs
+repeat exactly, whatever the number of workers, and no two draws or epochs share parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from imagefit.data.augment import Augmenter
+from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
+from imagefit.errors import ImageLoadError
+
+# Separates augmentation streams from every other use of the run's seed.
+_AUGMENT_STREAM = 0xA06
+
+
+def draw_generator(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of one draw: a pure function of (seed, epoch, position)."""
+    return np.random.default_rng([seed, epoch, position, _AUGMENT_STREAM])
+
+
+class _Draws(Dataset):
+    """Base: `dataset[(index, epoch, position)]` -> (augmented uint8 image, label, ok)."""
+
+    def __init__(self, labels: np.ndarray, augmenter: Augmenter, seed: int):
+        self.labels = np.asarray(labels, np.int64)
+        self.augmenter = augmenter
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, epoch, position = key
+        image = self.image(index)
+        if image is None:  # unreadable at run time: the collate drops it
+            return None, int(self.labels[index])
+        if not self.augmenter.config.is_identity:
+            image = self.augmenter(image, draw_generator(self.seed, epoch, position))
+        return image, int(self.labels[index])
+
+
+class CachedImages(_Draws):
+    """Draws from the decoded-image cache: chunk files plus (chunk, row) per image."""
+
+    def __init__(self, chunk_files: list, chunk: np.ndarray, row: np.ndarray, labels: np.ndarray,
+                 augmenter: Augmenter, seed: int = 0):
+        super().__init__(labels, augmenter, seed)
+        self.chunk_files = [os.fspath(f) for f in chunk_files]
+        self.chunk = np.asarray(chunk, np.int32)
+        self.row = np.asarray(row, np.int64)
+        self._arrays: list[np.ndarray] | None = None  # opened lazily, once per worker
+
+    def image(self, index: int) -> np.ndarray:
+        if self._arrays is None:
+            self._arrays = [np.load(f, mmap_mode="r", allow_pickle=False)
+                            for f in self.chunk_files]
+        return np.array(self._arrays[self.chunk[index]][self.row[index]])
+
+
+class FileImages(_Draws):
+    """Draws decoded from the files every time (a cold epoch; no cache)."""
+
+    def __init__(self, paths: np.ndarray, labels: np.ndarray, size: int, augmenter: Augmenter,
+                 seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = (255, 255, 255)):
+        super().__init__(labels, augmenter, seed)
+        self.paths = np.asarray(paths, dtype=str)
+        self.size, self.max_pixels, self.background = size, max_pixels, background
+
+    def image(self, index: int) -> np.ndarray | None:
+        try:
+            return load_image(str(self.paths[index]), self.size, max_pixels=self.max_pixels,
+                              background=self.background)
+        except ImageLoadError:
+            return None
+
+
+class EpochDraws(Sampler):
+    """Yields (index, epoch, position) for one epoch of `indices(epoch)`; `set_epoch` first."""
+
+    def __init__(self, indices: Callable[[int], np.ndarray]):
+        self.indices = indices
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch = self.epoch
+        return iter([(int(i), epoch, p) for p, i in enumerate(self.indices(epoch))])
+
+    def __len__(self) -> int:
+        return len(self.indices(self.epoch))
+
+
+def collate_uint8(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (image, label) pairs into a uint8 (B, H, W, 3) batch, dropping failed draws."""
+    items = [(image, label) for image, label in items if image is not None]
+    if not items:
+        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    images = torch.from_numpy(np.stack([image for image, _ in items]))
+    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+class TrainLoader:
+    """Epochs of augmented uint8 batches: `loader.epoch(e)` iterates epoch `e`.
+
+    Args:
+        dataset: `CachedImages` or `FileImages`.
+        indices: epoch -> the dataset rows drawn that epoch, in order (a shuffle, or a
+            balanced sampler's draws).
+        batch_size: images per batch.
+        workers: DataLoader processes (0: in this process); they live across epochs.
+    """
+
+    def __init__(self, dataset: _Draws, indices: Callable[[int], np.ndarray], *,
+                 batch_size: int, workers: int = 0):
+        self.sampler = EpochDraws(indices)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, collate_fn=collate_uint8,
+                                 persistent_workers=workers > 0,
+                                 worker_init_fn=_worker_init if workers > 0 else None)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        return iter(self.loader)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One thread per worker: the workers are the parallelism.
+    torch.set_num_threads(1)
+
+
+def shuffled_indices(n: int, seed: int) -> Callable[[int], np.ndarray]:
+    """epoch -> a permutation of range(n), a pure function of (seed, epoch)."""
+    def indices(epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch, 0x5F]).permutation(n)
+    return indices
+
+
+def to_float_batch(images: torch.Tensor, mean, std, *, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), channels-last in memory."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last if channels_last
+                        else torch.contiguous_format)
