@@ -33,6 +33,7 @@ from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
 from imagefit.train.calibrate import fit_temperature
+from imagefit.train import distributed
 from imagefit.train.checkpoint import Checkpointer
 from imagefit.train.engine import LoopSettings, fit_loop
 from imagefit.train.finetune import (BackboneSplit, LowerRunner, TopNet, default_unfreeze,
@@ -211,6 +212,7 @@ class ImageClassifier:
                                    pretrained=self.mode_ != "scratch", weights=self.weights)
         self.net_ = ImageClassifierNet(backbone, len(self.classes_), settings["dropout"])
         self._started = time.perf_counter()
+        self._dist = distributed.current()
         self._checkpointer = self._make_checkpointer(train, val)
         self.history_, self.unfreeze_ = [], None
         if self.mode_ in ("probe", "finetune"):
@@ -304,13 +306,14 @@ class ImageClassifier:
         for index in (train, val):
             digest.update("\n".join(map(str, index.sha256 if index.sha256 is not None
                                         else index.paths)).encode())
-        checkpointer = Checkpointer(self.checkpoint_dir, digest.hexdigest()[:32])
+        checkpointer = Checkpointer(self.checkpoint_dir, digest.hexdigest()[:32],
+                                    writer=self._dist.is_main)
         if not self.resume:
             if any(checkpointer.folder.glob("*.pt")):
                 raise ConfigError(f"{checkpointer.folder} already holds checkpoints: pass "
                                   f"resume=True (--resume) to continue that run, or train into "
                                   f"a new folder.")
-        else:
+        elif self._dist.is_main:
             checkpointer.clean_temp_files()
         return checkpointer
 
@@ -334,7 +337,8 @@ class ImageClassifier:
         head = self.net_.head
         xt, yt = torch.from_numpy(x_train), torch.from_numpy(train.labels)
         xv = torch.from_numpy(x_val)
-        draws = self._draws(train.labels)
+        # Head training on features is cheap: every rank runs all of it, identically.
+        draws = self._draws(train.labels, shard=False)
         batches = lambda epoch: ((xt[b], yt[b]) for b in torch.from_numpy(
             draws(epoch)).split(self.batch_size))
         loop.steps_per_epoch = -(-len(draws(1)) // self.batch_size)
@@ -349,13 +353,19 @@ class ImageClassifier:
         self.val_logits_ = val_logits
         return val_logits, val.labels
 
-    def _draws(self, labels: np.ndarray):
-        """epoch -> the training rows drawn that epoch (balanced sampler or a shuffle)."""
+    def _draws(self, labels: np.ndarray, shard: bool = True):
+        """epoch -> the training rows drawn that epoch (balanced sampler or a shuffle); under
+        torchrun, this rank's share of them."""
         if self.balance_ == "sampler":
-            return BalancedSampler(labels, seed=self.seed, max_per_class=self.max_per_class).indices
-        return shuffled_indices(len(labels), self.seed)
+            full = BalancedSampler(labels, seed=self.seed, max_per_class=self.max_per_class).indices
+        else:
+            full = shuffled_indices(len(labels), self.seed)
+        if not shard or not self._dist.enabled:
+            return full
+        return lambda epoch: self._dist.shard_epoch(full(epoch))
 
     def _features(self, index: ImageIndex, runner: BackboneRunner, store: FeatureStore):
+        self._fill_shard(index, runner, store)
         result = compute_features(index.paths, runner, keys=index.sha256, store=store,
                                   batch_size=self.batch_size, workers=self._workers(len(index)),
                                   max_pixels=self.max_pixels, progress=self.verbose)
@@ -365,6 +375,7 @@ class ImageClassifier:
     def _fill_cache(self, index: ImageIndex, decode: DecodeRunner,
                     images: FeatureStore) -> ImageIndex:
         """Decode what the cache lacks, a chunk at a time (memory stays bounded)."""
+        self._fill_shard(index, decode, images)
         ok = np.ones(len(index), bool)
         bar = progress_bar(total=int(images.missing(index.sha256).sum()), desc="Decoding images",
                            unit="img", enabled=self.verbose)
@@ -378,6 +389,17 @@ class ImageClassifier:
                 ok[start:start + len(part)] = result.ok
                 self.bad_files_.extend(result.failed)
         return index if ok.all() else index.take(ok)
+
+    def _fill_shard(self, index: ImageIndex, runner, store: FeatureStore) -> None:
+        """Under torchrun, each rank first computes its share of the rows into the shared
+        store; after the barrier every rank finds all of them there."""
+        if not self._dist.enabled:
+            return
+        part = index.take(self._dist.shard(len(index)))
+        compute_features(part.paths, runner, keys=part.sha256, store=store,
+                         batch_size=self.batch_size, workers=self._workers(len(part)),
+                         max_pixels=self.max_pixels)
+        self._dist.barrier()
 
     def _fit_images(self, train: ImageIndex, val: ImageIndex, settings: dict):
         """Train on augmented images: the top of the backbone plus the head (finetune), or
@@ -434,7 +456,7 @@ class ImageClassifier:
             top, batches, val_logits, val.labels, len(self.classes_), loop,
             class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
             param_groups=groups, checkpointer=self._checkpointer, device=self.device_,
-            progress=self.verbose)
+            train_model=distributed.wrap(top, self._dist, self.device_), progress=self.verbose)
         self.history_ = self.history_ + history
         self.lower_runtime_ = lower.runtime
         with torch.no_grad():

@@ -26,6 +26,7 @@ from imagefit.evaluate.evaluation import EvaluationResult
 from imagefit.evaluate.metrics import classification_metrics
 from imagefit.models.backbones import preprocessing_for
 from imagefit.progress import printable
+from imagefit.train import distributed
 
 # Below this many usable images a class gets a warning (its validation share is 0 or 1 image).
 MIN_IMAGES_PER_CLASS = 5
@@ -58,6 +59,8 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         >>> result.evaluation.metrics["balanced_accuracy"]                 # doctest: +SKIP
         0.93
     """
+    if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
+        echo, progress = (lambda line: None), False
     run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
     params = config.estimator_params()
@@ -89,15 +92,18 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         if count < MIN_IMAGES_PER_CLASS:
             echo(f"warning: class '{printable(name)}' has only {count} usable images; its "
                  f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_bad_files(bad_files, run_dir / "bad_files.csv")
+    main = distributed.current().is_main  # under torchrun, only rank 0 writes files
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_bad_files(bad_files, run_dir / "bad_files.csv")
     if config.strict and bad_files:
         listing = "\n".join(f"  {printable(b.path)}: {b.reason} ({printable(b.message)})"
                             for b in bad_files)
         raise StrictModeError(f"--strict: {len(bad_files)} files cannot be used; nothing was "
                               f"trained. Fix or remove them, or run without --strict to skip "
                               f"them:\n{listing}")
-    write_split(train, val, run_dir / "split.csv")
+    if main:
+        write_split(train, val, run_dir / "split.csv")
     echo(f"Training on {len(train):,} images, validating on {len(val):,}.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -105,6 +111,9 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     for warning in caught:
         echo(f"warning: {warning.message}")
     echo(_choices(clf))
+    if not main:
+        return TrainResult(run_dir, run_dir / "model", clf, _validation_result(clf), bad_files,
+                           None)
     runtime_bad = [b for b in clf.bad_files_ if b not in set(bad_files)]
     bad_files += runtime_bad
     write_bad_files(bad_files, run_dir / "bad_files.csv")

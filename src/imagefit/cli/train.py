@@ -8,6 +8,7 @@ from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.estimator import MODES
 from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.train import distributed
 from imagefit.workflow import load_config_file, train_run
 
 EXAMPLES = """examples:
@@ -91,8 +92,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    echo = (lambda line: None) if args.quiet else print
-    result = train_run(config, progress=not args.quiet, echo=echo)
+    quiet = args.quiet or not distributed.current().is_main  # torchrun: rank 0 prints
+    echo = (lambda line: None) if quiet else print
+    result = train_run(config, progress=not quiet, echo=echo)
     report(result, echo)
     return 0
 

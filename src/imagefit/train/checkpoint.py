@@ -30,14 +30,17 @@ class Checkpointer:
         3
     """
 
-    def __init__(self, folder: str | os.PathLike, fingerprint: str = ""):
+    def __init__(self, folder: str | os.PathLike, fingerprint: str = "", *, writer: bool = True):
         self.folder = Path(folder)
         self.fingerprint = fingerprint  # the settings a checkpoint must match to be resumed
+        self.writer = writer  # under torchrun only rank 0 writes; every rank can resume
 
     def path(self, stage: str) -> Path:
         return self.folder / f"{stage}.pt"
 
     def save(self, stage: str, state: dict) -> None:
+        if not self.writer:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "fingerprint": self.fingerprint, **state}, buffer)

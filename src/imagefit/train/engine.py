@@ -64,6 +64,7 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
              settings: LoopSettings, *, class_weight: np.ndarray | None = None,
              logit_adjustment: np.ndarray | None = None, param_groups: list[dict] | None = None,
              checkpointer: Checkpointer | None = None, device: str = "cpu",
+             train_model: nn.Module | None = None,
              progress: bool = False) -> tuple[list[dict], int]:
     """Train `model` in place; return (history rows, best epoch).
 
@@ -75,7 +76,10 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
         param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
             every trainable parameter at `settings.lr`.
         checkpointer: save the state after every epoch, and continue from a saved state.
+        train_model: what training steps call (e.g. `model` wrapped in
+            DistributedDataParallel); its parameters must be `model`'s.
     """
+    train_model = model if train_model is None else train_model
     weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32,
                                                                 device=device)
     adjust = (None if logit_adjustment is None
@@ -99,7 +103,7 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
         if state.done:
             break
         started = time.perf_counter()
-        model.train()
+        train_model.train()
         total, count, skipped = 0.0, 0, 0
         for inputs, targets in train_batches(epoch):
             if not len(targets):
@@ -108,7 +112,7 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
                 group["lr"] = base * lr_factor(step, settings)
             step += 1
             inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
+            logits = train_model(inputs)
             loss = criterion(logits if adjust is None else logits + adjust, targets)
             if not torch.isfinite(loss):
                 skipped += 1
