@@ -11,13 +11,15 @@ import sys
 import traceback
 
 from imagefit import __version__
-from imagefit.cli import (demo, evaluate, explain, export, features, inspect, predict, report,
-                          serve, train)
+from imagefit.cli import (augment, demo, evaluate, explain, export, features, inspect, predict,
+                          report, serve, train)
+from imagefit.cli import benchmark
 from imagefit.errors import ImagefitError
 from imagefit.progress import printable
 
-COMMANDS = (train, evaluate, predict, inspect, features, report, explain, export, serve,
-            demo)
+COMMANDS = (train, evaluate, predict, inspect, features, report, augment, explain, export,
+            serve, demo)
+COMMANDS += (benchmark,)
 
 
 def build_parser() -> argparse.ArgumentParser:

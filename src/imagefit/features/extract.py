@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # Largest absolute difference between ONNX Runtime and PyTorch features we accept.
 ORT_TOLERANCE = 1e-3
 # Bump when `load_image` changes the pixels it returns: it invalidates decoded-image caches.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 
 
 class ImageFiles(Dataset):
