@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from imagefit import __version__
-from imagefit.errors import ModelFormatError, ModelNotFoundError
+from imagefit.data.augment import resolve_augment
+from imagefit.data.images import DEFAULT_MAX_PIXELS
+from imagefit.errors import ConfigError, ModelFormatError, ModelNotFoundError
 from imagefit.estimator import ImageClassifier
 from imagefit.features.store import atomic_write_bytes
 from imagefit.models.backbones import Preprocessing, build_for_loading
@@ -50,6 +52,11 @@ def save_model(clf: ImageClassifier, path: str | os.PathLike) -> Path:
         "temperature": float(clf.temperature_),
         "balance": clf.balance_,
         "class_weight": [float(w) for w in clf.class_weight_],
+        # Training settings prediction honours: the pixel cap, and the augmentation (whose
+        # flips define test-time augmentation). Seed for reproducible re-analysis.
+        "augment": json.loads(json.dumps(clf.augment_.to_dict())),
+        "max_pixels": int(clf.max_pixels),
+        "seed": int(clf.seed),
         "versions": {"imagefit": __version__, "torch": torch.__version__,
                      "timm": timm.__version__},
         "weights_sha256": _sha256(folder / WEIGHTS_FILE),
@@ -111,9 +118,17 @@ def load_model(path: str | os.PathLike) -> ImageClassifier:
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except Exception as exc:  # safetensors, timm and torch each raise their own types
         raise ModelFormatError(f"{folder} could not be rebuilt: {type(exc).__name__}: {exc}") from None
+    try:
+        augment = resolve_augment(meta.get("augment"))
+    except ConfigError as exc:
+        raise ModelFormatError(f"{folder / META_FILE} has an invalid 'augment': {exc}") from None
     clf = ImageClassifier(meta["backbone"], mode=meta.get("mode", "probe"),
                           image_size=prep.image_size, balance=meta.get("balance", "auto"),
-                          dropout=float(meta["head"]["dropout"]))
+                          dropout=float(meta["head"]["dropout"]),
+                          max_pixels=int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                          seed=int(meta.get("seed", 0)))
+    clf.mode_ = clf.mode
+    clf.augment_ = augment
     clf.net_ = net.eval()
     clf.classes_ = classes
     clf.preprocessing_ = prep

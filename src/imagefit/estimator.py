@@ -467,11 +467,14 @@ class ImageClassifier:
 
     # prediction ------------------------------------------------------------------------------
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
-                           batch_size: int | None = None, progress: bool = False):
+                           batch_size: int | None = None, progress: bool = False,
+                           tta: bool = False):
         """`predict_files` in chunks of `chunk_size` files, in input order: memory stays
         bounded by one chunk however many files there are."""
         self._check_fitted()
         runner = self._get_runner()
+        if tta:
+            runner = FlipViews(runner, self._tta_flips())
         path_array = np.array([os.fspath(p) for p in paths], dtype=str)
         bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
         try:
@@ -480,15 +483,23 @@ class ImageClassifier:
                 result = compute_features(chunk, runner, batch_size=batch_size or self.batch_size,
                                           workers=self._workers(len(path_array)),
                                           max_pixels=self.max_pixels, bar=bar)
-                proba = self.proba_from_features(result.features)
+                if tta:
+                    views = result.features.reshape(len(chunk), runner.n_views, -1)
+                    proba = np.mean([self.proba_from_features(views[:, v])
+                                     for v in range(runner.n_views)], axis=0)
+                else:
+                    proba = self.proba_from_features(result.features)
                 proba[~result.ok] = np.nan
                 yield Predictions(chunk, proba, self.classes_, result.errors)
         finally:
             bar.close()
 
     def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
-                      progress: bool = False) -> Predictions:
+                      progress: bool = False, tta: bool = False) -> Predictions:
         """Calibrated probabilities for files; an unreadable file gets a NaN row and an error.
+
+        With `tta`, the probabilities are averaged over the image and its flips, using the
+        flips the training augmentation used (test-time augmentation).
 
         Example:
             >>> preds = clf.predict_files(["a.jpg", "missing.jpg"])  # doctest: +SKIP
@@ -496,7 +507,7 @@ class ImageClassifier:
             ['', 'io_error: No such file or directory (missing.jpg)']
         """
         chunks = list(self.iter_predict_files(paths, chunk_size=max(len(paths), 1),
-                                              batch_size=batch_size, progress=progress))
+                                              batch_size=batch_size, progress=progress, tta=tta))
         if not chunks:
             return Predictions(np.array([], dtype=str), np.zeros((0, len(self.classes_))),
                                self.classes_, [])
@@ -545,6 +556,17 @@ class ImageClassifier:
         return save_model(self, path)
 
     # helpers ---------------------------------------------------------------------------------
+    def _tta_flips(self) -> tuple[str, ...]:
+        config = getattr(self, "augment_", None)
+        flips = tuple(name for name, used in (("horizontal", config and config.horizontal_flip),
+                                              ("vertical", config and config.vertical_flip))
+                      if used)
+        if not flips:
+            raise ConfigError("Test-time augmentation averages over the flips the model was "
+                              "trained with, and this model was trained without flips; predict "
+                              "without --tta.")
+        return flips
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
             raise NotFittedError("This ImageClassifier is not fitted yet. Call 'fit' with "
@@ -567,6 +589,21 @@ class ImageClassifier:
             return self.workers
         # Worker start-up costs about a second; small jobs decode faster in-process.
         return 0 if n < 512 else min(2, os.cpu_count() or 1)
+
+
+class FlipViews:
+    """Wraps a backbone runner: features of each image and of its flips, side by side."""
+
+    def __init__(self, runner: BackboneRunner, flips: tuple[str, ...]):
+        self.runner, self.prep, self.runtime = runner, runner.prep, runner.runtime
+        self.n_views = 1 + len(flips)
+        self.flips = flips
+        self.dim = runner.dim * self.n_views
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        views = [images] + [np.ascontiguousarray(images[:, :, ::-1] if flip == "horizontal"
+                                                 else images[:, ::-1]) for flip in self.flips]
+        return np.concatenate([self.runner(v) for v in views], axis=1)
 
 
 def _ensure(folder: Path) -> Path:

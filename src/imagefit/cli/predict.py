@@ -26,6 +26,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the "
+                   "probabilities over each image and its flips (the flips used in training)")
     p.set_defaults(handler=run)
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError(f"No image files found in {args.paths}.")
     errors = []  # per chunk, counted as the chunks stream past
-    chunks = model.iter_predict_files(paths, progress=not args.quiet)
+    chunks = model.iter_predict_files(paths, progress=not args.quiet, tta=args.tta)
     if args.out:
         write_predictions_csv(_counting(chunks, errors), args.out, top_k=args.top_k)
         n_errors = sum(errors)
