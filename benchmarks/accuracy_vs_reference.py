@@ -59,7 +59,7 @@ def main() -> None:
         print(f"{args.dataset}: {len(train)} training images, {len(test)} test images, {size} px")
 
         started = time.perf_counter()
-        config = imagefit.TrainConfig(data=str(train_dir), out=str(Path(tmp) / "run"),
+        config = imagefit.TrainConfig(data=str(train_dir), out=str(Path(tmp) / "run"), mode="probe",
                                       image_size=size, seed=args.seed,
                                       cache_dir=str(Path(tmp) / "cache"))
         result = imagefit.train_run(config, progress=False, echo=lambda line: None)

@@ -56,7 +56,8 @@ def main() -> None:
         subprocess.run([sys.executable, str(CORPUS_SCRIPT), str(tmp / "train"), "--n", "200"],
                        check=True)
         subprocess.run([str(VENV_BIN / "imagefit"), "train", str(tmp / "train"), "--out",
-                        str(tmp / "run"), "--quiet", "--epochs", "5"], check=True, env=env)
+                        str(tmp / "run"), "--quiet", "--epochs", "5", "--mode", "probe"],
+                       check=True, env=env)
         data = tmp / "photos"
         subprocess.run([sys.executable, str(CORPUS_SCRIPT), str(data), "--n", str(args.n),
                         "--seed", "1"], check=True)

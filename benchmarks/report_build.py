@@ -42,7 +42,8 @@ def main() -> None:
         imagefit = str(VENV_BIN / "imagefit")
         started = time.perf_counter()
         subprocess.run([imagefit, "train", str(tmp / "train"), "--out", str(tmp / "run"),
-                        "--image-size", str(args.image_size), "--no-report", "--quiet"],
+                        "--image-size", str(args.image_size), "--no-report", "--quiet",
+                        "--mode", "probe"],
                        check=True, env=env)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
