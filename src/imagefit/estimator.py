@@ -36,8 +36,8 @@ from imagefit.train.calibrate import fit_temperature
 from imagefit.train import distributed
 from imagefit.train.checkpoint import Checkpointer
 from imagefit.train.engine import LoopSettings, fit_loop
-from imagefit.train.finetune import (BackboneSplit, LowerRunner, TopNet, default_unfreeze,
-                                     param_groups, split_backbone)
+from imagefit.train.finetune import (MIN_BATCH_FOR_BN, BackboneSplit, LowerRunner, TopNet,
+                                     default_unfreeze, param_groups, split_backbone)
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
 
 MODES = ("auto", "probe", "finetune", "scratch")
@@ -244,6 +244,11 @@ class ImageClassifier:
     def _augment_spec(self):
         if isinstance(self.augment, str) and self.augment == "auto":
             return "none" if self.mode_ == "probe" else "light"
+        if self.mode_ == "probe" and not resolve_augment(self.augment).is_identity:
+            warnings.warn("mode 'probe' trains on features computed once per image, so the "
+                          "augmentation is not used; use mode 'finetune' to train with it.",
+                          stacklevel=3)
+            return "none"
         return self.augment
 
     def _resolve_imbalance(self, counts: np.ndarray) -> None:
@@ -302,6 +307,7 @@ class ImageClassifier:
         skip = {"verbose", "workers", "cache_dir", "resume", "time_budget", "checkpoint_dir",
                 "device"}
         params = {k: repr(v) for k, v in self.get_params().items() if k not in skip}
+        params["augment"] = repr(self.augment_)  # the settings, not a YAML file's name
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
         for index in (train, val):
             digest.update("\n".join(map(str, index.sha256 if index.sha256 is not None
@@ -422,14 +428,21 @@ class ImageClassifier:
             groups = None
         lower = LowerRunner(split.lower, self.preprocessing_, device=self.device_,
                             cache_dir=_ensure(self._cache_dir()))
-        top = TopNet(split.upper, self.net_.head).to(self.device_)
+        draws = self._draws(train.labels)
+        n_draws = len(draws(1))
+        # Batch norm learns from batch statistics: always from scratch, when fine-tuning only
+        # with batches large enough to estimate them; a smaller last batch is then dropped.
+        train_bn = self.mode_ == "scratch" or min(self.batch_size, n_draws) >= MIN_BATCH_FOR_BN
+        drop_last = (train_bn and n_draws > self.batch_size
+                     and 0 < n_draws % self.batch_size < MIN_BATCH_FOR_BN)
+        top = TopNet(split.upper, self.net_.head, train_bn=train_bn).to(self.device_)
         if self.device_ == "cpu":
             top = top.to(memory_format=torch.channels_last)
         dataset = CachedImages(*images.resolve(train.sha256), train.labels,
                                Augmenter(self.augment_), seed=self.seed)
-        draws = self._draws(train.labels)
         loader = TrainLoader(dataset, draws, batch_size=self.batch_size,
-                             workers=self._workers(len(train)))
+                             workers=self._workers(len(train)), drop_last=drop_last,
+                             rank=self._dist.rank, world_size=self._dist.world_size)
         # Validation images are never augmented; with a frozen lower part their lower
         # outputs are the same every epoch, so they are computed once.
         val_lower = lower.features(val_images) if split.lower is not None else None
@@ -447,7 +460,7 @@ class ImageClassifier:
                           for s in range(0, len(val_images), 256)]
             return torch.cat(chunks) if chunks else torch.zeros(0, len(self.classes_))
 
-        steps = -(-len(draws(1)) // self.batch_size)
+        steps = n_draws // self.batch_size if drop_last else -(-n_draws // self.batch_size)
         loop = LoopSettings(settings["epochs"], settings["lr"], settings["patience"], self.mode_,
                             weight_decay=1e-4 if self.mode_ == "finetune" else 0.0,
                             schedule="cosine", warmup_steps=steps, steps_per_epoch=steps,

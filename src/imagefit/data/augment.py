@@ -321,9 +321,13 @@ def apply_params(image: np.ndarray, params: AugmentParams, *, fill_mode: str = "
     out = image
     if params.matrix != IDENTITY:
         h, w = image.shape[:2]
-        out = cv2.warpAffine(image, np.asarray(params.matrix, np.float64), (w, h),
-                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        matrix = np.asarray(params.matrix, np.float64)
+        out = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=FILL_MODES[fill_mode], borderValue=(cval, cval, cval))
+        if fill_mode == "constant":
+            # Keras (scipy "constant") gives pure cval wherever the source point is outside
+            # the image; OpenCV would blend the edge pixels with cval over a 1-pixel band.
+            out[_outside(matrix, h, w)] = np.uint8(np.clip(round(cval), 0, 255))
     if params.channel_shift:
         lo, hi = int(out.min()), int(out.max())
         out = np.clip(out.astype(np.int16) + int(round(params.channel_shift)), lo, hi)
@@ -343,6 +347,15 @@ def apply_params(image: np.ndarray, params: AugmentParams, *, fill_mode: str = "
         out = out.copy() if out is image else out
         out[y:y + eh, x:x + ew] = colour
     return out if out is not image else image.copy()
+
+
+def _outside(matrix: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Mask of output pixels whose source point (x, y) lies outside [0, w-1] x [0, h-1]."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    sx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+    sy = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+    eps = 1e-6
+    return (sx < -eps) | (sx > w - 1 + eps) | (sy < -eps) | (sy > h - 1 + eps)
 
 
 # sampling helpers ------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Fine-tuning the top of a pretrained backbone. The head has already been trained on cached
 features (the probe stage); here the top N stages are unfrozen and trained with the head on
 augmented images, with discriminative learning rates (lower stages learn more slowly), warm-up
-and a cosine schedule. Batch-norm statistics stay frozen: with small batches of a small dataset,
-re-estimating them hurts more than it helps (the Keras fine-tuning guide does the same).
+and a cosine schedule. The unfrozen stages' batch-norm statistics adapt to the new images when
+batches are large enough to estimate them (>= 16); the frozen part's never change. Measured on
+Fashion-MNIST (100/class, 96 px): adapting them gave 0.840 test accuracy against 0.822 frozen —
+grey clothing on black is far from ImageNet's statistics.
 
 On a CPU the frozen lower part is the expensive one, and it needs no gradients: for the
 EfficientNet family it runs as its own ONNX Runtime graph (about 2.5x eager PyTorch), and only
@@ -102,13 +104,19 @@ def param_groups(head: nn.Module, split: BackboneSplit, lr: float) -> list[dict]
     return groups
 
 
-class TopNet(nn.Module):
-    """The trainable part: `upper` then the head. Batch-norm layers stay in eval mode."""
+# Below this batch size, batch statistics are too noisy to re-estimate: batch norm stays frozen.
+MIN_BATCH_FOR_BN = 16
 
-    def __init__(self, upper: nn.Module, head: nn.Module):
+
+class TopNet(nn.Module):
+    """The trainable part: `upper` then the head. Batch-norm layers stay in eval mode unless
+    `train_bn`."""
+
+    def __init__(self, upper: nn.Module, head: nn.Module, train_bn: bool = False):
         super().__init__()
         self.upper = upper
         self.head = head
+        self.train_bn = train_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.upper(x))
@@ -117,7 +125,9 @@ class TopNet(nn.Module):
         super().train(mode)
         for module in self.upper.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+                trainable = any(p.requires_grad for p in module.parameters())
+                if not (self.train_bn and trainable):
+                    module.eval()  # frozen layers' statistics never change
         return self
 
 

@@ -88,10 +88,15 @@ class FileImages(_Draws):
 
 
 class EpochDraws(Sampler):
-    """Yields (index, epoch, position) for one epoch of `indices(epoch)`; `set_epoch` first."""
+    """Yields (index, epoch, position) for one epoch of `indices(epoch)`; `set_epoch` first.
 
-    def __init__(self, indices: Callable[[int], np.ndarray]):
+    Under torchrun a rank's k-th draw is draw `rank + k * world_size` of the whole epoch (the
+    strided share `Distributed.shard_epoch` gives it), so ranks never share a generator.
+    """
+
+    def __init__(self, indices: Callable[[int], np.ndarray], rank: int = 0, world_size: int = 1):
         self.indices = indices
+        self.rank, self.world_size = rank, world_size
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,7 +104,9 @@ class EpochDraws(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         epoch = self.epoch
-        return iter([(int(i), epoch, p) for p, i in enumerate(self.indices(epoch))])
+        rank, stride = self.rank, self.world_size
+        return iter([(int(i), epoch, rank + k * stride)
+                     for k, i in enumerate(self.indices(epoch))])
 
     def __len__(self) -> int:
         return len(self.indices(self.epoch))
@@ -123,12 +130,16 @@ class TrainLoader:
             balanced sampler's draws).
         batch_size: images per batch.
         workers: DataLoader processes (0: in this process); they live across epochs.
+        drop_last: drop an epoch's last batch when it is smaller than `batch_size`.
+        rank, world_size: this process's place under torchrun (see `EpochDraws`).
     """
 
     def __init__(self, dataset: _Draws, indices: Callable[[int], np.ndarray], *,
-                 batch_size: int, workers: int = 0):
-        self.sampler = EpochDraws(indices)
+                 batch_size: int, workers: int = 0, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1):
+        self.sampler = EpochDraws(indices, rank, world_size)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                                 drop_last=drop_last,
                                  num_workers=workers, collate_fn=collate_uint8,
                                  persistent_workers=workers > 0,
                                  worker_init_fn=_worker_init if workers > 0 else None)
