@@ -44,7 +44,7 @@ MODES = ("auto", "probe", "finetune", "scratch")
 # Per-mode defaults: (backbone, epochs, patience, lr, dropout). "finetune" first runs the probe
 # stage with the probe defaults, then its own stage with these.
 _MODE_DEFAULTS = {"probe": ("efficientnet_lite0", 100, 15, 1e-3, 0.2),
-                  "finetune": ("efficientnet_lite0", 30, 8, 1e-3, 0.2),
+                  "finetune": ("efficientnet_lite0", 40, 15, 1e-3, 0.2),
                   "scratch": ("simple_cnn", 50, 10, 1e-3, 0.5)}
 # "auto" fine-tunes on a CPU up to this many training images; beyond, it probes (fine-tuning
 # a larger set takes hours on a laptop; pass mode="finetune" with a time budget to do it anyway).
@@ -290,6 +290,8 @@ class ImageClassifier:
             if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
                 raise ConfigError(f"The {name!r} parameter must be {'an int' if kind is int else 'a float'} "
                                   f"in [{lo}, {hi}]. Got {value!r} instead.")
+        if not (isinstance(self.augment, str) and self.augment == "auto"):
+            resolve_augment(self.augment)  # a bad preset or YAML file fails before any work
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume=True needs checkpoint_dir (the CLI's --resume needs --out "
                               "of the run to continue).")

@@ -105,6 +105,10 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     if main:
         write_split(train, val, run_dir / "split.csv")
     echo(f"Training on {len(train):,} images, validating on {len(val):,}.")
+    if resume:
+        found = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        echo(f"Resuming from the checkpoints of stages {', '.join(found)}." if found else
+             f"--resume: no checkpoints in {run_dir / 'checkpoints'}; starting from the beginning.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         clf.fit(train, val=val)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
@@ -94,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     quiet = args.quiet or not distributed.current().is_main  # torchrun: rank 0 prints
     echo = (lambda line: None) if quiet else print
-    result = train_run(config, progress=not quiet, echo=echo)
+    try:
+        result = train_run(config, progress=not quiet, echo=echo)
+    except KeyboardInterrupt:
+        if config.out:
+            print(f"Interrupted. The last finished epoch is saved in {config.out}/checkpoints; "
+                  f"continue with the same command and --resume.", file=sys.stderr)
+        raise
     report(result, echo)
     return 0
 
