@@ -11,15 +11,13 @@ import sys
 import traceback
 
 from imagefit import __version__
-from imagefit.cli import (augment, demo, evaluate, explain, export, features, inspect, predict,
-                          report, serve, train)
-from imagefit.cli import benchmark
+from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, features, inspect,
+                          predict, report, serve, train)
 from imagefit.errors import ImagefitError
 from imagefit.progress import printable
 
 COMMANDS = (train, evaluate, predict, inspect, features, report, augment, explain, export,
-            serve, demo)
-COMMANDS += (benchmark,)
+            serve, benchmark, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
