@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variant", choices=("balanced", "imbalanced", "scratch"))
-    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--image-size", type=int, default=192)
     ap.add_argument("--time-budget", type=float, default=15.0, help="minutes per fine-tune run")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -102,8 +102,8 @@ def main() -> None:
                                 time_budget=budget, **common))
             small = [classes[c] for c in SMALL_CLASSES]
         else:
-            rows = [run("scratch simple_cnn, augment none", train, test, tmp, mode="scratch",
-                        augment="none", image_size=32, epochs=30, batch_size=128,
+            rows = [run("scratch simple_cnn, augment light, 32 px", train, test, tmp,
+                        mode="scratch", image_size=32, epochs=40, batch_size=128,
                         time_budget=budget, seed=args.seed)]
             small = []
         table(rows, small)

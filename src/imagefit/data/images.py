@@ -22,6 +22,16 @@ from imagefit.errors import ImageLoadError
 # Ghostscript is never run on user data, even if a refused EPS somehow reached Pillow.
 EpsImagePlugin.gs_binary = False
 
+
+def _single_threaded_torch() -> None:
+    # A process forked after PyTorch used its OpenMP pool hangs in its first parallel region
+    # (GNU OpenMP is not fork-safe). Forked decoders (pre-flight pools, DataLoader workers) run
+    # one thread each anyway, as DataLoader's own workers do.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_single_threaded_torch)
+
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # Formats recognised by their magic bytes but refused: they need external programs (EPS, PDF),
 # plugins we do not ship (HEIF, AVIF), or are rarely photos and widen the attack surface.
