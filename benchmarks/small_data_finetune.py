@@ -84,6 +84,7 @@ def main() -> None:
         else:
             counts = tuple(10 if c in SMALL_CLASSES else 100 for c in range(10))
         train, test = folders(tmp / "fm", counts, args.seed)
+        size = 32 if args.variant == "scratch" else size
         print(f"Fashion-MNIST {args.variant}: {sum(counts):,} training images "
               f"({'/'.join(map(str, sorted(set(counts))))} per class), 10,000 test images, "
               f"{size} px, 2 threads")
