@@ -13,7 +13,7 @@ import numpy as np
 
 from imagefit.data.audit import preflight
 from imagefit.data.index import scan_folder
-from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, imbalance_ratio
+from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
 from imagefit.evaluate.issues import (NEAR_DUPLICATE_THRESHOLD, exact_duplicate_groups,
                                       group_pairs, near_duplicate_pairs)
 from imagefit.features.extract import BackboneRunner, compute_features
@@ -107,8 +107,10 @@ def _median_size(sizes) -> list[int] | None:
 def _suggestions(s: dict, classes, counts) -> list[str]:
     tips = []
     if s["imbalance_ratio"] > AUTO_IMBALANCE_RATIO:
+        fix = ("a balanced sampler" if s["imbalance_ratio"] > AUTO_SAMPLER_RATIO
+               else "class weights")
         tips.append(f"Classes are imbalanced ({s['imbalance_ratio']:g}:1): 'imagefit train' "
-                    f"turns on class weights for this (--balance auto) and selects the model "
+                    f"corrects this with {fix} (--balance auto) and selects the model "
                     f"on balanced accuracy.")
     for name, n in zip(classes, counts):
         if n < SMALL_CLASS:
