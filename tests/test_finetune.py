@@ -23,7 +23,8 @@ from imagefit.data.augment import PRESETS, Augmenter
 from imagefit.errors import CacheError, ConfigError
 from imagefit.models.backbones import create_backbone
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import LoopSettings, fit_loop, lr_factor, shuffled_batches
+from imagefit.train.engine import LoopSettings, fit_loop, lr_factor
+from imagefit.train.loader import shuffled_indices
 from imagefit.train.finetune import (MIN_BATCH_FOR_BN, STAGE_LR_DECAY, TOP_STAGE_LR, TopNet,
                                      default_unfreeze, param_groups, split_backbone)
 
@@ -428,7 +429,7 @@ def _tiny_fit(checkpointer, epochs=6, time_budget_s=None):
     settings = LoopSettings(epochs=epochs, lr=0.05, patience=100, stage="tiny",
                             schedule="cosine", warmup_steps=3, steps_per_epoch=6,
                             weight_decay=1e-3, time_budget_s=time_budget_s)
-    batches = lambda epoch: ((x[b], y[b]) for b in shuffled_batches(48, 8, 1, epoch))
+    batches = lambda epoch: ((x[b], y[b]) for b in torch.from_numpy(shuffled_indices(48, 1)(epoch)).split(8))
     history, best = fit_loop(model, batches, lambda: model(xv), yv, 3, settings,
                              checkpointer=checkpointer)
     return model, history, best
@@ -494,3 +495,14 @@ def test_checkpointer_refuses_other_settings_and_damaged_files(tmp_path):
     reader = Checkpointer(tmp_path / "r", "abc", writer=False)
     reader.save("s", {"epoch": 1})
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_cache_does_not_change_the_model(data, tmp_path):
+    """Regression: dropout's generator was advanced by the decoding DataLoader, which runs only
+    when the decoded-image cache is cold; the same seed then gave another model on a rerun."""
+    index = scan_folder(data)
+    cold = finetuner(epochs=2, cache_dir=str(tmp_path / "cache")).fit(index)
+    warm = finetuner(epochs=2, cache_dir=str(tmp_path / "cache")).fit(index)
+    assert [r["train_loss"] for r in warm.history_] == [r["train_loss"] for r in cold.history_]
+    np.testing.assert_array_equal(warm.predict_proba(index.paths[:4]),
+                                  cold.predict_proba(index.paths[:4]))

@@ -18,7 +18,8 @@ from imagefit.evaluate.issues import (NEAR_DUPLICATE_THRESHOLD, LabelIssues,
                                       near_duplicate_pairs, out_of_fold_probabilities,
                                       self_confidence_ranking, stratified_fold_ids)
 from imagefit.models.net import make_head
-from imagefit.train.engine import LoopSettings, fit_loop, shuffled_batches
+from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.loader import shuffled_indices
 
 
 def _softmax(z):
@@ -214,7 +215,7 @@ def test_oof_rows_come_from_a_model_that_did_not_see_them():
     torch.manual_seed(0)
     head = make_head(n, k, 0.0)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    fit_loop(head, lambda e: ((xt[b], yt[b]) for b in shuffled_batches(n, 16, 0, e)),
+    fit_loop(head, lambda e: ((xt[b], yt[b]) for b in torch.from_numpy(shuffled_indices(n, 0)(e)).split(16)),
              lambda: torch.zeros(0, k), np.zeros(0, np.int64), k, LoopSettings(40, 0.05, 10, "t"))
     with torch.no_grad():
         seen = torch.softmax(head(xt), dim=1).numpy()[np.arange(n), y]

@@ -350,6 +350,9 @@ class ImageClassifier:
         batches = lambda epoch: ((xt[b], yt[b]) for b in torch.from_numpy(
             draws(epoch)).split(self.batch_size))
         loop.steps_per_epoch = -(-len(draws(1)) // self.batch_size)
+        # Dropout draws from torch's global generator; seed it here so that what ran before
+        # (decoding or not, depending on the cache) cannot change the run.
+        torch.manual_seed(self.seed)
         history, self.best_epoch_ = fit_loop(
             head, batches, lambda: head(xv), val.labels, len(self.classes_), loop,
             class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
@@ -382,32 +385,32 @@ class ImageClassifier:
 
     def _fill_cache(self, index: ImageIndex, decode: DecodeRunner,
                     images: FeatureStore) -> ImageIndex:
-        """Decode what the cache lacks, a chunk at a time (memory stays bounded)."""
+        """Decode only what the cache lacks, a chunk at a time (memory stays bounded)."""
         self._fill_shard(index, decode, images)
+        todo = np.flatnonzero(images.missing(index.sha256))
         ok = np.ones(len(index), bool)
-        bar = progress_bar(total=int(images.missing(index.sha256).sum()), desc="Decoding images",
-                           unit="img", enabled=self.verbose)
-        with bar:
-            for start in range(0, len(index), 2048):
-                part = index.take(np.arange(start, min(start + 2048, len(index))))
-                result = compute_features(part.paths, decode, keys=part.sha256, store=images,
-                                          batch_size=self.batch_size, bar=bar,
-                                          workers=self._workers(len(index)),
-                                          max_pixels=self.max_pixels)
-                ok[start:start + len(part)] = result.ok
-                self.bad_files_.extend(result.failed)
+        with progress_bar(total=len(todo), desc="Decoding images", unit="img",
+                          enabled=self.verbose) as bar:
+            for start in range(0, len(todo), 2048):
+                rows = todo[start:start + 2048]
+                ok[rows] = self._compute(index.take(rows), decode, images, bar=bar).ok
         return index if ok.all() else index.take(ok)
 
     def _fill_shard(self, index: ImageIndex, runner, store: FeatureStore) -> None:
-        """Under torchrun, each rank first computes its share of the rows into the shared
-        store; after the barrier every rank finds all of them there."""
+        """Under torchrun, each rank first computes its share of the missing rows into the
+        shared store; after the barrier every rank finds all of them there."""
         if not self._dist.enabled:
             return
-        part = index.take(self._dist.shard(len(index)))
-        compute_features(part.paths, runner, keys=part.sha256, store=store,
-                         batch_size=self.batch_size, workers=self._workers(len(part)),
-                         max_pixels=self.max_pixels)
+        todo = np.flatnonzero(store.missing(index.sha256))
+        self._compute(index.take(todo[self._dist.shard(len(todo))]), runner, store)
         self._dist.barrier()
+
+    def _compute(self, index: ImageIndex, runner, store: FeatureStore, bar=None):
+        result = compute_features(index.paths, runner, keys=index.sha256, store=store,
+                                  batch_size=self.batch_size, workers=self._workers(len(index)),
+                                  max_pixels=self.max_pixels, bar=bar)
+        self.bad_files_.extend(result.failed)
+        return result
 
     def _fit_images(self, train: ImageIndex, val: ImageIndex, settings: dict):
         """Train on augmented images: the top of the backbone plus the head (finetune), or
@@ -467,6 +470,7 @@ class ImageClassifier:
                             weight_decay=1e-4 if self.mode_ == "finetune" else 0.0,
                             schedule="cosine", warmup_steps=steps, steps_per_epoch=steps,
                             time_budget_s=self._budget_left())
+        torch.manual_seed(self.seed + 1)  # as in _fit_probe; a stream of its own
         history, self.best_epoch_ = fit_loop(
             top, batches, val_logits, val.labels, len(self.classes_), loop,
             class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
@@ -550,9 +554,10 @@ class ImageClassifier:
         return preds.proba
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class names."""
+        """Predicted class names, exactly as in `classes_` (an object array: NumPy's fixed-width
+        strings would drop trailing NUL characters of a name)."""
         self._check_fitted()
-        return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
+        return np.array(self.classes_, dtype=object)[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X, y=None) -> float:
         """Balanced accuracy on an `ImageIndex` (or paths with class names `y`)."""

@@ -14,7 +14,8 @@ import torch
 
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
-from imagefit.train.engine import LoopSettings, fit_loop, shuffled_batches
+from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.loader import shuffled_indices
 
 # Cosine similarity of EfficientNet-Lite0 features (224 px) from which two images count as near
 # duplicates, measured with benchmarks/near_duplicates.py (400 photo crops + 60 planted copies).
@@ -175,8 +176,10 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: LoopSe
         torch.manual_seed(seed)
         head = make_head(x.shape[1], n_classes, dropout)
 
+        order = shuffled_indices(len(y), seed)
+
         def batches(epoch: int):
-            for rows in shuffled_batches(len(y), batch_size, seed, epoch):
+            for rows in torch.from_numpy(order(epoch)).split(batch_size):
                 yield x[rows], y[rows]
 
         # Nothing is held out: with empty targets fit_loop runs every epoch and keeps the last.

@@ -199,10 +199,3 @@ def _validate(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: n
     metrics = classification_metrics(y_val, proba, [str(i) for i in range(n_classes)])
     return {"val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
             "val_balanced_accuracy": metrics["balanced_accuracy"]}
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """Index batches for one epoch; the order is a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=generator)
-    return list(order.split(batch_size))
