@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import EpsImagePlugin, Image, ImageOps
+from PIL import EpsImagePlugin, Image, ImageOps, UnidentifiedImageError
 
-from imagefit.errors import ImageLoadError
+from imagefit.errors import ConfigError, ImageLoadError
 
 # Ghostscript is never run on user data, even if a refused EPS somehow reached Pillow.
 EpsImagePlugin.gs_binary = False
@@ -49,6 +50,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", "
                             ".psd", ".ico"})
 
 PathOrBytes = Union[str, os.PathLike, bytes]
+
+# What Pillow's parsers raise on hostile input besides OSError: the types its own fuzzing
+# accepts (Tests/oss-fuzz/test_fuzzers.py), plus those our fuzzing met (tests/test_fuzz.py):
+# struct.error and EOFError from short reads, IndexError from a GIF cut inside an extension
+# block, TypeError ("Missing dimensions") from a TIFF directory without its size tags. They
+# mean "corrupt" only when raised inside Pillow: the same types from our code are bugs.
+_PILLOW_DECODER_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, NotImplementedError,
+                          OverflowError, IndexError, KeyError, TypeError, ZeroDivisionError)
+_PILLOW_DIR = os.path.dirname(Image.__file__) + os.sep
 
 
 @dataclass(frozen=True)
@@ -154,13 +164,25 @@ def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None,
         raise
     except Image.DecompressionBombError as exc:  # not an OSError subclass
         raise ImageLoadError("too_large", str(exc)) from None
-    except OSError as exc:
+    except MemoryError:
+        # A header can ask for a buffer this process cannot have (a memory limit, a full
+        # machine) while still under the pixel cap.
+        raise ImageLoadError("too_large", f"not enough memory to decode this {fmt} image "
+                             f"(file is {len(data):,} bytes)") from None
+    except UnidentifiedImageError:
+        # The file starts as `fmt` but Pillow cannot parse its header. (Pillow's message names
+        # the in-memory file object, whose address would differ from run to run.)
+        raise ImageLoadError("corrupt", f"starts like a {fmt} file but its header cannot be "
+                             f"read: damaged or cut short (file is {len(data):,} bytes)") from None
+    except OSError as exc:  # Pillow's own decoder errors
         text = str(exc)
         reason = "truncated" if "truncat" in text.lower() else "corrupt"
         if len(data) < 100:
             text += f" (file is only {len(data)} bytes)"
         raise ImageLoadError(reason, text) from None
-    except Exception as exc:  # decoders raise many types on hostile input; all mean "corrupt"
+    except _PILLOW_DECODER_ERRORS as exc:
+        if not _decoder_failure(exc):
+            raise  # a bug of ours (or of NumPy or PyTorch), not a bad file
         raise ImageLoadError("corrupt", f"{type(exc).__name__}: {exc}") from None
 
 
@@ -180,8 +202,23 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    return int(size[0]), int(size[1])
+        target = int(size), int(size)
+    else:
+        target = int(size[0]), int(size[1])
+    if min(target) < 1:
+        # Checked here: a resize to nothing would fail for every file, and must not be
+        # reported as every file being bad.
+        raise ConfigError(f"image size must be positive, got {size!r}")
+    return target
+
+
+def _pixel_counts(found: int, limit: int) -> tuple[str, str]:
+    """Two pixel counts for a message: megapixels, or exact counts where those would not show
+    the difference (or the limit is under a megapixel)."""
+    texts = (f"{found / 1e6:.1f} MP", f"{limit / 1e6:.1f} MP")
+    if limit < 1_000_000 or texts[0] == texts[1]:
+        texts = (f"{found:,} pixels", f"{limit:,} pixels")
+    return texts
 
 
 def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: int,
@@ -195,10 +232,14 @@ def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: i
         im = Image.open(io.BytesIO(data), formats=[fmt])
         width, height = im.size
         if width * height > max_pixels:
-            raise ImageLoadError("too_large", f"{width}x{height} = {width * height / 1e6:.0f} MP "
-                                 f"is over the limit of {max_pixels / 1e6:.0f} MP "
-                                 f"(raise it with --max-pixels)")
-        n_frames = int(getattr(im, "n_frames", 1))
+            found, limit = _pixel_counts(width * height, max_pixels)
+            raise ImageLoadError("too_large", f"{width}x{height} = {found} is over the limit of "
+                                 f"{limit} (raise it with --max-pixels)")
+        if fmt == "JPEG" and not im.tile:
+            # Markers but no scan: Pillow would say "cannot load this image". The file was cut
+            # after its header (or holds tables only, which is no image either).
+            raise ImageLoadError("truncated", f"the file ends before its image data (a JPEG "
+                                 f"header without a scan, {len(data):,} bytes)")
         mode = im.mode
         if fmt == "JPEG" and target is not None:
             # DCT scaling: decode at the smallest 1/2, 1/4 or 1/8 scale still >= the target.
@@ -206,11 +247,41 @@ def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: i
         im.load()
         im, rotated, exif_error = _apply_exif_orientation(im)
         rgb = _to_rgb(im, background)
-        array = np.asarray(rgb, dtype=np.uint8)
+        array = np.asarray(rgb, dtype=np.uint8)  # copies the pixels out (Image.tobytes)
+        n_frames = _count_frames(im)  # last: counting seeks `im` away from the first frame
         if target is not None and rgb.size != target:
             array = resize_uint8(array, target)
     info = ImageInfo(fmt, mode, width, height, n_frames, rotated, exif_error)
     return np.ascontiguousarray(array), info
+
+
+def _decoder_failure(exc: BaseException) -> bool:
+    """Whether `exc` is Pillow failing on bad input rather than a bug: an OSError (Pillow's own
+    error type), or one of `_PILLOW_DECODER_ERRORS` raised inside Pillow's code."""
+    return isinstance(exc, OSError) or (isinstance(exc, _PILLOW_DECODER_ERRORS)
+                                        and _raised_by_pillow(exc))
+
+
+def _raised_by_pillow(exc: BaseException) -> bool:
+    """Whether the innermost Python frame of `exc`'s traceback is in Pillow's package."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_PILLOW_DIR)
+
+
+def _count_frames(im: Image.Image) -> int:
+    """Frames in an animated file, counted after the first frame's pixels were taken (counting
+    seeks through the file). Only the first frame is used, so a later frame that cannot be read
+    does not make the file unusable: the count is then "at least two", as a frame was begun."""
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except (OSError, *_PILLOW_DECODER_ERRORS) as exc:
+        if not _decoder_failure(exc):
+            raise
+        return max(2, im.tell() + 1)
 
 
 def resize_uint8(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -227,13 +298,17 @@ def resize_uint8(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _apply_exif_orientation(im: Image.Image) -> tuple[Image.Image, bool, bool]:
     try:
         orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # malformed EXIF block: load the pixels as stored
+    except (OSError, *_PILLOW_DECODER_ERRORS) as exc:  # malformed EXIF: pixels as stored
+        if not _decoder_failure(exc):
+            raise
         return im, False, True
     if orientation in (None, 1) or not isinstance(orientation, int) or not 2 <= orientation <= 8:
         return im, False, False
     try:
         return ImageOps.exif_transpose(im), True, False
-    except Exception:
+    except (OSError, *_PILLOW_DECODER_ERRORS) as exc:
+        if not _decoder_failure(exc):
+            raise
         return im, False, True
 
 
@@ -243,12 +318,26 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if mode.startswith("I") or mode == "F":
         # 16/32-bit integer and float images: stretch the image's own range to 0-255, as
         # microscopy viewers do. Pillow would clamp them, collapsing a 16-bit ramp to 2 levels.
+        # One float64 array, updated in place: at the pixel cap every temporary costs 0.7 GB.
         values = np.asarray(im).astype(np.float64)
-        finite = values[np.isfinite(values)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        scaled = np.zeros(values.shape) if hi <= lo else (values - lo) * (255.0 / (hi - lo))
-        grey = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        finite = np.isfinite(values)
+        if finite.all():
+            lo, hi = float(values.min()), float(values.max())
+        elif finite.any():
+            lo = float(values.min(where=finite, initial=np.inf))
+            hi = float(values.max(where=finite, initial=-np.inf))
+        else:
+            lo = hi = 0.0
+        del finite
+        if hi <= lo:
+            values[...] = 0.0
+        else:
+            values -= lo
+            values *= 255.0 / (hi - lo)
+        np.nan_to_num(values, copy=False)
+        np.clip(values, 0, 255, out=values)
+        np.round(values, out=values)
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode in ("PA", "La", "RGBa"):
@@ -256,9 +345,11 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     elif mode in ("L", "1") and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA"):
-        rgba = im.convert("RGBA")
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")  # convert would copy an RGBA
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
-        return Image.alpha_composite(base, rgba).convert("RGB")
+        composite = Image.alpha_composite(base, rgba)
+        del im, rgba, base  # before the RGB copy: at the pixel cap each is 0.36 GB
+        return composite.convert("RGB")
     if im.mode == "RGB":
         return im
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
