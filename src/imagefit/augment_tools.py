@@ -27,7 +27,7 @@ from imagefit.data.images import decode_image, sniff_format
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 from imagefit.features.store import atomic_write_bytes
-from imagefit.progress import progress_bar
+from imagefit.progress import printable, progress_bar
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "source", "class", "seed", "params")
@@ -36,6 +36,14 @@ JPEG_QUALITY = 95
 _PREVIEW_BACKGROUND = (48, 48, 48)
 # Names a file manager drops into any folder; they do not make an output folder "non-empty".
 _CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+# Output stems are capped in UTF-8 bytes so that "<stem>_aug<k>.<ext>" and the temp name it is
+# written under (".tmp-" + 32 hex + "-" + name) stay within the usual 255-byte name limit.
+MAX_STEM_BYTES = 150
+MAX_NAME_BYTES = 255
+# Device names Windows refuses as a file name (before the first dot) or a folder name.
+WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                              *(f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789¹²³")})
+_WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +259,8 @@ def preview_grid(index_or_data: "ImageIndex | str | os.PathLike", path: str | os
         try:
             image = decode_image(source)[0]
         except ImageLoadError as exc:
-            logger.warning("preview skips %s (%s: %s)", source, exc.reason, exc.message)
+            logger.warning("preview skips %s (%s: %s)", printable(source), exc.reason,
+                           printable(exc.message))
             continue
         key = _image_key(source, index.root)
         cells = [image] + [augmenter.apply(image, augmenter.sample(_copy_rng(seed, key, k),
@@ -307,11 +316,64 @@ def _usable_index(index_or_data) -> tuple[ImageIndex, list[str], list[str]]:
     return index, roots, warnings
 
 
-def _check_class_name(name: str) -> None:
+def _check_class_name(name: str, *, windows: bool = os.name == "nt") -> None:
+    """Refuse a class name that cannot be one folder inside the output (a path, a hidden or
+    parent folder, too long, or, on Windows, a device name or forbidden character)."""
+    problem = None
     if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
             or "\x00" in name):
+        problem = "no slashes, not starting with '.'"
+    elif _name_bytes(name) > MAX_NAME_BYTES:
+        problem = f"at most {MAX_NAME_BYTES} bytes"
+    elif windows and (name.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED
+                      or name[-1] in ". " or any(ch in _WINDOWS_FORBIDDEN or ord(ch) < 32
+                                                for ch in name)):
+        problem = "on Windows: not a device name like CON or COM1, no <>:\"|?*, no trailing dot"
+    if problem:
         raise DatasetError(f"Class {name!r} cannot be used as a folder name for its augmented "
-                           f"copies; rename the class (no slashes, not starting with '.').")
+                           f"copies; rename the class ({problem}).")
+
+
+def _name_bytes(text: str) -> int:
+    """Length of a name on disk (undecodable bytes of a file name are one byte each)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
+def copy_stem(stem: str) -> str:
+    """The stem of an augmented copy's file name, made from its source file's stem.
+
+    An ordinary stem is kept as it is. Path separators, NUL and control characters become "_";
+    a leading dot (a hidden file) or a Windows device name before a dot ("NUL.tar": Windows
+    reads "NUL.tar_aug0.png" as the device, while "NUL_aug0.png" is an ordinary name) gets a
+    "_" in front; a stem longer than `MAX_STEM_BYTES` is cut and given a hash of the whole
+    stem, so it stays unique. The result is one file-name part, never empty, "." or "..".
+
+    Example:
+        >>> copy_stem("tabby")
+        'tabby'
+        >>> copy_stem("../../etc/passwd")
+        '_.._.._etc_passwd'
+        >>> copy_stem("NUL.tar")
+        '_NUL.tar'
+    """
+    text = "".join("_" if ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 else ch
+                   for ch in str(stem))
+    device = "." in text and text.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED
+    if text.startswith(".") or device:
+        text = "_" + text
+    if _name_bytes(text) > MAX_STEM_BYTES:
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        kept, size = [], 0
+        for ch in text:
+            size += _name_bytes(ch)
+            if size > MAX_STEM_BYTES - len(digest) - 1:
+                break
+            kept.append(ch)
+        text = "".join(kept) + "_" + digest
+    return text or "_"
 
 
 def _image_key(path: str, root: str | None) -> int:
@@ -345,15 +407,15 @@ def _output_ext(path: str) -> str:
 def _unique_stems(paths: list[str], exts: list[str], keys: list[int]) -> list[str]:
     """Output stems unique within one class folder, case-insensitively (macOS, Windows).
 
-    Clashes (`a.png` and `a.bmp`, or `x/a.png` and `y/a.png`) get the source suffix, then a
-    hash of the path."""
-    stems = [Path(p).stem for p in paths]
+    Stems go through `copy_stem` first. Clashes (`a.png` and `a.bmp`, or `x/a.png` and
+    `y/a.png`) get the source suffix, then a hash of the path."""
+    stems = [copy_stem(Path(p).stem) for p in paths]
 
     def clashes(names: list[str]) -> list[bool]:
         seen = Counter((n.casefold(), e) for n, e in zip(names, exts))
         return [seen[(n.casefold(), e)] > 1 for n, e in zip(names, exts)]
 
-    stems = [f"{s}_{Path(p).suffix[1:].lower() or 'img'}" if clash else s
+    stems = [copy_stem(f"{s}_{Path(p).suffix[1:].lower() or 'img'}") if clash else s
              for s, p, clash in zip(stems, paths, clashes(stems))]
     return [f"{s}_{k:016x}" if clash else s for s, k, clash in zip(stems, keys, clashes(stems))]
 

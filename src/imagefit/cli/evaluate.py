@@ -9,6 +9,7 @@ from pathlib import Path
 from imagefit.bundle import load_model, resolve_model_dir
 from imagefit.evaluate.evaluation import evaluate
 from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.progress import printable
 
 EXAMPLES = """examples:
   imagefit evaluate runs/cats data/test
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_per_class_table(result.metrics))
         if result.bad_files:
             print(f"Skipped {len(result.bad_files)} unreadable files "
-                  f"(first: {result.bad_files[0].path}: {result.bad_files[0].reason}).")
+                  f"(first: {printable(result.bad_files[0].path)}: "
+                  f"{result.bad_files[0].reason}).")
     if args.report:
         _report(args)
     if args.json:

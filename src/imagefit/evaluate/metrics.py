@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from imagefit.progress import printable
+
 ECE_BINS = 15
 
 
@@ -82,10 +84,10 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
 
 def format_per_class_table(metrics: dict) -> str:
     """A fixed-width per-class table plus the headline line, for the terminal."""
-    width = max([len(c) for c in metrics["classes"]] + [5])
+    width = max([len(printable(c)) for c in metrics["classes"]] + [5])
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+        lines.append(f"{printable(name):<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
                      f"{row['f1']:5.3f}  {row['support']:7d}")
     lines.append(f"accuracy {metrics['accuracy']:.3f} | balanced accuracy "
                  f"{metrics['balanced_accuracy']:.3f} | macro-F1 {metrics['macro_f1']:.3f} | "

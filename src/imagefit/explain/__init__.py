@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imagefit.augment_tools import WINDOWS_RESERVED
 from imagefit.data.images import load_image
 from imagefit.errors import ConfigError, ImageLoadError
 from imagefit.explain.activations import activation_grid, capture_activations, find_stages
@@ -53,7 +54,8 @@ def safe_name(name: str, max_length: int = MAX_NAME_LENGTH) -> str:
     """A file-name part made from user data: only [A-Za-z0-9._-], no leading dot, capped length.
 
     Every other character (path separators, NUL, control characters, non-ASCII) becomes "_",
-    so the result can never name a parent folder, a hidden file or a path.
+    so the result can never name a parent folder, a hidden file or a path; a Windows device
+    name ("CON", "nul.txt", "COM1") gets a "_" in front, so it is a file there too.
 
     Example:
         >>> safe_name("../../etc/passwd")
@@ -65,6 +67,8 @@ def safe_name(name: str, max_length: int = MAX_NAME_LENGTH) -> str:
     # A leading dot would make "." / ".." or a hidden file; mark it instead of dropping it.
     if text.startswith("."):
         text = "_" + text[1:]
+    if text.split(".")[0].upper() in WINDOWS_RESERVED:
+        text = "_" + text[:max_length - 1]
     return text or "_"
 
 
