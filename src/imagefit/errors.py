@@ -50,6 +50,10 @@ class CacheError(ImagefitError):
     """A cache file is unreadable or inconsistent (it is recomputed where possible)."""
 
 
+class OutputError(ImagefitError):
+    """An output cannot be written: the disk is full, the folder read-only or not ours."""
+
+
 class NotFittedError(ImagefitError, ValueError, AttributeError):
     """The estimator is used before `fit` (same bases as scikit-learn's NotFittedError)."""
 

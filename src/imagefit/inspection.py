@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imagefit.data.audit import preflight
+from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import scan_folder
 from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
 from imagefit.evaluate.issues import (NEAR_DUPLICATE_THRESHOLD, exact_duplicate_groups,
@@ -34,8 +35,12 @@ class InspectionResult:
 def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
                     backbone: str = "efficientnet_lite0", image_size: int | None = None,
                     threshold: float = NEAR_DUPLICATE_THRESHOLD, device: str = "auto",
-                    workers: int | None = None, progress: bool = False) -> InspectionResult:
+                    workers: int | None = None, progress: bool = False,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> InspectionResult:
     """Audit `data` (a folder or CSV, as for training) without training anything.
+
+    `max_pixels` is the decompression-bomb cap, as `train --max-pixels`: larger images are
+    listed as bad files (too_large), exactly as training would skip them.
 
     Example:
         >>> result = inspect_dataset("data/")                       # doctest: +SKIP
@@ -44,7 +49,8 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
     """
     index = scan_folder(data)
     prep = preprocessing_for(backbone, image_size)
-    checked = preflight(index, image_size=prep.image_size, workers=workers, progress=progress)
+    checked = preflight(index, image_size=prep.image_size, workers=workers,
+                        max_pixels=max_pixels, progress=progress)
     good = checked.index
     counts = good.counts()
     hashes = good.sha256
@@ -57,7 +63,7 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
         store = FeatureStore(_cache(), runner.key, runner.dim)
         result = compute_features(good.paths, runner, keys=hashes, store=store,
                                   workers=workers if workers is not None else 0,
-                                  progress=progress)
+                                  max_pixels=max_pixels, progress=progress)
         rows = np.flatnonzero(result.ok)
         near_pairs = near_duplicate_pairs(result.features[rows], threshold=threshold)
         if len(near_pairs):
@@ -82,6 +88,9 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
         "leakage": [[str(paths[i]) for i in g] for g in leak_groups],
         "modes": dict(checked.modes),
         "formats": dict(checked.formats),
+        "extension_mismatch": int(index.report.extension_mismatch),
+        "exif_rotated": int(checked.exif_rotated),
+        "multi_frame": int(checked.multi_frame),
         "sizes": {f"{w}x{h}": n for (w, h), n in checked.sizes.most_common(10)},
         "median_size": _median_size(checked.sizes),
         "warnings": list(index.report.warnings),
@@ -140,7 +149,10 @@ def _lines(s: dict, threshold: float) -> list[str]:
              f"Imbalance ratio (largest/smallest class): {s['imbalance_ratio']:g}",
              "Modes: " + ", ".join(f"{m} {n}" for m, n in s["modes"].items())
              + " | formats: " + ", ".join(f"{f} {n}" for f, n in s["formats"].items()),
-             "Sizes (most common): " + ", ".join(f"{k} x{n}" for k, n in s["sizes"].items())]
+             "Sizes (most common): " + ", ".join(f"{k} x{n}" for k, n in s["sizes"].items()),
+             f"EXIF-rotated: {s['exif_rotated']} | multi-frame (first frame used): "
+             f"{s['multi_frame']} | extension does not match content: "
+             f"{s['extension_mismatch']}"]
     if s["ignored"]:
         lines.append("Ignored: " + ", ".join(f"{k} x{n}" for k, n in s["ignored"].items()))
     lines.append(f"Bad files: {len(s['bad_files'])}"

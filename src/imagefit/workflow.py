@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +21,11 @@ from imagefit.bundle import save_model
 from imagefit.config import TrainConfig
 from imagefit.data.audit import PreflightResult, preflight, write_bad_files
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
-from imagefit.errors import ConfigError, StrictModeError
+from imagefit.errors import ConfigError, OutputError, StrictModeError
 from imagefit.estimator import ImageClassifier, Predictions
 from imagefit.evaluate.evaluation import EvaluationResult
 from imagefit.evaluate.metrics import classification_metrics
+from imagefit.features.store import owner_tag
 from imagefit.models.backbones import preprocessing_for
 from imagefit.progress import printable
 from imagefit.train import distributed
@@ -61,8 +63,10 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     """
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
         echo, progress = (lambda line: None), False
-    run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir = Path(config.out or default_run_dir())
     refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
+    if distributed.current().is_main:
+        check_writable(run_dir)
     params = config.estimator_params()
     resume = params.pop("resume")
     clf = ImageClassifier(**params, checkpoint_dir=str(run_dir / "checkpoints"), resume=resume,
@@ -96,6 +100,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_bad_files(bad_files, run_dir / "bad_files.csv")
+        write_scan_summary(index, bad_files, run_dir / "scan.json")
     if config.strict and bad_files:
         listing = "\n".join(f"  {printable(b.path)}: {b.reason} ({printable(b.message)})"
                             for b in bad_files)
@@ -134,6 +139,27 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report)
 
 
+def check_writable(folder: Path) -> None:
+    """Fail before any work when the run folder cannot be written (read-only, no permission).
+
+    Raises:
+        OutputError: naming the folder and the reason.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".tmp-{owner_tag()}-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to the run folder {folder}: {exc.strerror or exc}. "
+                          f"Choose another --out.") from None
+
+
+def default_run_dir() -> str:
+    """runs/<date-time>, the run folder when none is named."""
+    return str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
 def _choices(clf: ImageClassifier) -> str:
     """One line naming what "auto" settings became (also stored in config.yaml)."""
     parts = [f"mode {clf.mode_}", f"balance {clf.balance_}"]
@@ -166,6 +192,18 @@ def _validation_result(clf: ImageClassifier) -> EvaluationResult:
     preds = Predictions(val.paths, proba.astype(np.float32), clf.classes_, [""] * len(val))
     metrics = classification_metrics(val.labels, proba, clf.classes_)
     return EvaluationResult(metrics, preds, val.labels, [])
+
+
+def write_scan_summary(index: ImageIndex, bad_files: list[BadFile], path: Path) -> None:
+    """What the scan and the pre-flight saw, for machines: images found per class, ignored
+    entries per category, bad files per reason, and the warnings printed."""
+    summary = {"n_found": len(index),
+               "classes": dict(zip(index.classes, map(int, index.counts()))),
+               "ignored": dict(sorted(index.report.ignored.items())),
+               "bad_files": dict(sorted(Counter(b.reason for b in bad_files).items())),
+               "extension_mismatch": index.report.extension_mismatch,
+               "warnings": list(index.report.warnings)}
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=True), encoding="utf-8")
 
 
 def write_split(train: ImageIndex, val: ImageIndex, path: Path) -> None:

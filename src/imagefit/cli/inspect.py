@@ -28,6 +28,8 @@ def add_parser(sub, common) -> None:
                    help="skip near-duplicate search (no backbone run)")
     p.add_argument("--threshold", type=float, help="cosine similarity for near-duplicates")
     p.add_argument("--image-size", type=int, metavar="N")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images, as "
+                   "train --max-pixels does (default 89,478,485)")
     p.set_defaults(handler=run)
 
 
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"near": args.near, "image_size": args.image_size, "progress": not args.quiet}
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if args.max_pixels is not None:
+        options["max_pixels"] = args.max_pixels
     result = inspect_dataset(args.data, **options)
     if not args.quiet:
         for line in result.lines:

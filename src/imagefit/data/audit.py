@@ -17,7 +17,7 @@ import numpy as np
 
 from imagefit.data.images import DEFAULT_MAX_PIXELS, decode_image, read_file_bytes
 from imagefit.data.index import BadFile, ImageIndex
-from imagefit.errors import ImageLoadError
+from imagefit.errors import DatasetError, ImageLoadError
 from imagefit.progress import progress_bar
 
 # Below this many files a process pool costs more than it saves.
@@ -94,8 +94,52 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
         out.exif_rotated += rotated
     checked = ImageIndex(index.paths, index.labels, index.classes, index.subsets, hashes,
                          index.report, index.root)
-    out.index = checked.take(keep)
+    out.index = _without_emptied_classes(checked, keep, bad[len(index.report.bad_files):])
     return out
+
+
+def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
+                             failed: list[BadFile]) -> ImageIndex:
+    """`index.take(keep)`, leaving out the classes whose every file failed to decode.
+
+    The scan already leaves out a class folder with no usable images (with a warning); a class
+    whose files all fail only at decoding is treated the same, rather than training a model
+    with an output it never saw an image of. If that leaves fewer classes than the scan asked
+    for, it is the scan's "only 1 class" error, listing the files, since no run folder (and no
+    bad_files.csv) will be written.
+
+    Raises:
+        DatasetError: fewer usable classes remain than the scan's `min_classes`.
+    """
+    kept = index.take(keep)
+    n = len(index.classes)
+    before = np.bincount(index.labels[index.labels >= 0], minlength=n)
+    after = np.bincount(kept.labels[kept.labels >= 0], minlength=n)
+    emptied = [c for c in range(n) if before[c] and not after[c]]
+    if not emptied:
+        return kept
+    members = {c: set(index.paths[index.labels == c].tolist()) for c in emptied}
+    by_class = {c: [b for b in failed if b.path in members[c]] for c in emptied}
+    min_classes = index.report.min_classes
+    remaining = [name for c, name in enumerate(index.classes) if after[c]]
+    if min_classes >= 2 and int((before > 0).sum()) >= min_classes > len(remaining):
+        listing = "\n".join(f"  {b.path}: {b.reason} ({b.message})"
+                            for c in emptied for b in by_class[c][:5])
+        names = ", ".join(repr(index.classes[c]) for c in emptied)
+        found = (f"Only 1 class has usable images ({remaining[0]!r})" if remaining else
+                 "No class has usable images")
+        raise DatasetError(f"{found}; a classifier needs at least {min_classes}. No file of "
+                           f"{names} could be decoded:\n{listing}")
+    if not remaining:  # nothing decodes at all: callers say so in their own words
+        return kept
+    for c in emptied:
+        n_bad = len(by_class[c])
+        index.report.warnings.append(
+            f"Class '{index.classes[c]}' has no usable images ({n_bad} file"
+            f"{'s' if n_bad != 1 else ''} could not be decoded, see the bad files list) and is "
+            f"left out.")
+    keep_classes = [name for c, name in enumerate(index.classes) if after[c] or not before[c]]
+    return kept.with_classes(keep_classes)
 
 
 def _check_file(job: tuple[str, int | None, int]):

@@ -43,6 +43,8 @@ class ScanReport:
     bad_files: list[BadFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     extension_mismatch: int = 0
+    # The scan's `min_classes`: the pre-flight holds the classes that survive decoding to it.
+    min_classes: int = 1
 
     def merge(self, other: "ScanReport") -> None:
         self.ignored.update(other.ignored)
@@ -243,7 +245,7 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
     if not root_path.is_dir():
         raise DatasetError(f"Dataset folder {str(root_path)!r} does not exist or is not a folder. "
                            f"Pass a folder of class sub-folders or a CSV of path,label.")
-    walker = _Walker(follow_links)
+    walker = _Walker(follow_links, root_path)
     subdirs = {d.name.lower(): d for d in walker.child_dirs(root_path)}
     val_name = next((n for n in VAL_DIR_NAMES if n in subdirs), None)
     if "train" in subdirs and val_name and walker.child_dirs(subdirs["train"]):
@@ -255,9 +257,12 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
         parts = [("", root_path)]
     rows: list[tuple[str, str, str]] = []
     for subset, folder in parts:
-        rows.extend((path, label, subset) for path, label in walker.walk_classes(folder))
+        rows.extend(walker.walk_classes(folder, subset))
+    rows.extend(walker.walk_deferred())
+    walker.finish()
     paths, names, subsets = (list(col) for col in zip(*rows)) if rows else ([], [], [])
     classes = _check_classes(names, walker, root_path, min_classes)
+    walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
     subset_array = np.array(subsets, dtype=str) if parts[0][0] else None
     return ImageIndex(index.paths, index.labels, index.classes, subset_array, None,
@@ -294,6 +299,7 @@ def read_csv_index(csv_path: str | os.PathLike, *, min_classes: int = 2) -> Imag
             paths.append(str(path))
             names.append(label)
     classes = _check_classes(names, walker, csv_path, min_classes)
+    walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
     return ImageIndex(index.paths, index.labels, index.classes, None, None, walker.report,
                       str(csv_path.parent))
@@ -324,6 +330,14 @@ def expand_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
         if not path.is_dir():
             out.append(os.fspath(item))
             continue
+        usable = (lambda d: not d.startswith(".") and d.lower() not in _IGNORED_DIR_NAMES)
+        # Folders reached without links: a link to one of them is not followed, so that its
+        # files are listed under their real path (not cat/more/x.jpg for a link more -> ../dog).
+        real: set[tuple[int, int]] = set()
+        for folder, dirs, _ in os.walk(path):
+            real.add(_dir_key_or_none(folder))
+            dirs[:] = [d for d in dirs if usable(d)]
+        real.discard(None)
         seen: set[tuple[int, int]] = set()
         for folder, dirs, files in os.walk(path, followlinks=True):
             stat = os.stat(folder)
@@ -331,8 +345,9 @@ def expand_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
                 dirs[:] = []
                 continue
             seen.add((stat.st_dev, stat.st_ino))
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and d.lower() not in _IGNORED_DIR_NAMES)
+            dirs[:] = sorted(d for d in dirs if usable(d) and not (
+                os.path.islink(os.path.join(folder, d))
+                and _dir_key_or_none(os.path.join(folder, d)) in real))
             for name in sorted(files):
                 if _clutter_category(name):
                     continue
@@ -340,6 +355,14 @@ def expand_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES or _sniff_file(full) is not None:
                     out.append(full)
     return out
+
+
+def _dir_key_or_none(folder: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _sniff_file(path: str) -> str | None:
@@ -362,7 +385,14 @@ def _check_classes(names: list[str], walker: "_Walker", root: Path,
     for name in classes:
         key = unicodedata.normalize("NFC", name).casefold()
         if key in seen:
-            raise DatasetError(f"Class folders {seen[key]!r} and {name!r} differ only in case or "
+            first = seen[key]
+            if unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", name):
+                # Both names print alike; only their escaped code points tell them apart.
+                raise DatasetError(f"Class folders {first!r} and {name!r} differ only in Unicode "
+                                   f"form ({ascii(first)} and {ascii(name)}: the same letters, "
+                                   f"composed differently, as macOS writes them); merge or "
+                                   f"rename one of them.")
+            raise DatasetError(f"Class folders {first!r} and {name!r} differ only in case or "
                                f"Unicode form; merge or rename one of them.")
         seen[key] = name
     if not classes:
@@ -386,15 +416,31 @@ def _check_classes(names: list[str], walker: "_Walker", root: Path,
 
 
 class _Walker:
-    """One recursive `os.scandir` pass with loop-safe link following and clutter accounting."""
+    """One recursive `os.scandir` pass with loop-safe link following and clutter accounting.
 
-    def __init__(self, follow_links: bool):
+    Links that point inside the dataset are followed last, after every real file and folder:
+    a file or folder is indexed at its real location, under its real class, whatever the
+    sort order. (Followed in walk order, `cat/more -> ../dog` would turn every dog into a cat
+    and drop the class 'dog'.) Links to places outside the dataset are followed in place.
+    """
+
+    def __init__(self, follow_links: bool, root: Path | None = None):
         self.follow_links = follow_links
         self.report = ScanReport()
         self.class_dirs: list[str] = []
         self.root_images = 0
-        self._seen_dirs: set[tuple[int, int]] = set()
-        self._seen_files: dict[tuple[int, int], str] = {}
+        self._root = os.path.realpath(root) if root is not None else None
+        # (dev, inode) -> the (subset, class) it was indexed under; (subset, None) for roots.
+        self._seen_dirs: dict[tuple[int, int], tuple[str, str | None]] = {}
+        self._seen_files: dict[tuple[int, int], tuple[str, str]] = {}
+        # (path, class or None for a class-level folder link, subset, nested-under, is_dir)
+        self._deferred: list[tuple[str, str | None, str, str | None, bool]] = []
+        self._nested: dict[tuple[str, str], Counter] = {}
+        if root is not None:  # a link back to the dataset folder is a cycle in every layout
+            try:
+                self._seen_dirs[self._dir_key(Path(root))] = ("", None)
+            except OSError:
+                pass
 
     def child_dirs(self, folder: Path) -> list[os.DirEntry]:
         """Sub-folders that would be walked (for layout detection: counts nothing)."""
@@ -402,24 +448,69 @@ class _Walker:
                 and not e.name.startswith(".") and e.name.lower() not in _IGNORED_DIR_NAMES
                 and (self.follow_links or not e.is_symlink())]
 
-    def walk_classes(self, folder: Path) -> Iterable[tuple[str, str]]:
-        self._seen_dirs.add(self._dir_key(folder))
+    def walk_classes(self, folder: Path, subset: str = "") -> Iterable[tuple[str, str, str]]:
+        """Yield (path, class, subset) for the class folders of `folder`; links that point
+        inside the dataset are kept for `walk_deferred`."""
+        self._seen_dirs.setdefault(self._dir_key(folder), (subset, None))
         for entry in self._entries(folder):
             if entry.is_dir(follow_symlinks=True):
-                if self._usable_dir(entry) and self._first_visit(entry):
-                    self.class_dirs.append(entry.name)
-                    nested = Counter()
-                    for path in self._walk_files(Path(entry.path), nested, entry.name):
-                        yield path, entry.name
-                    if nested:
-                        detail = ", ".join(f"{k}/ ({v})" for k, v in sorted(nested.items()))
-                        self.report.warnings.append(f"Class '{entry.name}' includes sub-folders: "
-                                                    f"{detail}.")
-            elif self.classify_file(Path(entry.path), entry.name, entry.name) is not None:
+                if not self._usable_dir(entry):
+                    continue
+                if self._points_inside(entry):
+                    self._deferred.append((entry.path, None, subset, None, True))
+                elif self._first_visit(entry, (subset, entry.name)):
+                    yield from self._walk_class(Path(entry.path), entry.name, subset)
+            elif self.classify_file(Path(entry.path), entry.name, entry.name,
+                                    register=False) is not None:
                 self.root_images += 1
 
-    def classify_file(self, path: Path, name: str, label: str) -> str | None:
-        """Return the format of a usable image; otherwise count it as ignored or bad."""
+    def walk_deferred(self) -> Iterable[tuple[str, str, str]]:
+        """Yield (path, class, subset) reached only through links inside the dataset, once
+        everything else is indexed: what was already seen counts as a repeat, not again."""
+        while self._deferred:  # following a deferred folder may defer more links
+            path, label, subset, top, is_dir = self._deferred.pop(0)
+            name = os.path.basename(path)
+            if not is_dir:
+                if self.classify_file(Path(path), name, label, subset=subset) is not None:
+                    if top:
+                        self._nested.setdefault((subset, label), Counter())[top] += 1
+                    yield path, label, subset
+                continue
+            try:
+                key = self._dir_key(Path(path))
+            except OSError:
+                self.report.warnings.append(f"Broken folder link {path} skipped.")
+                continue
+            owner = self._seen_dirs.get(key)
+            if owner is not None:
+                self.report.ignored["folder link cycle or repeat"] += 1
+                if owner[1] is not None and owner != (subset, label or name):
+                    self.report.warnings.append(
+                        f"{path} is a link to a folder already indexed under class "
+                        f"'{owner[1]}'; it is not followed (its images count once, as "
+                        f"'{owner[1]}').")
+                continue
+            if label is None:  # a class-level link to an unwalked folder: a class of its own
+                self._seen_dirs[key] = (subset, name)
+                yield from self._walk_class(Path(path), name, subset)
+            else:
+                self._seen_dirs[key] = (subset, label)
+                for found in self._walk_files(Path(path), label, subset, top or name):
+                    yield found, label, subset
+
+    def finish(self) -> None:
+        """Report, per class, the images found in sub-folders (after links are resolved)."""
+        for (subset, label), nested in self._nested.items():
+            if nested:
+                detail = ", ".join(f"{k}/ ({v})" for k, v in sorted(nested.items()))
+                self.report.warnings.append(f"Class '{label}' includes sub-folders: {detail}.")
+
+    def classify_file(self, path: Path, name: str, label: str, *, subset: str = "",
+                      register: bool = True) -> str | None:
+        """Return the format of a usable image; otherwise count it as ignored or bad.
+
+        With `register`, a file already indexed (same device and inode, reached through a
+        link) is counted once, under the class it was first indexed with."""
         category = _clutter_category(name)
         if category:
             self.report.ignored[category] += 1
@@ -433,14 +524,17 @@ class _Walker:
             self.report.bad_files.append(BadFile(str(path), "io_error", exc.strerror or str(exc)))
             return None
         key = (stat.st_dev, stat.st_ino)
-        if key in self._seen_files:
-            first = self._seen_files[key]
+        if register and key in self._seen_files:
+            first_subset, first = self._seen_files[key]
             self.report.ignored["linked duplicate"] += 1
-            if first != label:
+            if (first_subset, first) != (subset, label):
+                where = f"{first_subset}/" if first_subset != subset else ""
                 self.report.warnings.append(f"{path} is a link to a file already indexed under "
-                                            f"class '{first}'; it is counted once, as '{first}'.")
+                                            f"class '{where}{first}'; it is counted once, as "
+                                            f"'{where}{first}'.")
             return None
-        self._seen_files[key] = label
+        if register:
+            self._seen_files[key] = (subset, label)
         fmt = sniff_format(head)
         if fmt in ALLOWED_FORMATS:
             if suffix in IMAGE_SUFFIXES and not _suffix_matches(suffix, fmt):
@@ -459,18 +553,39 @@ class _Walker:
             self.report.ignored[suffix or "no extension"] += 1
         return None
 
-    def _walk_files(self, folder: Path, nested: Counter, label: str,
+    def _walk_class(self, folder: Path, label: str, subset: str
+                    ) -> Iterable[tuple[str, str, str]]:
+        self.class_dirs.append(label)
+        self._nested.setdefault((subset, label), Counter())
+        for path in self._walk_files(folder, label, subset):
+            yield path, label, subset
+
+    def _walk_files(self, folder: Path, label: str, subset: str,
                     top: str | None = None) -> Iterable[str]:
         for entry in self._entries(folder):
             if entry.is_dir(follow_symlinks=True):
-                if self._usable_dir(entry) and self._first_visit(entry):
-                    sub = top or entry.name
-                    yield from self._walk_files(Path(entry.path), nested, label, sub)
+                if not self._usable_dir(entry):
+                    continue
+                sub = top or entry.name
+                if self._points_inside(entry):
+                    self._deferred.append((entry.path, label, subset, sub, True))
+                elif self._first_visit(entry, (subset, label)):
+                    yield from self._walk_files(Path(entry.path), label, subset, sub)
             elif entry.is_file(follow_symlinks=True) or entry.is_symlink():
-                if self.classify_file(Path(entry.path), entry.name, label) is not None:
+                if self._points_inside(entry):
+                    self._deferred.append((entry.path, label, subset, top, False))
+                elif self.classify_file(Path(entry.path), entry.name, label,
+                                        subset=subset) is not None:
                     if top:
-                        nested[top] += 1
+                        self._nested.setdefault((subset, label), Counter())[top] += 1
                     yield entry.path
+
+    def _points_inside(self, entry: os.DirEntry) -> bool:
+        """Is `entry` a link whose target lies inside the dataset (then it waits its turn)?"""
+        if self._root is None or not entry.is_symlink():
+            return False
+        target = os.path.realpath(entry.path)
+        return target == self._root or target.startswith(self._root.rstrip(os.sep) + os.sep)
 
     def _entries(self, folder: Path) -> list[os.DirEntry]:
         try:
@@ -492,7 +607,7 @@ class _Walker:
             return False
         return True
 
-    def _first_visit(self, entry: os.DirEntry) -> bool:
+    def _first_visit(self, entry: os.DirEntry, owner: tuple[str, str]) -> bool:
         try:
             key = self._dir_key(Path(entry.path))
         except OSError:
@@ -501,7 +616,7 @@ class _Walker:
         if key in self._seen_dirs:
             self.report.ignored["folder link cycle or repeat"] += 1
             return False
-        self._seen_dirs.add(key)
+        self._seen_dirs[key] = owner
         return True
 
     @staticmethod

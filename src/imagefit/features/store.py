@@ -9,9 +9,12 @@ half-valid. Chunks are validated on read; a bad one is removed and its rows are 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
+import socket
 import time
 import uuid
 import zlib
@@ -35,9 +38,50 @@ def default_cache_dir() -> Path:
     return Path(base) / "imagefit"
 
 
+# Files a process has not finished carry its owner tag (host, pid): what a killed process
+# left is removed at once by the next run on this host, without touching a live writer's files.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = re.compile(r"-([0-9a-f]{8})_(\d+)-")
+
+
+def owner_tag() -> str:
+    """`<host hash>_<pid>` of this process, for the names of files it is writing."""
+    return f"{_HOST}_{os.getpid()}"
+
+
+def is_orphan(path: Path, max_age_s: float = 3600) -> bool:
+    """Whether `path` (a temp file or unrecorded chunk) was left by a writer that is gone: its
+    process on this host has ended, or, when its owner cannot be told, it is older than
+    `max_age_s` (a live writer elsewhere may still be working on it)."""
+    match = _OWNER.search(path.name)
+    if match and match[1] == _HOST:
+        return not _process_alive(int(match[2]))
+    return time.time() - path.stat().st_mtime > max_age_s
+
+
+def remove_orphans(paths) -> None:
+    """Delete those of `paths` that `is_orphan` says were left by a writer that is gone."""
+    for path in paths:
+        try:
+            if is_orphan(path):
+                path.unlink()
+        except OSError:
+            pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    tmp = path.with_name(f".tmp-{owner_tag()}-{uuid.uuid4().hex[:12]}-{path.name}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -144,18 +188,13 @@ class FeatureStore:
         return _ChunkWriter(self)
 
     def clean_stale_temp_files(self) -> None:
-        """Remove what a killed writer left behind, once older than an hour (a live writer
-        may still be working on newer ones): temp files, and chunk data with no record."""
+        """Remove what a killed writer left behind (see `is_orphan`): temp files, and chunk
+        data with no record."""
         if not self.folder.is_dir():
             return
-        orphans = [npy for npy in self.folder.glob("chunk-*.npy")
-                   if not npy.with_suffix(".json").exists()]
-        for leftover in list(self.folder.glob(".tmp-*")) + orphans:
-            try:
-                if time.time() - leftover.stat().st_mtime > 3600:
-                    leftover.unlink()
-            except OSError:
-                pass
+        unrecorded = [npy for npy in self.folder.glob("chunk-*.npy")
+                      if not npy.with_suffix(".json").exists()]
+        remove_orphans(list(self.folder.glob(".tmp-*")) + unrecorded)
 
     def _chunk(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -187,7 +226,7 @@ class FeatureStore:
 
     def _commit(self, keys: list[str], rows: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{uuid.uuid4().hex}"
+        name = f"chunk-{owner_tag()}-{uuid.uuid4().hex[:16]}"
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         buffer = io.BytesIO()
         np.save(buffer, rows, allow_pickle=False)
