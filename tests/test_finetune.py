@@ -429,7 +429,7 @@ def _tiny_fit(checkpointer, epochs=6, time_budget_s=None):
     settings = LoopSettings(epochs=epochs, lr=0.05, patience=100, stage="tiny",
                             schedule="cosine", warmup_steps=3, steps_per_epoch=6,
                             weight_decay=1e-3, time_budget_s=time_budget_s)
-    batches = lambda epoch: ((x[b], y[b]) for b in torch.from_numpy(shuffled_indices(48, 1)(epoch)).split(8))
+    batches = lambda epoch, first: ((x[b], y[b]) for b in torch.from_numpy(shuffled_indices(48, 1)(epoch)).split(8)[first:])
     history, best = fit_loop(model, batches, lambda: model(xv), yv, 3, settings,
                              checkpointer=checkpointer)
     return model, history, best

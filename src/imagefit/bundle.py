@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from imagefit import __version__
 from imagefit.data.augment import resolve_augment
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.errors import ConfigError, ModelFormatError, ModelNotFoundError
 from imagefit.estimator import ImageClassifier
-from imagefit.features.store import atomic_write_bytes
+from imagefit.features.store import atomic_write_bytes, remove_orphans
 from imagefit.models.backbones import Preprocessing, build_for_loading
 from imagefit.models.net import ImageClassifierNet
 
@@ -35,10 +36,9 @@ def save_model(clf: ImageClassifier, path: str | os.PathLike) -> Path:
     """Write a fitted `ImageClassifier` as a model folder; returns the folder."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_orphans(folder.glob(".tmp-*"))  # what a killed save left
     state = {k: v.detach().cpu().contiguous() for k, v in clf.net_.state_dict().items()}
-    tmp = folder / f".tmp-{os.getpid()}-{WEIGHTS_FILE}"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    atomic_write_bytes(folder / WEIGHTS_FILE, save_safetensors(state))
     head = clf.net_.head
     meta = {
         "format_version": FORMAT_VERSION,

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -347,8 +347,8 @@ class ImageClassifier:
         xv = torch.from_numpy(x_val)
         # Head training on features is cheap: every rank runs all of it, identically.
         draws = self._draws(train.labels, shard=False)
-        batches = lambda epoch: ((xt[b], yt[b]) for b in torch.from_numpy(
-            draws(epoch)).split(self.batch_size))
+        batches = lambda epoch, first: ((xt[b], yt[b]) for b in torch.from_numpy(
+            draws(epoch)).split(self.batch_size)[first:])
         loop.steps_per_epoch = -(-len(draws(1)) // self.batch_size)
         # Dropout draws from torch's global generator; seed it here so that what ran before
         # (decoding or not, depending on the cache) cannot change the run.
@@ -356,7 +356,8 @@ class ImageClassifier:
         history, self.best_epoch_ = fit_loop(
             head, batches, lambda: head(xv), val.labels, len(self.classes_), loop,
             class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
-            checkpointer=self._checkpointer, progress=self.verbose)
+            checkpointer=self._checkpointer, batch_files=self._batch_files(train, draws),
+            progress=self.verbose)
         self.history_ = history
         with torch.no_grad():
             val_logits = head(xv).numpy()
@@ -374,6 +375,11 @@ class ImageClassifier:
         if not shard or not self._dist.enabled:
             return full
         return lambda epoch: self._dist.shard_epoch(full(epoch))
+
+    def _batch_files(self, train: ImageIndex, draws) -> Callable[[int, int], np.ndarray]:
+        """(epoch, batch) -> the files of that training batch (named when its loss is NaN)."""
+        size = self.batch_size
+        return lambda epoch, batch: train.paths[draws(epoch)[batch * size:(batch + 1) * size]]
 
     def _features(self, index: ImageIndex, runner: BackboneRunner, store: FeatureStore):
         self._fill_shard(index, runner, store)
@@ -452,8 +458,8 @@ class ImageClassifier:
         # outputs are the same every epoch, so they are computed once.
         val_lower = lower.features(val_images) if split.lower is not None else None
 
-        def batches(epoch):
-            for batch, labels in loader.epoch(epoch):
+        def batches(epoch, first):
+            for batch, labels in loader.epoch(epoch, first):
                 yield lower(batch), labels
 
         def val_logits():
@@ -475,7 +481,8 @@ class ImageClassifier:
             top, batches, val_logits, val.labels, len(self.classes_), loop,
             class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
             param_groups=groups, checkpointer=self._checkpointer, device=self.device_,
-            train_model=distributed.wrap(top, self._dist, self.device_), progress=self.verbose)
+            train_model=distributed.wrap(top, self._dist, self.device_),
+            batch_files=self._batch_files(train, draws), progress=self.verbose)
         self.history_ = self.history_ + history
         self.lower_runtime_ = lower.runtime
         with torch.no_grad():

@@ -1,12 +1,15 @@
 """The `imagefit` command: parses options, calls one public function per command, prints the
 result. Exit codes: 0 ok, 1 user error, 2 bad options, 3 `--strict` found bad files, 5 training
-diverged, 6 refused model file, 130 interrupted. `--debug` shows tracebacks.
+diverged, 6 refused model file, 130/143 interrupted by SIGINT/SIGTERM (training saves first).
+`--debug` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import traceback
 
@@ -15,6 +18,12 @@ from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, f
                           predict, report, serve, train)
 from imagefit.errors import ImagefitError
 from imagefit.progress import printable
+from imagefit.train.interrupt import TrainingInterrupted, sigterm_as_interrupt
+from imagefit.train.interrupt import exit_code as interrupt_exit_code
+
+# Write failures that are the user's environment, not a bug: a one-line message, exit 1.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EFBIG}
 
 COMMANDS = (train, evaluate, predict, inspect, features, report, augment, explain, export,
             serve, benchmark, demo)
@@ -39,17 +48,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume hint
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.handler(args) or 0)
+    except TrainingInterrupted as exc:  # saved; not an error
+        print(printable(str(exc)), file=sys.stderr)
+        return exc.exit_code
     except ImagefitError as exc:
         if args.debug:
             traceback.print_exc()
         lines = str(exc).split("\n")
         print("error: " + "\n".join(printable(line) for line in lines), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        where = f": {printable(os.fsdecode(exc.filename))}" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}. Free some space, fix the folder's permissions or "
+              f"choose another output folder; finished work is kept (train: --resume).",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
 
 
 def _entry() -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.estimator import MODES
 from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.progress import printable
 from imagefit.train import distributed
-from imagefit.workflow import load_config_file, train_run
+from imagefit.train.interrupt import TrainingInterrupted
+from imagefit.train.interrupt import exit_code as interrupt_exit_code
+from imagefit.workflow import default_run_dir, load_config_file, train_run
 
 EXAMPLES = """examples:
   imagefit train data/ --out runs/cats
@@ -93,17 +98,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if not config.out:  # named now, so that an interruption can say where to resume
+        config = dataclasses.replace(config, out=default_run_dir())
     quiet = args.quiet or not distributed.current().is_main  # torchrun: rank 0 prints
     echo = (lambda line: None) if quiet else print
     try:
         result = train_run(config, progress=not quiet, echo=echo)
-    except KeyboardInterrupt:
-        if config.out:
-            print(f"Interrupted. The last finished epoch is saved in {config.out}/checkpoints; "
-                  f"continue with the same command and --resume.", file=sys.stderr)
-        raise
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        if isinstance(exc, TrainingInterrupted):
+            print(printable(str(exc)), file=sys.stderr)
+        else:
+            print(f"Interrupted. Finished training epochs and computed features are kept in "
+                  f"{printable(config.out)}.", file=sys.stderr)
+        print(f"Continue with:\n  {resume_command(getattr(args, 'argv', None), config.out)}",
+              file=sys.stderr)
+        return interrupt_exit_code(exc)
     report(result, echo)
     return 0
+
+
+def resume_command(argv: list[str] | None, out: str) -> str:
+    """The command line that continues this run: the same options plus --out and --resume."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+        argv += ["--out", out]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "imagefit " + shlex.join(argv)
 
 
 def report(result, echo) -> None:

@@ -25,6 +25,8 @@ _EMPTY_PRIOR = 1e-12
 # Last word of the sampler's seed: SeedSequence ignores trailing zeros, so [seed, 0] alone would
 # replay np.random.default_rng(seed), the stream other seeded code (fold splits) draws from.
 _SAMPLER_STREAM = 0x5A3B1E
+# Indices `BalancedSampler.__iter__` turns into Python ints at a time.
+_ITER_BLOCK = 1 << 16
 
 
 def imbalance_ratio(counts: np.ndarray) -> float:
@@ -238,7 +240,11 @@ class BalancedSampler:
         return -(-self.num_samples // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices(self.epoch).tolist())
+        # Block by block: the epoch as one list would hold a Python int per draw in the process
+        # that iterates it (~36 MB per million draws, for the whole epoch).
+        indices = self.indices(self.epoch)
+        return (i for first in range(0, len(indices), _ITER_BLOCK)
+                for i in indices[first:first + _ITER_BLOCK].tolist())
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch that `__iter__` yields (call before each epoch, as with torch)."""

@@ -178,8 +178,8 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: LoopSe
 
         order = shuffled_indices(len(y), seed)
 
-        def batches(epoch: int):
-            for rows in torch.from_numpy(order(epoch)).split(batch_size):
+        def batches(epoch: int, first: int):
+            for rows in torch.from_numpy(order(epoch)).split(batch_size)[first:]:
                 yield x[rows], y[rows]
 
         # Nothing is held out: with empty targets fit_loop runs every epoch and keeps the last.

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
 from imagefit.data.index import BadFile
 from imagefit.errors import CacheError, ImageLoadError
-from imagefit.features.store import FeatureStore, atomic_write_bytes
+from imagefit.features.store import FeatureStore, atomic_write_bytes, remove_orphans
 from imagefit.models.backbones import Preprocessing, to_input
 from imagefit.progress import progress_bar
 
@@ -109,6 +109,7 @@ class BackboneRunner:
             log.warning("onnxruntime is not installed; using PyTorch for feature extraction")
             return None
         path = cache_dir / "onnx" / f"{self.key}.onnx"
+        remove_orphans(path.parent.glob(".tmp-*"))
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, export_onnx_bytes(self.backbone, self.prep))

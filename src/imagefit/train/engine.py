@@ -1,17 +1,21 @@
 """The training loop shared by every mode: epochs of mini-batches, weighted cross-entropy,
 validation after each epoch, model selection on validation balanced accuracy (ties: lower
 validation loss), early stopping, a time budget, the best epoch's weights restored at the end;
-optionally a checkpoint after every epoch, from which a killed run continues exactly.
+optionally a checkpoint after every epoch, from which a killed run continues exactly, and on
+SIGINT/SIGTERM one mid-epoch. Steps with a non-finite loss or gradient are skipped and named;
+a few in a row end the run (exit 5), and a non-finite model never becomes the best one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import signal
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,14 +25,19 @@ from imagefit.errors import ImagefitError
 from imagefit.evaluate.metrics import classification_metrics
 from imagefit.progress import progress_bar
 from imagefit.train.checkpoint import Checkpointer
+from imagefit.train.interrupt import StopRequest, TrainingInterrupted, stop_requests
 
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
+# Steps in a row whose loss or gradient is not finite before a run gives up (each is skipped).
+MAX_NONFINITE_IN_A_ROW = 3
+
+
 class TrainingDivergedError(ImagefitError):
-    """Every step of an epoch produced a non-finite loss."""
+    """The loss or the weights stopped being finite (see `fit_loop`)."""
 
     exit_code = 5
 
@@ -59,25 +68,37 @@ def lr_factor(step: int, settings: LoopSettings) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
+def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
              val_logits: Callable[[], torch.Tensor], y_val: np.ndarray, n_classes: int,
              settings: LoopSettings, *, class_weight: np.ndarray | None = None,
              logit_adjustment: np.ndarray | None = None, param_groups: list[dict] | None = None,
              checkpointer: Checkpointer | None = None, device: str = "cpu",
              train_model: nn.Module | None = None,
+             batch_files: Callable[[int, int], Sequence[str]] | None = None,
              progress: bool = False) -> tuple[list[dict], int]:
     """Train `model` in place; return (history rows, best epoch).
 
     Args:
-        train_batches: epoch number -> iterable of (inputs, int64 targets), freshly shuffled.
+        train_batches: (epoch, first batch) -> iterable of (inputs, int64 targets): the epoch's
+            batches, freshly shuffled, from that batch on (a resumed epoch skips what it did).
         val_logits: computes validation logits with the model in eval mode.
         y_val: validation targets (may be empty: then the last epoch is kept).
         logit_adjustment: added to the logits inside the loss only (Menon et al. 2021).
         param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
             every trainable parameter at `settings.lr`.
-        checkpointer: save the state after every epoch, and continue from a saved state.
+        checkpointer: save the state after every epoch, and continue from a saved state. With
+            one, SIGINT/SIGTERM stop the loop before its next step, saved mid-epoch
+            (`TrainingInterrupted`).
         train_model: what training steps call (e.g. `model` wrapped in
             DistributedDataParallel); its parameters must be `model`'s.
+        batch_files: (epoch, batch) -> the files of that batch, named when its loss is not
+            finite.
+
+    Raises:
+        TrainingDivergedError: MAX_NONFINITE_IN_A_ROW steps in a row had a non-finite loss or
+            gradient, or the weights stopped being finite. The checkpoint keeps the last good
+            epoch; a non-finite model never becomes the best one.
+        TrainingInterrupted: a signal stopped the loop after it saved its state.
     """
     train_model = model if train_model is None else train_model
     weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32,
@@ -88,6 +109,7 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
     if param_groups is None:
         param_groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                          "lr": settings.lr}]
+    params = [p for group in param_groups for p in group["params"]]
     base_lrs = [group["lr"] for group in param_groups]
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr,
                                   weight_decay=settings.weight_decay)
@@ -98,58 +120,82 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
             state = _State.restore(saved, model, optimizer)
     bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})", unit="epoch",
                        enabled=progress, initial=state.epoch)
-    step = state.epoch * settings.steps_per_epoch
-    for epoch in range(state.epoch + 1, settings.epochs + 1):
-        if state.done:
-            break
-        started = time.perf_counter()
-        train_model.train()
-        total, count, skipped = 0.0, 0, 0
-        for inputs, targets in train_batches(epoch):
-            if not len(targets):
-                continue
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor(step, settings)
-            step += 1
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits = train_model(inputs)
-            loss = criterion(logits if adjust is None else logits + adjust, targets)
-            if not torch.isfinite(loss):
-                skipped += 1
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(targets)
-            count += len(targets)
-        if count == 0 and skipped:
-            raise TrainingDivergedError(f"The loss was not finite in any step of epoch {epoch}. "
-                                        f"Try a lower learning rate (--lr).")
-        row = {"epoch": epoch, "stage": settings.stage, "train_loss": total / max(count, 1)}
-        row.update(_validate(model, val_logits, y_val, n_classes))
-        row.update(lr=optimizer.param_groups[-1]["lr"],
-                   seconds=round(time.perf_counter() - started, 4))
-        state.history.append(row)
-        state.elapsed += time.perf_counter() - started
-        # Without validation data, later is better: the last epoch is kept.
-        score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0, epoch)
-        if state.best_score is None or score > tuple(state.best_score):
-            state.best_score, state.best_epoch, state.stale = score, epoch, 0
-            state.best_state = copy.deepcopy(model.state_dict())
-        else:
-            state.stale += 1
-        state.epoch = epoch
-        over_budget = (settings.time_budget_s is not None
-                       and state.elapsed >= settings.time_budget_s)
-        state.done = bool((len(y_val) and state.stale >= settings.patience) or over_budget
-                          or epoch == settings.epochs)
-        if checkpointer is not None:
-            checkpointer.save(settings.stage, state.to_dict(model, optimizer))
-        bar.update()
-        bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
-        if over_budget:
-            log.warning("Time budget reached after epoch %d of %s; keeping the best epoch (%d).",
-                        epoch, settings.stage, state.best_epoch)
+    guard = contextlib.nullcontext(StopRequest()) if checkpointer is None else stop_requests()
+    with guard as stop:
+        for epoch in range(state.epoch + 1, settings.epochs + 1):
+            if state.done:
+                break
+            run = _EpochRun.resume(state.partial, epoch, settings)
+            state.partial = None
+            started = time.perf_counter()
+            train_model.train()
+            for inputs, targets in train_batches(epoch, run.batch):
+                if _any_rank(bool(stop)):
+                    run.seconds += time.perf_counter() - started
+                    _interrupt(stop, state, run, model, optimizer, checkpointer, settings)
+                run.batch += 1
+                if not len(targets):
+                    continue
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * lr_factor(run.step, settings)
+                run.step += 1
+                inputs, targets = inputs.to(device), targets.to(device)
+                logits = train_model(inputs)
+                loss = criterion(logits if adjust is None else logits + adjust, targets)
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))
+                if _any_rank(not finite):
+                    finite = False
+                else:  # under DDP every rank has to take part in the gradient's all-reduce
+                    loss.backward()
+                    finite = _finite_gradients(params)
+                if not finite:
+                    _skip_step(run, epoch, settings, batch_files, _bad_rows(logits, targets))
+                    continue
+                optimizer.step()
+                run.in_a_row = 0
+                run.total += float(loss.detach()) * len(targets)
+                run.count += len(targets)
+            if run.count == 0 and run.skipped:
+                raise TrainingDivergedError(
+                    f"The loss was not finite in any step of epoch {epoch} of {settings.stage}. "
+                    f"Try a lower learning rate (--lr).")
+            if not _finite_weights(model):
+                raise TrainingDivergedError(
+                    f"The weights stopped being finite in epoch {epoch} of {settings.stage}; "
+                    f"the last good epoch is {state.epoch}. Try a lower learning rate (--lr).")
+            row = {"epoch": epoch, "stage": settings.stage,
+                   "train_loss": run.total / max(run.count, 1)}
+            row.update(_validate(model, val_logits, y_val, n_classes))
+            seconds = run.seconds + time.perf_counter() - started
+            row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(seconds, 4))
+            state.history.append(row)
+            state.elapsed += seconds
+            # Without validation data, later is better: the last epoch is kept.
+            score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0,
+                                                                                      epoch)
+            if not all(math.isfinite(v) for v in score):
+                raise TrainingDivergedError(
+                    f"The validation loss of epoch {epoch} of {settings.stage} is not finite; "
+                    f"the best epoch so far ({state.best_epoch}) is kept in the checkpoint. "
+                    f"Try a lower learning rate (--lr).")
+            if state.best_score is None or score > tuple(state.best_score):
+                state.best_score, state.best_epoch, state.stale = score, epoch, 0
+                state.best_state = copy.deepcopy(model.state_dict())
+            else:
+                state.stale += 1
+            state.epoch = epoch
+            over_budget = (settings.time_budget_s is not None
+                           and state.elapsed >= settings.time_budget_s)
+            state.done = bool((len(y_val) and state.stale >= settings.patience) or over_budget
+                              or epoch == settings.epochs)
+            if checkpointer is not None:
+                checkpointer.save(settings.stage, state.to_dict(model, optimizer))
+            bar.update()
+            bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
+            if over_budget:
+                log.warning("Time budget reached after epoch %d of %s; keeping the best epoch "
+                            "(%d).", epoch, settings.stage, state.best_epoch)
     bar.close()
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -158,10 +204,89 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int], Batches],
 
 
 @dataclass
+class _EpochRun:
+    """The epoch in progress: where it is and its running totals (saved on interruption)."""
+
+    epoch: int
+    batch: int = 0      # batches taken from the loader so far
+    step: int = 0       # optimizer steps before the next one, over the whole stage
+    total: float = 0.0  # summed loss of the finite steps
+    count: int = 0
+    skipped: int = 0
+    in_a_row: int = 0   # consecutive non-finite steps
+    seconds: float = 0.0
+
+    @classmethod
+    def resume(cls, partial: dict | None, epoch: int, settings: LoopSettings) -> "_EpochRun":
+        if partial is not None and partial["epoch"] == epoch:
+            return cls(**partial)
+        return cls(epoch, step=(epoch - 1) * settings.steps_per_epoch)
+
+
+def _interrupt(stop: StopRequest, state: "_State", run: _EpochRun, model: nn.Module,
+               optimizer: torch.optim.Optimizer, checkpointer: Checkpointer,
+               settings: LoopSettings) -> None:
+    state.partial = asdict(run)
+    checkpointer.save(settings.stage, state.to_dict(model, optimizer))
+    raise TrainingInterrupted(
+        f"Interrupted in epoch {run.epoch} of {settings.stage} after {run.batch} batches; "
+        f"saved in {checkpointer.path(settings.stage)}.", stop.signum or signal.SIGINT)
+
+
+def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Which rows of a batch have a non-finite loss (none: the gradient was the problem)."""
+    with torch.no_grad():
+        losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    return (~torch.isfinite(losses)).cpu().numpy()
+
+
+def _skip_step(run: _EpochRun, epoch: int, settings: LoopSettings,
+               batch_files: Callable[[int, int], Sequence[str]] | None,
+               bad_rows: np.ndarray) -> None:
+    run.skipped += 1
+    run.in_a_row += 1
+    files = list(batch_files(epoch, run.batch - 1)) if batch_files is not None else []
+    if len(files) == len(bad_rows) and bad_rows.any():  # the rows at fault first
+        files = ([f for f, bad in zip(files, bad_rows) if bad]
+                 + [f for f, bad in zip(files, bad_rows) if not bad])
+    named = ", ".join(map(str, files[:5])) + (f" and {len(files) - 5} more"
+                                              if len(files) > 5 else "")
+    where = f"epoch {epoch} of {settings.stage}, batch {run.batch}"
+    log.warning("Skipped a step with a non-finite loss or gradient (%s)%s.", where,
+                f"; its files: {named}" if named else "")
+    if run.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+        raise TrainingDivergedError(
+            f"The loss or its gradient was not finite in {run.in_a_row} steps in a row "
+            f"({where}); stopping. The last good epoch stays in the checkpoint. Try a lower "
+            f"learning rate (--lr)" + (f"; the last batch's files: {named}." if named else "."))
+
+
+def _finite_gradients(params: list[torch.Tensor]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    return not _any_rank(not finite)
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _any_rank(flag: bool) -> bool:
+    """`flag` on any rank (under torchrun every rank must take the same branch), else `flag`."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([float(flag)])
+    if torch.distributed.get_backend() == "nccl":
+        value = value.cuda()
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+@dataclass
 class _State:
     """What a checkpoint holds besides the model and optimizer."""
 
-    epoch: int = 0
+    epoch: int = 0          # the last finished epoch
     history: list = field(default_factory=list)
     best_score: tuple | None = None
     best_epoch: int = 0
@@ -169,13 +294,15 @@ class _State:
     stale: int = 0
     elapsed: float = 0.0
     done: bool = False
+    partial: dict | None = None  # the epoch in progress when a signal stopped the loop
 
     def to_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(), "epoch": self.epoch, "history": self.history,
                 "best_score": list(self.best_score) if self.best_score else None,
                 "best_epoch": self.best_epoch, "best_state": self.best_state,
-                "stale": self.stale, "elapsed": self.elapsed, "done": self.done}
+                "stale": self.stale, "elapsed": self.elapsed, "done": self.done,
+                "partial": self.partial}
 
     @classmethod
     def restore(cls, saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> "_State":
@@ -184,7 +311,8 @@ class _State:
         torch.set_rng_state(saved["rng"])
         score = tuple(saved["best_score"]) if saved["best_score"] is not None else None
         return cls(saved["epoch"], list(saved["history"]), score, saved["best_epoch"],
-                   saved["best_state"], saved["stale"], saved["elapsed"], saved["done"])
+                   saved["best_state"], saved["stale"], saved["elapsed"], saved["done"],
+                   saved.get("partial"))
 
 
 def _validate(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,

@@ -20,6 +20,8 @@ from imagefit.errors import ImageLoadError
 
 # Separates augmentation streams from every other use of the run's seed.
 _AUGMENT_STREAM = 0xA06
+# Draws a sampler turns into Python tuples at a time (see `EpochDraws.__iter__`).
+_DRAW_BLOCK = 1 << 16
 
 
 def draw_generator(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -34,6 +36,8 @@ class _Draws(Dataset):
         self.labels = np.asarray(labels, np.int64)
         self.augmenter = augmenter
         self.seed = seed
+        # Once, not per draw: comparing configs costs more than reading a small cached image.
+        self._identity = augmenter.config.is_identity
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,7 +50,7 @@ class _Draws(Dataset):
         image = self.image(index)
         if image is None:  # unreadable at run time: the collate drops it
             return None, int(self.labels[index])
-        if not self.augmenter.config.is_identity:
+        if not self._identity:
             image = self.augmenter(image, draw_generator(self.seed, epoch, position))
         return image, int(self.labels[index])
 
@@ -64,7 +68,8 @@ class CachedImages(_Draws):
 
     def image(self, index: int) -> np.ndarray:
         if self._arrays is None:
-            self._arrays = [np.load(f, mmap_mode="r", allow_pickle=False)
+            # Plain ndarray views of the maps: indexing an np.memmap runs Python code per row.
+            self._arrays = [np.load(f, mmap_mode="r", allow_pickle=False).view(np.ndarray)
                             for f in self.chunk_files]
         return np.array(self._arrays[self.chunk[index]][self.row[index]])
 
@@ -97,19 +102,28 @@ class EpochDraws(Sampler):
     def __init__(self, indices: Callable[[int], np.ndarray], rank: int = 0, world_size: int = 1):
         self.indices = indices
         self.rank, self.world_size = rank, world_size
-        self.epoch = 1
+        self.epoch, self.start = 1, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draws of `epoch` from its `start`-th on (a resumed epoch skips what it did)."""
+        self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        epoch = self.epoch
-        rank, stride = self.rank, self.world_size
-        return iter([(int(i), epoch, rank + k * stride)
-                     for k, i in enumerate(self.indices(epoch))])
+        # The epoch's draws are made as the DataLoader takes them, a block at a time: a list of
+        # them all would hold a tuple and three ints per draw in this process (~150 MB per
+        # million draws, for the whole epoch). The indices are chosen now, as before.
+        indices = np.asarray(self.indices(self.epoch))
+        return _epoch_draws(indices, self.epoch, self.start, self.rank, self.world_size)
 
     def __len__(self) -> int:
-        return len(self.indices(self.epoch))
+        return max(len(self.indices(self.epoch)) - self.start, 0)
+
+
+def _epoch_draws(indices: np.ndarray, epoch: int, start: int, rank: int,
+                 stride: int) -> Iterator[tuple[int, int, int]]:
+    for first in range(start, len(indices), _DRAW_BLOCK):
+        for k, i in enumerate(indices[first:first + _DRAW_BLOCK].tolist(), first):
+            yield i, epoch, rank + k * stride
 
 
 def collate_uint8(items: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,14 +152,21 @@ class TrainLoader:
                  batch_size: int, workers: int = 0, drop_last: bool = False, rank: int = 0,
                  world_size: int = 1):
         self.sampler = EpochDraws(indices, rank, world_size)
+        # Each new iterator draws a base seed from the loader's generator; from its own one,
+        # not torch's global generator, which dropout draws from (a run resumed mid-epoch
+        # starts an iterator the interrupted one did not, and would otherwise drift).
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
                                  drop_last=drop_last,
                                  num_workers=workers, collate_fn=collate_uint8,
                                  persistent_workers=workers > 0,
-                                 worker_init_fn=_worker_init if workers > 0 else None)
+                                 worker_init_fn=_worker_init if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(0))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
+    def epoch(self, epoch: int,
+              first_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch`, from batch `first_batch` on (each as it would be in the
+        whole epoch: a resumed epoch continues exactly)."""
+        self.sampler.set_epoch(epoch, first_batch * self.loader.batch_size)
         return iter(self.loader)
 
 
