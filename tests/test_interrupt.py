@@ -141,3 +141,24 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, mo
     monkeypatch.undo()
     assert ckpt.load("s")["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]       # no half-written file
+
+
+def test_a_signal_after_the_last_step_still_stops_once_the_stage_is_saved(tmp_path):
+    x, y, xv, yv = _problem()
+    model = nn.Linear(6, 3)
+    settings = LoopSettings(epochs=2, lr=0.05, patience=100, stage="last")
+    calls = []
+
+    def val_logits():  # the signal lands in the last epoch's validation
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return model(xv)
+
+    ckpt = Checkpointer(tmp_path, "fp")
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit_loop(model, lambda epoch, first: [(x, y)][first:], val_logits, yv, 3, settings,
+                 checkpointer=ckpt)
+    assert caught.value.exit_code == 143 and "end of last" in str(caught.value)
+    saved = ckpt.load("last")
+    assert saved["epoch"] == 2 and saved["done"] and saved["partial"] is None

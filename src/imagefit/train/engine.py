@@ -196,6 +196,11 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             if over_budget:
                 log.warning("Time budget reached after epoch %d of %s; keeping the best epoch "
                             "(%d).", epoch, settings.stage, state.best_epoch)
+        if _any_rank(bool(stop)):  # asked after the stage's last step: it is saved, finished
+            bar.close()
+            raise TrainingInterrupted(
+                f"Interrupted at the end of {settings.stage}; saved in "
+                f"{checkpointer.path(settings.stage)}.", stop.signum or signal.SIGINT)
     bar.close()
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
