@@ -56,3 +56,73 @@ def test_torchrun_two_gloo_processes_train_one_model(tmp_path):
     proba = clf.predict_proba(sorted(str(p) for p in (data / "owl").iterdir())[:2])
     assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+AGREEMENT_SCRIPT = '''
+import json, os, signal, sys
+import torch
+import torch.distributed as dist
+from torch import nn
+from imagefit.train.checkpoint import Checkpointer
+from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.interrupt import TrainingInterrupted
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+ddp = nn.parallel.DistributedDataParallel(model)
+x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+skipped = []
+
+def batches(epoch, first):
+    for b in range(first, 4):
+        if (epoch, b) == (2, 1) and rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)   # only rank 0 is signalled
+        if (epoch, b) == (1, 2) and rank == 1:
+            yield x * float("nan"), y              # only rank 1 sees a NaN loss
+        else:
+            yield x, y
+
+files = lambda epoch, batch: skipped.append((epoch, batch)) or []
+result = {"rank": rank}
+try:
+    fit_loop(model, batches, lambda: model(x), y.numpy(), 2,
+             LoopSettings(epochs=5, lr=0.1, patience=10, stage="s"),
+             checkpointer=Checkpointer(sys.argv[1], "fp", writer=rank == 0),
+             train_model=ddp, batch_files=files)
+except TrainingInterrupted as exc:
+    result["interrupted"] = exc.exit_code
+result["skipped"] = skipped
+result["weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump(result, f)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_skipping_a_nan_step_and_on_stopping(tmp_path):
+    """A NaN loss on one rank, a signal to another: no rank hangs in a collective the other
+    skipped; both skip the same step, both stop at the same batch, weights stay identical."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    script = tmp_path / "agree.py"
+    script.write_text(AGREEMENT_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29518",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["interrupted"] for r in ranks] == [143, 143]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [[1, 2]]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    import torch
+
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2
+    assert saved["partial"]["batch"] == 1

@@ -27,8 +27,7 @@ from imagefit.data.sampling import (BalancedSampler, class_weights, logit_adjust
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError, NotFittedError
 from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore, default_cache_dir
-from imagefit.models.backbones import (create_backbone, get_spec, preprocessing_for,
-                                       resolve_device, to_input)
+from imagefit.models.backbones import create_backbone, get_spec, preprocessing_for, resolve_device
 from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from imagefit.bundle import load_model
 from imagefit.data.index import expand_paths

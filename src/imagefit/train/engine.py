@@ -12,7 +12,6 @@ import contextlib
 import copy
 import logging
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -130,9 +129,10 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             started = time.perf_counter()
             train_model.train()
             for inputs, targets in train_batches(epoch, run.batch):
-                if _any_rank(bool(stop)):
+                signum = _stop_signal(stop)
+                if signum:
                     run.seconds += time.perf_counter() - started
-                    _interrupt(stop, state, run, model, optimizer, checkpointer, settings)
+                    _interrupt(signum, state, run, model, optimizer, checkpointer, settings)
                 run.batch += 1
                 if not len(targets):
                     continue
@@ -196,11 +196,11 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             if over_budget:
                 log.warning("Time budget reached after epoch %d of %s; keeping the best epoch "
                             "(%d).", epoch, settings.stage, state.best_epoch)
-        if _any_rank(bool(stop)):  # asked after the stage's last step: it is saved, finished
+        signum = _stop_signal(stop)
+        if signum:  # asked after the stage's last step: it is saved and finished
             bar.close()
-            raise TrainingInterrupted(
-                f"Interrupted at the end of {settings.stage}; saved in "
-                f"{checkpointer.path(settings.stage)}.", stop.signum or signal.SIGINT)
+            raise TrainingInterrupted(f"Interrupted at the end of {settings.stage}; saved in "
+                                      f"{checkpointer.path(settings.stage)}.", signum)
     bar.close()
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -228,14 +228,14 @@ class _EpochRun:
         return cls(epoch, step=(epoch - 1) * settings.steps_per_epoch)
 
 
-def _interrupt(stop: StopRequest, state: "_State", run: _EpochRun, model: nn.Module,
+def _interrupt(signum: int, state: "_State", run: _EpochRun, model: nn.Module,
                optimizer: torch.optim.Optimizer, checkpointer: Checkpointer,
                settings: LoopSettings) -> None:
     state.partial = asdict(run)
     checkpointer.save(settings.stage, state.to_dict(model, optimizer))
     raise TrainingInterrupted(
         f"Interrupted in epoch {run.epoch} of {settings.stage} after {run.batch} batches; "
-        f"saved in {checkpointer.path(settings.stage)}.", stop.signum or signal.SIGINT)
+        f"saved in {checkpointer.path(settings.stage)}.", signum)
 
 
 def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -278,13 +278,23 @@ def _finite_weights(model: nn.Module) -> bool:
 
 def _any_rank(flag: bool) -> bool:
     """`flag` on any rank (under torchrun every rank must take the same branch), else `flag`."""
+    return bool(_rank_max(float(flag)))
+
+
+def _stop_signal(stop: StopRequest) -> int:
+    """The signal any rank received (0: none); under torchrun every rank stops on it."""
+    return int(_rank_max(float(stop.signum or 0)))
+
+
+def _rank_max(value: float) -> float:
+    """The largest `value` over the ranks under torchrun, else `value`."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)])
+        return value
+    tensor = torch.tensor([value])
     if torch.distributed.get_backend() == "nccl":
-        value = value.cuda()
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+        tensor = tensor.cuda()
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 @dataclass
