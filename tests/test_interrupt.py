@@ -162,3 +162,19 @@ def test_a_signal_after_the_last_step_still_stops_once_the_stage_is_saved(tmp_pa
     assert caught.value.exit_code == 143 and "end of last" in str(caught.value)
     saved = ckpt.load("last")
     assert saved["epoch"] == 2 and saved["done"] and saved["partial"] is None
+
+
+def test_resuming_with_other_settings_exits_4_and_changes_nothing(trained_run, tmp_path, capsys):
+    import shutil
+
+    from imagefit.cli.main import main
+    from conftest import TEST_IMAGE_SIZE
+
+    run = shutil.copytree(trained_run["run"], tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    code = main(["train", str(trained_run["data"]), "--out", str(run), "--resume", "--quiet",
+                 "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "31"])  # it ran with 30
+    assert code == 4
+    err = capsys.readouterr().err
+    assert "different settings or data" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before

@@ -50,6 +50,12 @@ class CacheError(ImagefitError):
     """A cache file is unreadable or inconsistent (it is recomputed where possible)."""
 
 
+class ResumeMismatchError(CacheError):
+    """`--resume` found checkpoints written with other settings or other data."""
+
+    exit_code = 4
+
+
 class OutputError(ImagefitError):
     """An output cannot be written: the disk is full, the folder read-only or not ours."""
 

@@ -1,7 +1,7 @@
 """The `imagefit` command: parses options, calls one public function per command, prints the
-result. Exit codes: 0 ok, 1 user error, 2 bad options, 3 `--strict` found bad files, 5 training
-diverged, 6 refused model file, 130/143 interrupted by SIGINT/SIGTERM (training saves first).
-`--debug` shows tracebacks.
+result. Exit codes: 0 ok, 1 user error, 2 bad options, 3 `--strict` found bad files, 4 resume
+mismatch, 5 training diverged, 6 refused model file, 130/143 interrupted by SIGINT/SIGTERM
+(training saves first). `--debug` shows tracebacks.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from imagefit.errors import CacheError, OutputError
+from imagefit.errors import CacheError, OutputError, ResumeMismatchError
 from imagefit.features.store import atomic_write_bytes
 
 FORMAT = 1
@@ -85,7 +85,7 @@ class Checkpointer:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CacheError(f"Cannot resume: {path} is not an imagefit checkpoint.")
         if state.get("fingerprint") != self.fingerprint:
-            raise CacheError(f"Cannot resume: {path} was written with different settings or "
+            raise ResumeMismatchError(f"Cannot resume: {path} was written with different settings or "
                              f"data. Train without --resume into a new --out folder, or "
                              f"restore the settings of that run.")
         return state
