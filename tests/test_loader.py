@@ -282,3 +282,25 @@ def test_cached_and_file_images_give_identical_augmented_batches(files, cache):
         b_images, b_labels, _ = run_epoch(from_files, epoch)
         np.testing.assert_array_equal(a_images, b_images)
         np.testing.assert_array_equal(a_labels, b_labels)
+
+
+def test_workers_are_cut_to_what_shared_memory_holds(monkeypatch, caplog):
+    import shutil
+    from collections import namedtuple
+
+    from imagefit.train.loader import workers_that_fit
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 << 20, 0, 64 << 20))
+    batch = 64 * 224 * 224 * 3                                     # 9.6 MB of uint8 images
+    with caplog.at_level("WARNING"):
+        assert workers_that_fit(4, batch) == 1                     # Docker's 64 MB: one fits
+    assert "--shm-size" in caplog.text
+    assert workers_that_fit(4, batch // 8) == 4                    # small batches: all fit
+    assert workers_that_fit(0, batch) == 0
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", missing)            # no /dev/shm: not checked
+    assert workers_that_fit(4, batch) == 4

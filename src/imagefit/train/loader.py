@@ -7,7 +7,9 @@ repeat exactly, whatever the number of workers, and no two draws or epochs share
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from typing import Callable, Iterator
 
 import numpy as np
@@ -17,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from imagefit.data.augment import Augmenter
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
 from imagefit.errors import ImageLoadError
+
+log = logging.getLogger(__name__)
 
 # Separates augmentation streams from every other use of the run's seed.
 _AUGMENT_STREAM = 0xA06
@@ -45,6 +49,10 @@ class _Draws(Dataset):
     def image(self, index: int) -> np.ndarray | None:
         raise NotImplementedError
 
+    def image_nbytes(self) -> int:
+        """Bytes of one working-size image (what a batch is made of)."""
+        raise NotImplementedError
+
     def __getitem__(self, key: tuple[int, int, int]):
         index, epoch, position = key
         image = self.image(index)
@@ -66,6 +74,12 @@ class CachedImages(_Draws):
         self.row = np.asarray(row, np.int64)
         self._arrays: list[np.ndarray] | None = None  # opened lazily, once per worker
 
+    def image_nbytes(self) -> int:
+        if not self.chunk_files:
+            return 0
+        rows = np.load(self.chunk_files[0], mmap_mode="r", allow_pickle=False)
+        return int(np.prod(rows.shape[1:])) * rows.dtype.itemsize
+
     def image(self, index: int) -> np.ndarray:
         if self._arrays is None:
             # Plain ndarray views of the maps: indexing an np.memmap runs Python code per row.
@@ -83,6 +97,10 @@ class FileImages(_Draws):
         super().__init__(labels, augmenter, seed)
         self.paths = np.asarray(paths, dtype=str)
         self.size, self.max_pixels, self.background = size, max_pixels, background
+
+    def image_nbytes(self) -> int:
+        width, height = (self.size, self.size) if np.isscalar(self.size) else self.size
+        return int(width) * int(height) * 3
 
     def image(self, index: int) -> np.ndarray | None:
         try:
@@ -152,6 +170,7 @@ class TrainLoader:
                  batch_size: int, workers: int = 0, drop_last: bool = False, rank: int = 0,
                  world_size: int = 1):
         self.sampler = EpochDraws(indices, rank, world_size)
+        workers = workers_that_fit(workers, batch_size * dataset.image_nbytes())
         # Each new iterator draws a base seed from the loader's generator; from its own one,
         # not torch's global generator, which dropout draws from (a run resumed mid-epoch
         # starts an iterator the interrupted one did not, and would otherwise drift).
@@ -168,6 +187,25 @@ class TrainLoader:
         whole epoch: a resumed epoch continues exactly)."""
         self.sampler.set_epoch(epoch, first_batch * self.loader.batch_size)
         return iter(self.loader)
+
+
+def workers_that_fit(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> int:
+    """As many of `workers` as shared memory holds the batches of. Workers hand batches over
+    through /dev/shm, two in flight each; when it fills (Docker gives 64 MB by default) a
+    worker dies of a bus error, hours into a run. Fewer workers, with a warning, instead."""
+    if workers == 0:
+        return 0
+    try:
+        available = shutil.disk_usage(shm).total
+    except OSError:  # no /dev/shm (macOS, Windows): another mechanism, nothing to check
+        return workers
+    fits = int(available // (4 * batch_bytes))  # two batches in flight, room to spare
+    if fits >= workers:
+        return workers
+    log.warning("Shared memory (%s) holds %d MB: enough for %d of the %d loader workers; "
+                "using %d. In Docker, run the container with --shm-size=1g.", shm,
+                available >> 20, fits, workers, fits)
+    return fits
 
 
 def _worker_init(_worker_id: int) -> None:
