@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import subprocess
 import time
@@ -22,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TEST_IMAGE_SIZE, tree_digest
+from conftest import TEST_IMAGE_SIZE, make_dataset, tree_digest
 from fixtures.messy import (EXIF_STORED_SIZE, GIF_FRAMES, RAMP_SIZE, STRUCTURE_CASES,
                             MessyExpectations, bomb_side, make_messy, make_structure_case,
                             noise_image)
@@ -503,3 +504,34 @@ def test_file_corrupted_after_preflight_is_skipped_at_run_time(tmp_path, monkeyp
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["resolved"]["n_train"] + config["resolved"]["n_val"] == 7
     assert (run / "model" / "model.json").is_file()
+
+
+_CRASH_ON: dict = {}
+
+
+def _check_or_crash(job):
+    """The pre-flight's checker, except that one file kills its process like a segfault."""
+    import signal
+
+    if job[0] == _CRASH_ON.get("path"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _CRASH_ON["real"](job)
+
+
+def test_a_file_that_crashes_its_decoder_process_is_listed_not_fatal(tmp_path, monkeypatch):
+    """A segfault in a C decoder kills the pre-flight worker; the file is named, the rest
+    is checked (the patched checker reaches the forked workers)."""
+    from imagefit.data import audit
+    from imagefit.data.index import scan_folder
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("needs forked pre-flight workers")
+    data = make_dataset(tmp_path / "data", {"cat": 150, "dog": 150})
+    victim = sorted((data / "dog").iterdir())[40]
+    monkeypatch.setitem(_CRASH_ON, "path", str(victim))
+    monkeypatch.setitem(_CRASH_ON, "real", audit._check_file)
+    monkeypatch.setattr(audit, "_check_file", _check_or_crash)
+    result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2)
+    assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
+    assert "crashed" in result.bad_files[0].message
+    assert len(result.index) == 299

@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from imagefit.progress import progress_bar
 
 # Below this many files a process pool costs more than it saves.
 _POOL_MIN_FILES = 256
+_CHUNK = 32  # files a worker takes at a time
 
 
 @dataclass
@@ -66,13 +68,10 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
     jobs = [(p, image_size, max_pixels) for p in paths]
     workers = workers or os.cpu_count() or 1
     bar = progress_bar(total=len(paths), desc="Checking images", unit="img", enabled=progress)
-    results = []
     if workers > 1 and len(paths) >= _POOL_MIN_FILES:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_check_file, jobs, chunksize=32):
-                results.append(result)
-                bar.update()
+        results = _check_in_processes(jobs, workers, bar)
     else:
+        results = []
         for job in jobs:
             results.append(_check_file(job))
             bar.update()
@@ -140,6 +139,45 @@ def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
             f"left out.")
     keep_classes = [name for c, name in enumerate(index.classes) if after[c] or not before[c]]
     return kept.with_classes(keep_classes)
+
+
+def _check_in_processes(jobs: list, workers: int, bar) -> list:
+    """`_check_file` over `jobs` in a process pool. A file that crashes its decoder process
+    (a segfault in a C library, the out-of-memory killer) is listed as bad instead of ending
+    the run: after a crash, the files that were in flight are checked one at a time, so the
+    one that crashes again is named; then the pool goes on with the rest."""
+    results: list = [None] * len(jobs)
+    todo = list(range(len(jobs)))
+    while todo:
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                rows = [jobs[i] for i in todo]
+                for row, result in zip(todo, pool.map(_check_file, rows, chunksize=_CHUNK)):
+                    results[row] = result
+                    bar.update()
+        except BrokenProcessPool:
+            todo = [i for i in todo if results[i] is None]
+            # Results come back in order: what was in flight is among the first unfinished.
+            _check_one_by_one(todo[:(workers + 2) * _CHUNK], jobs, results, bar)
+        todo = [i for i in todo if results[i] is None]
+    return results
+
+
+def _check_one_by_one(rows: list[int], jobs: list, results: list, bar) -> None:
+    """Each file in turn in a process of its own making: if it dies, that file killed it."""
+    pool = ProcessPoolExecutor(max_workers=1)
+    try:
+        for row in rows:
+            try:
+                results[row] = pool.submit(_check_file, jobs[row]).result()
+            except BrokenProcessPool:
+                results[row] = BadFile(jobs[row][0], "corrupt", "the decoder crashed on this "
+                                       "file (its process died)")
+                pool.shutdown(wait=False)
+                pool = ProcessPoolExecutor(max_workers=1)
+            bar.update()
+    finally:
+        pool.shutdown()
 
 
 def _check_file(job: tuple[str, int | None, int]):
