@@ -125,4 +125,4 @@ def test_ranks_agree_on_skipping_a_nan_step_and_on_stopping(tmp_path):
 
     saved = torch.load(tmp_path / "s.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2
-    assert saved["partial"]["batch"] == 1
+    assert saved["partial"]["batch"] == 2                          # the step finished

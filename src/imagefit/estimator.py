@@ -309,18 +309,18 @@ class ImageClassifier:
                 "device"}
         params = {k: repr(v) for k, v in self.get_params().items() if k not in skip}
         params["augment"] = repr(self.augment_)  # the settings, not a YAML file's name
+        params["world_size"] = self._dist.world_size  # a rank's position is per world size
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
         for index in (train, val):
             digest.update("\n".join(map(str, index.sha256 if index.sha256 is not None
                                         else index.paths)).encode())
         checkpointer = Checkpointer(self.checkpoint_dir, digest.hexdigest()[:32],
                                     writer=self._dist.is_main)
-        if not self.resume:
-            if any(checkpointer.folder.glob("*.pt")):
-                raise ConfigError(f"{checkpointer.folder} already holds checkpoints: pass "
-                                  f"resume=True (--resume) to continue that run, or train into "
-                                  f"a new folder.")
-        elif self._dist.is_main:
+        if not self.resume and any(checkpointer.folder.glob("*.pt")):
+            raise ConfigError(f"{checkpointer.folder} already holds checkpoints: pass "
+                              f"resume=True (--resume) to continue that run, or train into "
+                              f"a new folder.")
+        if self._dist.is_main:
             checkpointer.clean_temp_files()
         return checkpointer
 

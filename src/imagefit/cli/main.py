@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         where = f": {printable(os.fsdecode(exc.filename))}" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}. Free some space, fix the folder's permissions or "
-              f"choose another output folder; finished work is kept (train: --resume).",
-              file=sys.stderr)
+        advice = ("Check the permissions of that path." if exc.errno in (errno.EACCES,
+                                                                       errno.EPERM)
+                  else "Free some space or choose another output folder; finished work is "
+                       "kept (train: --resume).")
+        print(f"error: {exc.strerror}{where}. {advice}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)

@@ -105,25 +105,31 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_run(config, progress=not quiet, echo=echo)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        if isinstance(exc, TrainingInterrupted):
-            print(printable(str(exc)), file=sys.stderr)
-        else:
-            print(f"Interrupted. Finished training epochs and computed features are kept in "
-                  f"{printable(config.out)}.", file=sys.stderr)
-        print(f"Continue with:\n  {resume_command(getattr(args, 'argv', None), config.out)}",
-              file=sys.stderr)
+        world = distributed.current()
+        if world.is_main:
+            if isinstance(exc, TrainingInterrupted):
+                print(printable(str(exc)), file=sys.stderr)
+            else:
+                print(f"Interrupted. Finished training epochs and computed features are kept "
+                      f"in {printable(config.out)}.", file=sys.stderr)
+            command = resume_command(getattr(args, "argv", None), config.out, world.world_size)
+            print(f"Continue with:\n  {command}", file=sys.stderr)
         return interrupt_exit_code(exc)
     report(result, echo)
     return 0
 
 
-def resume_command(argv: list[str] | None, out: str) -> str:
-    """The command line that continues this run: the same options plus --out and --resume."""
+def resume_command(argv: list[str] | None, out: str, world_size: int = 1) -> str:
+    """The command line that continues this run: the same options plus --out and --resume
+    (under torchrun, the same number of processes: a checkpoint belongs to it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
         argv += ["--out", out]
     if "--resume" not in argv:
         argv.append("--resume")
+    if world_size > 1:
+        return (f"torchrun --nproc-per-node {world_size} {shlex.quote(sys.argv[0])} "
+                + shlex.join(argv))
     return "imagefit " + shlex.join(argv)
 
 

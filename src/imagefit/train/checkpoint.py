@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from imagefit.errors import CacheError, OutputError, ResumeMismatchError
-from imagefit.features.store import atomic_write_bytes
+from imagefit.features.store import atomic_write_bytes, remove_orphans
 
 FORMAT = 1
 
@@ -91,9 +91,5 @@ class Checkpointer:
         return state
 
     def clean_temp_files(self) -> None:
-        """Remove temp files a killed save left behind."""
-        for leftover in self.folder.glob(".tmp-*"):
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
+        """Remove temp files a killed save left behind (not those of a live writer)."""
+        remove_orphans(self.folder.glob(".tmp-*"))

@@ -120,65 +120,57 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
     bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})", unit="epoch",
                        enabled=progress, initial=state.epoch)
     guard = contextlib.nullcontext(StopRequest()) if checkpointer is None else stop_requests()
+    in_a_row = 0  # non-finite steps in a row, across epoch boundaries
     with guard as stop:
         for epoch in range(state.epoch + 1, settings.epochs + 1):
             if state.done:
                 break
-            run = _EpochRun.resume(state.partial, epoch, settings)
+            run = _EpochRun.resume(state.partial, epoch, settings, in_a_row)
             state.partial = None
             started = time.perf_counter()
             train_model.train()
             for inputs, targets in train_batches(epoch, run.batch):
-                signum = _stop_signal(stop)
+                run.batch += 1
+                if len(targets):
+                    for group, base in zip(optimizer.param_groups, base_lrs):
+                        group["lr"] = base * lr_factor(run.step, settings)
+                    run.step += 1
+                    loss = _step(train_model, optimizer, criterion, adjust, params,
+                                 inputs.to(device), targets.to(device))
+                    if isinstance(loss, float):
+                        run.in_a_row = 0
+                        run.total += loss * len(targets)
+                        run.count += len(targets)
+                    else:
+                        _skip_step(run, epoch, settings, batch_files, loss,
+                                   _kept(checkpointer, state, settings.stage))
+                signum = _stop_signal(stop)  # after the step: the saved state is after it
                 if signum:
                     run.seconds += time.perf_counter() - started
                     _interrupt(signum, state, run, model, optimizer, checkpointer, settings)
-                run.batch += 1
-                if not len(targets):
-                    continue
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * lr_factor(run.step, settings)
-                run.step += 1
-                inputs, targets = inputs.to(device), targets.to(device)
-                logits = train_model(inputs)
-                loss = criterion(logits if adjust is None else logits + adjust, targets)
-                optimizer.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
-                if _any_rank(not finite):
-                    finite = False
-                else:  # under DDP every rank has to take part in the gradient's all-reduce
-                    loss.backward()
-                    finite = _finite_gradients(params)
-                if not finite:
-                    _skip_step(run, epoch, settings, batch_files, _bad_rows(logits, targets))
-                    continue
-                optimizer.step()
-                run.in_a_row = 0
-                run.total += float(loss.detach()) * len(targets)
-                run.count += len(targets)
+            in_a_row = run.in_a_row
             if run.count == 0 and run.skipped:
                 raise TrainingDivergedError(
                     f"The loss was not finite in any step of epoch {epoch} of {settings.stage}. "
-                    f"Try a lower learning rate (--lr).")
+                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
             if not _finite_weights(model):
                 raise TrainingDivergedError(
-                    f"The weights stopped being finite in epoch {epoch} of {settings.stage}; "
-                    f"the last good epoch is {state.epoch}. Try a lower learning rate (--lr).")
+                    f"The weights stopped being finite in epoch {epoch} of {settings.stage}. "
+                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
             row = {"epoch": epoch, "stage": settings.stage,
                    "train_loss": run.total / max(run.count, 1)}
             row.update(_validate(model, val_logits, y_val, n_classes))
             seconds = run.seconds + time.perf_counter() - started
             row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(seconds, 4))
-            state.history.append(row)
-            state.elapsed += seconds
             # Without validation data, later is better: the last epoch is kept.
             score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0,
                                                                                       epoch)
             if not all(math.isfinite(v) for v in score):
                 raise TrainingDivergedError(
-                    f"The validation loss of epoch {epoch} of {settings.stage} is not finite; "
-                    f"the best epoch so far ({state.best_epoch}) is kept in the checkpoint. "
-                    f"Try a lower learning rate (--lr).")
+                    f"The validation loss of epoch {epoch} of {settings.stage} is not finite. "
+                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
+            state.history.append(row)
+            state.elapsed += seconds
             if state.best_score is None or score > tuple(state.best_score):
                 state.best_score, state.best_epoch, state.stale = score, epoch, 0
                 state.best_state = copy.deepcopy(model.state_dict())
@@ -196,11 +188,13 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             if over_budget:
                 log.warning("Time budget reached after epoch %d of %s; keeping the best epoch "
                             "(%d).", epoch, settings.stage, state.best_epoch)
-        signum = _stop_signal(stop)
-        if signum:  # asked after the stage's last step: it is saved and finished
-            bar.close()
-            raise TrainingInterrupted(f"Interrupted at the end of {settings.stage}; saved in "
-                                      f"{checkpointer.path(settings.stage)}.", signum)
+            signum = _stop_signal(stop)  # during validation or the save: saved just now
+            if signum:
+                bar.close()
+                _synchronize()
+                raise TrainingInterrupted(
+                    f"Interrupted after epoch {epoch} of {settings.stage}; saved in "
+                    f"{checkpointer.path(settings.stage)}.", signum)
     bar.close()
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -218,14 +212,45 @@ class _EpochRun:
     total: float = 0.0  # summed loss of the finite steps
     count: int = 0
     skipped: int = 0
-    in_a_row: int = 0   # consecutive non-finite steps
+    in_a_row: int = 0   # consecutive non-finite steps (carried over from the epoch before)
     seconds: float = 0.0
 
     @classmethod
-    def resume(cls, partial: dict | None, epoch: int, settings: LoopSettings) -> "_EpochRun":
+    def resume(cls, partial: dict | None, epoch: int, settings: LoopSettings,
+               in_a_row: int = 0) -> "_EpochRun":
         if partial is not None and partial["epoch"] == epoch:
             return cls(**partial)
-        return cls(epoch, step=(epoch - 1) * settings.steps_per_epoch)
+        return cls(epoch, step=(epoch - 1) * settings.steps_per_epoch, in_a_row=in_a_row)
+
+
+def _step(train_model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+          adjust: torch.Tensor | None, params: list[torch.Tensor], inputs: torch.Tensor,
+          targets: torch.Tensor) -> float | np.ndarray:
+    """One optimizer step; its loss, or, when the loss or a gradient is not finite, no step
+    and which rows were at fault (batch-norm statistics are put back as they were)."""
+    buffers = [b.clone() for b in train_model.buffers()]
+    logits = train_model(inputs)
+    loss = criterion(logits if adjust is None else logits + adjust, targets)
+    optimizer.zero_grad(set_to_none=True)
+    finite = not _any_rank(not bool(torch.isfinite(loss)))
+    if finite:  # under DDP every rank takes part in the gradients' all-reduce, or none does
+        loss.backward()
+        finite = _finite_gradients(params)
+    if finite:
+        optimizer.step()
+        return float(loss.detach())
+    with torch.no_grad():
+        for buffer, saved in zip(train_model.buffers(), buffers):
+            buffer.copy_(saved)
+    return _bad_rows(logits, targets)
+
+
+def _kept(checkpointer: Checkpointer | None, state: "_State", stage: str) -> str:
+    """What a diverged run keeps, for its message."""
+    if checkpointer is None or state.epoch == 0:
+        return ""
+    return (f"The checkpoint {checkpointer.path(stage)} keeps epoch {state.epoch} (best so "
+            f"far: {state.best_epoch}). ")
 
 
 def _interrupt(signum: int, state: "_State", run: _EpochRun, model: nn.Module,
@@ -233,6 +258,7 @@ def _interrupt(signum: int, state: "_State", run: _EpochRun, model: nn.Module,
                settings: LoopSettings) -> None:
     state.partial = asdict(run)
     checkpointer.save(settings.stage, state.to_dict(model, optimizer))
+    _synchronize()  # no rank reports "saved" before rank 0 has written it
     raise TrainingInterrupted(
         f"Interrupted in epoch {run.epoch} of {settings.stage} after {run.batch} batches; "
         f"saved in {checkpointer.path(settings.stage)}.", signum)
@@ -247,7 +273,7 @@ def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
 
 def _skip_step(run: _EpochRun, epoch: int, settings: LoopSettings,
                batch_files: Callable[[int, int], Sequence[str]] | None,
-               bad_rows: np.ndarray) -> None:
+               bad_rows: np.ndarray, kept: str) -> None:
     run.skipped += 1
     run.in_a_row += 1
     files = list(batch_files(epoch, run.batch - 1)) if batch_files is not None else []
@@ -262,18 +288,26 @@ def _skip_step(run: _EpochRun, epoch: int, settings: LoopSettings,
     if run.in_a_row >= MAX_NONFINITE_IN_A_ROW:
         raise TrainingDivergedError(
             f"The loss or its gradient was not finite in {run.in_a_row} steps in a row "
-            f"({where}); stopping. The last good epoch stays in the checkpoint. Try a lower "
-            f"learning rate (--lr)" + (f"; the last batch's files: {named}." if named else "."))
+            f"({where}); stopping. {kept}Try a lower learning rate (--lr)"
+            + (f"; the last batch's files: {named}." if named else "."))
 
 
 def _finite_gradients(params: list[torch.Tensor]) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
-    finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    # Each gradient tested itself: a norm of large finite gradients overflows to inf.
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
     return not _any_rank(not finite)
 
 
 def _finite_weights(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Parameters and floating buffers (batch-norm statistics) all finite."""
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _synchronize() -> None:
+    """Wait for every rank under torchrun (no-op otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _any_rank(flag: bool) -> bool:

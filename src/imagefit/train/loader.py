@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 from typing import Callable, Iterator
 
 import numpy as np
@@ -170,7 +171,8 @@ class TrainLoader:
                  batch_size: int, workers: int = 0, drop_last: bool = False, rank: int = 0,
                  world_size: int = 1):
         self.sampler = EpochDraws(indices, rank, world_size)
-        workers = workers_that_fit(workers, batch_size * dataset.image_nbytes())
+        image_nbytes = getattr(dataset, "image_nbytes", lambda: 0)()  # 0: not known
+        workers = workers_that_fit(workers, batch_size * image_nbytes)
         # Each new iterator draws a base seed from the loader's generator; from its own one,
         # not torch's global generator, which dropout draws from (a run resumed mid-epoch
         # starts an iterator the interrupted one did not, and would otherwise drift).
@@ -193,8 +195,8 @@ def workers_that_fit(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> i
     """As many of `workers` as shared memory holds the batches of. Workers hand batches over
     through /dev/shm, two in flight each; when it fills (Docker gives 64 MB by default) a
     worker dies of a bus error, hours into a run. Fewer workers, with a warning, instead."""
-    if workers == 0:
-        return 0
+    if workers == 0 or batch_bytes <= 0:
+        return workers
     try:
         available = shutil.disk_usage(shm).total
     except OSError:  # no /dev/shm (macOS, Windows): another mechanism, nothing to check
@@ -211,6 +213,10 @@ def workers_that_fit(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> i
 def _worker_init(_worker_id: int) -> None:
     # One thread per worker: the workers are the parallelism.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group; the training process alone decides what to do
+    # (finish the step, save), and stops its workers itself. SIGTERM ends a worker plainly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def shuffled_indices(n: int, seed: int) -> Callable[[int], np.ndarray]:
