@@ -6,6 +6,8 @@ dropped, never replaced; the decoded-image cache gives the same pixels as the de
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,10 @@ import pytest
 import torch
 
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
-from imagefit.data.augment import Augmenter
+from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import load_image
 from imagefit.features.extract import DecodeRunner, compute_features
+from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import preprocessing_for
 from imagefit.train.loader import (CachedImages, EpochDraws, FileImages, TrainLoader,
                                    collate_uint8, draw_generator, shuffled_indices,
@@ -304,3 +307,29 @@ def test_workers_are_cut_to_what_shared_memory_holds(monkeypatch, caplog):
 
     monkeypatch.setattr(shutil, "disk_usage", missing)            # no /dev/shm: not checked
     assert workers_that_fit(4, batch) == 4
+
+
+class _DiesInAWorker(CachedImages):
+    """Cached images, except that drawing row 5 kills the worker process, as the OOM killer
+    would."""
+
+    def image(self, index):
+        if index == 5 and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().image(index)
+
+
+def test_a_worker_that_dies_is_said_in_words_not_a_traceback(tmp_path):
+    from imagefit.errors import WorkerError
+
+    store = FeatureStore(tmp_path, "k", (8, 8, 3), dtype=np.uint8, kind="images")
+    keys = [f"{i:064x}" for i in range(32)]
+    with store.writer() as writer:
+        writer.add(keys, np.zeros((32, 8, 8, 3), np.uint8))
+    dataset = _DiesInAWorker(*store.resolve(np.array(keys)), np.zeros(32, np.int64),
+                             Augmenter(AugmentConfig()))
+    loader = TrainLoader(dataset, lambda epoch: np.arange(32), batch_size=4, workers=2)
+    with pytest.raises(WorkerError) as caught:
+        list(loader.epoch(1))
+    message = str(caught.value)
+    assert "worker process died" in message and "--workers" in message

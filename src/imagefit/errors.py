@@ -60,6 +60,10 @@ class OutputError(ImagefitError):
     """An output cannot be written: the disk is full, the folder read-only or not ours."""
 
 
+class WorkerError(ImagefitError):
+    """A data-loading worker process died (out of memory, shared memory full, killed)."""
+
+
 class NotFittedError(ImagefitError, ValueError, AttributeError):
     """The estimator is used before `fit` (same bases as scikit-learn's NotFittedError)."""
 

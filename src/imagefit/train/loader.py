@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imagefit.data.augment import Augmenter
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
-from imagefit.errors import ImageLoadError
+from imagefit.errors import ImageLoadError, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,21 @@ class TrainLoader:
         """The batches of `epoch`, from batch `first_batch` on (each as it would be in the
         whole epoch: a resumed epoch continues exactly)."""
         self.sampler.set_epoch(epoch, first_batch * self.loader.batch_size)
-        return iter(self.loader)
+        return _naming_dead_workers(iter(self.loader))
+
+
+def _naming_dead_workers(batches: Iterator) -> Iterator:
+    """`batches`, with a worker's death said in words, instead of PyTorch's traceback."""
+    try:
+        yield from batches
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        cause = str(exc).strip().splitlines()[0]
+        raise WorkerError(f"A data-loading worker process died ({cause}). It was most likely "
+                          f"out of memory, or of shared memory in a container. Continue with "
+                          f"--resume and fewer --workers (or --workers 0); finished epochs are "
+                          f"kept.") from None
 
 
 def workers_that_fit(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> int:
