@@ -535,3 +535,30 @@ def test_a_file_that_crashes_its_decoder_process_is_listed_not_fatal(tmp_path, m
     assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
     assert "crashed" in result.bad_files[0].message
     assert len(result.index) == 299
+
+
+def _check_or_hang(job):
+    """The pre-flight's checker, except that one file never finishes (a decoder loop)."""
+    if job[0] == _CRASH_ON.get("path"):
+        time.sleep(600)
+    return _CRASH_ON["real"](job)
+
+
+def test_a_file_that_hangs_its_decoder_is_listed_and_the_rest_checked(tmp_path, monkeypatch):
+    from imagefit.data import audit
+    from imagefit.data.index import scan_folder
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("needs forked pre-flight workers")
+    data = make_dataset(tmp_path / "data", {"cat": 150, "dog": 150})
+    victim = sorted((data / "cat").iterdir())[7]
+    monkeypatch.setitem(_CRASH_ON, "path", str(victim))
+    monkeypatch.setitem(_CRASH_ON, "real", audit._check_file)
+    monkeypatch.setattr(audit, "_check_file", _check_or_hang)
+    monkeypatch.setattr(audit, "HANG_SECONDS", 1.0)
+    started = time.perf_counter()
+    result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2)
+    assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
+    assert "hung" in result.bad_files[0].message
+    assert len(result.index) == 299 and time.perf_counter() - started < 60
+

@@ -6,6 +6,7 @@ split and the feature store) and feed a histogram of formats and modes. Never wr
 from __future__ import annotations
 
 import csv
+import faulthandler
 import hashlib
 import os
 from collections import Counter
@@ -24,6 +25,9 @@ from imagefit.progress import progress_bar
 # Below this many files a process pool costs more than it saves.
 _POOL_MIN_FILES = 256
 _CHUNK = 32  # files a worker takes at a time
+# A file that takes a pre-flight process longer than this is taken for a hung decoder.
+HANG_SECONDS = 60.0
+_DEVNULL = None  # where a hung worker's traceback dump goes
 
 
 @dataclass
@@ -142,17 +146,19 @@ def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
 
 
 def _check_in_processes(jobs: list, workers: int, bar) -> list:
-    """`_check_file` over `jobs` in a process pool. A file that crashes its decoder process
-    (a segfault in a C library, the out-of-memory killer) is listed as bad instead of ending
-    the run: after a crash, the files that were in flight are checked one at a time, so the
-    one that crashes again is named; then the pool goes on with the rest."""
+    """`_check_file` over `jobs` in a process pool. A file that crashes or hangs its decoder
+    process (a segfault in a C library, the out-of-memory killer, an endless loop) is listed
+    as bad instead of ending or stalling the run: after a crash, the files that were in
+    flight are checked one at a time, so the one that crashes again is named; then the pool
+    goes on with the rest."""
     results: list = [None] * len(jobs)
     todo = list(range(len(jobs)))
     while todo:
         try:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 rows = [jobs[i] for i in todo]
-                for row, result in zip(todo, pool.map(_check_file, rows, chunksize=_CHUNK)):
+                checked = pool.map(_check_file_in_worker, rows, chunksize=_CHUNK)
+                for row, result in zip(todo, checked):
                     results[row] = result
                     bar.update()
         except BrokenProcessPool:
@@ -169,15 +175,29 @@ def _check_one_by_one(rows: list[int], jobs: list, results: list, bar) -> None:
     try:
         for row in rows:
             try:
-                results[row] = pool.submit(_check_file, jobs[row]).result()
+                results[row] = pool.submit(_check_file_in_worker, jobs[row]).result()
             except BrokenProcessPool:
-                results[row] = BadFile(jobs[row][0], "corrupt", "the decoder crashed on this "
-                                       "file (its process died)")
+                results[row] = BadFile(jobs[row][0], "corrupt", "the decoder crashed or hung "
+                                       "on this file (its process died)")
                 pool.shutdown(wait=False)
                 pool = ProcessPoolExecutor(max_workers=1)
             bar.update()
     finally:
         pool.shutdown()
+
+
+def _check_file_in_worker(job: tuple[str, int | None, int]):
+    """`_check_file` in a pre-flight process, which ends itself if the file takes longer than
+    HANG_SECONDS (a decoder stuck in C cannot be interrupted otherwise); the pool then names
+    the file."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=_DEVNULL)
+    try:
+        return _check_file(job)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _check_file(job: tuple[str, int | None, int]):
