@@ -116,7 +116,7 @@ def test_k_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_epoch(t
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
-def test_weights_that_blow_up_never_become_the_best_model():
+def test_weights_that_blow_up_stop_the_run():
     x, y, xv, yv = _problem()
     model = nn.Linear(6, 3)
     settings = LoopSettings(epochs=3, lr=1e37, patience=100, stage="huge")
@@ -124,6 +124,25 @@ def test_weights_that_blow_up_never_become_the_best_model():
     with pytest.raises(TrainingDivergedError) as caught:
         fit_loop(model, batches, lambda: model(xv), yv, 3, settings)
     assert "not finite" in str(caught.value)
+
+
+def test_a_model_with_non_finite_outputs_never_becomes_the_best_one(tmp_path):
+    x, y, xv, yv = _problem()
+    model = nn.Linear(6, 3)
+    calls = []
+
+    def val_logits():  # the second epoch's model answers inf (as a blown-up one would)
+        calls.append(1)
+        return model(xv) * (float("inf") if len(calls) == 2 else 1.0)
+
+    ckpt = Checkpointer(tmp_path, "fp")
+    with pytest.raises(TrainingDivergedError) as caught:
+        fit_loop(model, lambda epoch, first: [(x, y)][first:], val_logits, yv, 3,
+                 LoopSettings(epochs=3, lr=0.05, patience=100, stage="s"), checkpointer=ckpt)
+    assert "epoch 2" in str(caught.value) and "keeps epoch 1" in str(caught.value)
+    saved = ckpt.load("s")
+    assert saved["epoch"] == 1 and saved["best_epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["best_state"].values())
 
 
 def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -506,21 +506,26 @@ def test_file_corrupted_after_preflight_is_skipped_at_run_time(tmp_path, monkeyp
     assert (run / "model" / "model.json").is_file()
 
 
-_CRASH_ON: dict = {}
+_FAULT_ON: dict = {}  # the file that breaks its pre-flight process, and how
 
 
-def _check_or_crash(job):
-    """The pre-flight's checker, except that one file kills its process like a segfault."""
+def _check_or_fail(job):
+    """The pre-flight's checker, except that one file kills its process (as a segfault in a
+    C decoder would) or never finishes (as a decoder loop would)."""
     import signal
 
-    if job[0] == _CRASH_ON.get("path"):
-        os.kill(os.getpid(), signal.SIGSEGV)
-    return _CRASH_ON["real"](job)
+    if job[0] == _FAULT_ON.get("path"):
+        if _FAULT_ON["fault"] == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(600)
+    return _FAULT_ON["real"](job)
 
 
-def test_a_file_that_crashes_its_decoder_process_is_listed_not_fatal(tmp_path, monkeypatch):
-    """A segfault in a C decoder kills the pre-flight worker; the file is named, the rest
-    is checked (the patched checker reaches the forked workers)."""
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_a_file_that_crashes_or_hangs_its_decoder_is_listed_and_the_rest_checked(
+        tmp_path, monkeypatch, fault):
+    """The patched checker reaches the forked pre-flight workers; a hang is cut after
+    HANG_SECONDS (lowered here to 1 s)."""
     from imagefit.data import audit
     from imagefit.data.index import scan_folder
 
@@ -528,37 +533,13 @@ def test_a_file_that_crashes_its_decoder_process_is_listed_not_fatal(tmp_path, m
         pytest.skip("needs forked pre-flight workers")
     data = make_dataset(tmp_path / "data", {"cat": 150, "dog": 150})
     victim = sorted((data / "dog").iterdir())[40]
-    monkeypatch.setitem(_CRASH_ON, "path", str(victim))
-    monkeypatch.setitem(_CRASH_ON, "real", audit._check_file)
-    monkeypatch.setattr(audit, "_check_file", _check_or_crash)
-    result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2)
-    assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
-    assert "crashed" in result.bad_files[0].message
-    assert len(result.index) == 299
-
-
-def _check_or_hang(job):
-    """The pre-flight's checker, except that one file never finishes (a decoder loop)."""
-    if job[0] == _CRASH_ON.get("path"):
-        time.sleep(600)
-    return _CRASH_ON["real"](job)
-
-
-def test_a_file_that_hangs_its_decoder_is_listed_and_the_rest_checked(tmp_path, monkeypatch):
-    from imagefit.data import audit
-    from imagefit.data.index import scan_folder
-
-    if multiprocessing.get_start_method() != "fork":
-        pytest.skip("needs forked pre-flight workers")
-    data = make_dataset(tmp_path / "data", {"cat": 150, "dog": 150})
-    victim = sorted((data / "cat").iterdir())[7]
-    monkeypatch.setitem(_CRASH_ON, "path", str(victim))
-    monkeypatch.setitem(_CRASH_ON, "real", audit._check_file)
-    monkeypatch.setattr(audit, "_check_file", _check_or_hang)
+    monkeypatch.setitem(_FAULT_ON, "path", str(victim))
+    monkeypatch.setitem(_FAULT_ON, "fault", fault)
+    monkeypatch.setitem(_FAULT_ON, "real", audit._check_file)
+    monkeypatch.setattr(audit, "_check_file", _check_or_fail)
     monkeypatch.setattr(audit, "HANG_SECONDS", 1.0)
     started = time.perf_counter()
     result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2)
     assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
-    assert "hung" in result.bad_files[0].message
+    assert "crashed or hung" in result.bad_files[0].message
     assert len(result.index) == 299 and time.perf_counter() - started < 60
-

@@ -97,8 +97,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
             echo(f"warning: class '{printable(name)}' has only {count} usable images; its "
                  f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
     main = distributed.current().is_main  # under torchrun, only rank 0 writes files
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if main:  # the run folder exists: check_writable made it
         write_bad_files(bad_files, run_dir / "bad_files.csv")
         write_scan_summary(index, bad_files, run_dir / "scan.json")
     if config.strict and bad_files:

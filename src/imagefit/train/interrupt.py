@@ -45,9 +45,6 @@ class StopRequest:
 
     signum: int | None = None
 
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
 
 @contextlib.contextmanager
 def stop_requests() -> Iterator[StopRequest]:
