@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from conftest import COLOURS, TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError
+from imagefit.evaluate.metrics import classification_metrics
 from imagefit.evaluate.ranking import most_confused, rank_per_class
 from imagefit.report.html import ReportData, render_report
 
@@ -94,6 +96,115 @@ def test_report_escapes_hostile_names_and_strips_exif(tmp_path):
         thumb = Image.open(index.parent / source)
         assert len(thumb.getexif()) == 0
         assert b"SecretCameraMaker" not in (index.parent / source).read_bytes()
+
+
+class _Page(HTMLParser):
+    """The page as a browser's parser sees it: every tag with its attributes, and the text (entities
+    decoded) of the part of the page that each tag and text falls in: "head", "top" (header, cards,
+    nav) or the heading of its <section>."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict, str]] = []
+        self.text: dict[str, str] = {}
+        self.part, self._in_h2 = "head", False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.part = "top"
+        elif tag == "h2":
+            self._in_h2, self.part = True, ""
+        self.tags.append((tag, dict(attrs), self.part))
+        # Attribute values that show text (tooltips) count as the part's text.
+        self._add(" ".join(v for k, v in attrs if k in ("title", "alt", "aria-label") and v))
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.part += data
+        else:
+            self._add(data)
+
+    def _add(self, text):
+        self.text[self.part] = self.text.get(self.part, "") + " " + text
+
+
+def test_report_escapes_hostile_names_in_every_section(tmp_path):
+    script, img, quote = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
+                          "' onmouseover='x")
+    template, entity, control = "{{7*7}}", "&amp;", "bell\x07\x1b[2Jname"
+    classes = (script, img, quote, template, entity, control)
+    # File names cannot hold "/": the script tag is left open in them.
+    stems = ("<script>alert(1)", img, quote, template, entity, control)
+    paths = np.array([str(make_image(tmp_path / "in" / f"{stems[i % 6]}{i}.png",
+                                     (40 * (i % 6), 90, 60), seed=i)) for i in range(12)])
+    y = np.arange(12) % 6
+    proba = np.random.default_rng(0).dirichlet(np.ones(6), 12)
+    proba[np.arange(6), np.arange(6)] += 2   # some right, some confidently wrong
+    proba /= proba.sum(axis=1, keepdims=True)
+    hostile = " ".join(classes)
+    data = ReportData(
+        script + template, classification_metrics(y, proba, classes), classes, paths, y, proba,
+        rank_per_class(y, proba), subtitle=hostile, temperature=1.3,
+        history=[{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_accuracy": e / 4,
+                  "val_balanced_accuracy": e / 4} for e in (1, 2, 3)],
+        class_counts={"train": np.arange(6) + 2, hostile: np.arange(6) + 1},
+        label_issues=[(paths[i], classes[i], classes[(i + 1) % 6], 0.5) for i in range(6)],
+        label_issue_note=hostile,
+        duplicates={"summary": {hostile: 1},
+                    "groups": [[(paths[i], classes[i], classes[5 - i]) for i in range(6)]]},
+        notes=list(classes))
+    index = render_report(data, tmp_path / "report")
+    html = index.read_text(encoding="utf-8")
+    page = _Page(html)
+
+    # No markup of ours comes from the data: no script, no event handler, nothing that loads
+    # from outside assets/; the page keeps its one <style> and its Content-Security-Policy.
+    assert "<script" not in html.lower() and "<img src=x" not in html
+    assert html.count("onerror=") == html.count("&lt;img src=x onerror=")
+    assert {tag for tag, _, _ in page.tags} <= {
+        "html", "head", "meta", "title", "style", "body", "main", "header", "h1", "h2", "h3", "h4",
+        "p", "div", "nav", "a", "section", "table", "thead", "tbody", "tr", "th", "td", "br",
+        "small", "ol", "ul", "li", "figure", "img", "figcaption", "span", "svg", "text", "line",
+        "rect", "polyline", "circle"}
+    # A value that broke out of its quotes would show up as an attribute of its own.
+    assert not [(tag, name) for tag, attrs, _ in page.tags for name in attrs
+                if name.startswith("on") or not re.fullmatch(r"[a-z][a-z0-9-]*", name)]
+    urls = [attrs[k] for _, attrs, _ in page.tags for k in ("src", "href") if k in attrs]
+    assert urls and all(u.startswith(("assets/", "#")) for u in urls)
+    assert [a["content"] for t, a, _ in page.tags if a.get("http-equiv")] == [
+        "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"]
+    assert sum(tag == "style" for tag, _, _ in page.tags) == 1
+    # Attribute values arrive whole: the confusion matrix's tooltips are the class names.
+    assert [a["title"] for t, a, p in page.tags if t == "th" and "title" in a] == list(classes)
+
+    # Each hostile name is shown as the literal text it is (escaped, not executed or evaluated)
+    # in every part of the page that shows it.
+    text = page.text
+    assert script + template in text["head"] and script + template in text["top"]
+    assert hostile in text["top"]                                       # subtitle
+    files = [Path(p).name for p in paths]
+    expected = {"top": classes,                                         # navigation
+                "Per-class metrics": classes,
+                "Confusion matrix": classes,
+                "Galleries per class": classes + tuple(files),
+                "Training and data": classes + (hostile,),              # bar tooltips, legend
+                "Likely label issues": classes + (hostile,) + tuple(files[:6]),
+                "Duplicates and leakage": classes + (hostile,) + tuple(files[:6]),
+                "Notes": classes}
+    for part, names in expected.items():
+        missing = [name for name in names if name not in text[part]]
+        assert not missing, (part, missing)
+    # The escaped forms, as the page's bytes; template syntax in a name is not evaluated.
+    for escaped in (r"&lt;script&gt;alert\(1\)&lt;/script&gt;", r"(&#34;|&quot;)&gt;&lt;img src=x",
+                    r"(&#39;|&#x27;) onmouseover=(&#39;|&#x27;)x", "&amp;amp;",
+                    r"<h3>\{\{7\*7\}\}</h3>", r"<td>\{\{7\*7\}\}</td>"):
+        assert re.search(escaped, html), escaped
 
 
 @pytest.fixture(scope="module")
