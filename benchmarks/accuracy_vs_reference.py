@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import imagefit  # noqa: E402
 from _reference import eager_features, logistic_regression_scores  # noqa: E402
+
+import imagefit  # noqa: E402
 
 
 def fashion_mnist_folders(tmp: Path, per_class: int, seed: int) -> tuple[Path, Path]:

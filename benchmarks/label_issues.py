@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import imagefit  # noqa: E402
-from imagefit.evaluate.issues import (find_label_issues, out_of_fold_probabilities,  # noqa: E402
-                                      self_confidence_ranking)
+from imagefit.evaluate.issues import (  # noqa: E402
+    find_label_issues,
+    out_of_fold_probabilities,
+    self_confidence_ranking,
+)
 from imagefit.features.extract import BackboneRunner, compute_features  # noqa: E402
 from imagefit.models.backbones import create_backbone, preprocessing_for  # noqa: E402
 

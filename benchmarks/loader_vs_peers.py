@@ -41,7 +41,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from imagefit.loader_benchmark import benchmark_loader  # noqa: E402
+from imagefit.workflows.benchmark import benchmark_loader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_SCRIPT = ROOT.parent / "shared" / "bench" / "make_photo_corpus.py"

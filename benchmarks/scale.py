@@ -90,6 +90,7 @@ def phase_scan(n: int, links: bool, tmp: Path) -> dict:
     for c in range(CLASSES):
         folder = root / f"class_{c}"
         folder.mkdir(parents=True)
+        source = None  # the last file written out in full; links point at it
         for j, i in enumerate(range(c, n, CLASSES)):
             path = folder / f"img_{i:07d}.jpg"
             if links and j % LINKS_PER_FILE:

@@ -73,7 +73,7 @@ def dataset(tmp_path) -> Path:
 def trained_run(tmp_path_factory, _session_cache):
     """One probe run on a small dataset, shared by tests that only read it."""
     from imagefit.config import TrainConfig
-    from imagefit.workflow import train_run
+    from imagefit.workflows.train import train_run
 
     base = tmp_path_factory.mktemp("trained")
     data = make_dataset(base / "data", {"cat": 14, "dog": 9, "owl": 6})

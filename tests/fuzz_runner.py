@@ -360,7 +360,7 @@ def worker(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             if str(number) in injections:
                 what = injections[str(number)]
-                outcome = decode_outcome(lambda data, **kw: _inject(what),
+                outcome = decode_outcome(lambda data, what=what, **kw: _inject(what),
                                          error_type, case.data, args.soft_timeout)
                 outcomes = [outcome] + ["ok"] * (len(DECODES) - 1)
             else:

@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from imagefit.data.augment import (PRESETS, AugmentConfig, AugmentParams, Augmenter,
-                                   apply_params, resolve_augment)
+from imagefit.data.augment import (
+    PRESETS,
+    AugmentConfig,
+    Augmenter,
+    AugmentParams,
+    apply_params,
+    resolve_augment,
+)
 from imagefit.errors import ConfigError
 
 SEEDS = range(500)

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_dataset, tree_digest
-from imagefit.augment_tools import augment_folder, preview_grid
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError
+from imagefit.workflows.augment import augment_folder, preview_grid
 
 COUNTS = {"cat": 14, "dog": 9, "owl": 6}
 

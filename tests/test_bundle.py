@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import TEST_IMAGE_SIZE, make_image
-from imagefit.bundle import load_model, resolve_model_dir, save_model
+from imagefit.bundle import resolve_model_dir
 from imagefit.cli.main import main
 from imagefit.errors import ModelFormatError
+from imagefit.estimator import load_model
 from imagefit.models.backbones import create_backbone
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "imagefit"
@@ -69,6 +70,24 @@ def test_loaded_model_matches_in_process_model(trained_run):
     assert loaded.preprocessing_ == clf.preprocessing_
     np.testing.assert_allclose(loaded.predict_proba(files), clf.predict_proba(files), atol=1e-5)
     np.testing.assert_array_equal(loaded.predict(files), clf.predict(files))
+
+
+def test_loaded_and_fitted_models_have_the_same_attributes(trained_run):
+    """Saving rebuilds, never pokes: fit ends through the same restore as loading, so a loaded
+    model has every fitted attribute, with the same values where the folder keeps them."""
+    clf = trained_run["result"].classifier
+    loaded = load_model(trained_run["run"])
+    assert set(vars(loaded)) == set(vars(clf))
+    assert {"history_", "best_epoch_", "unfreeze_", "n_train_", "n_val_", "settings_",
+            "validation_", "bad_files_"} <= set(vars(loaded))
+    for name in ("history_", "best_epoch_", "unfreeze_", "n_train_", "n_val_", "mode_",
+                 "balance_", "augment_", "preprocessing_", "backbone_name_"):
+        assert getattr(loaded, name) == getattr(clf, name), name
+    np.testing.assert_array_equal(loaded.class_weight_, clf.class_weight_)
+    assert loaded.settings_.epochs == clf.settings_.epochs and loaded.settings_.lr == clf.settings_.lr
+    assert loaded.settings_.device == "cpu" and loaded.settings_.cache_dir is None
+    assert clf.validation_ is not None and loaded.validation_ is None  # not kept in the folder
+    assert loaded.get_config()["training"] == clf.get_config()["training"]
 
 
 def test_model_json_contract(trained_run):
@@ -235,7 +254,7 @@ def test_pickle_disguised_as_safetensors_is_refused(model_copy, tmp_path):
 
 
 def test_save_model_writes_only_safetensors_and_json(trained_run, tmp_path):
-    folder = save_model(trained_run["result"].classifier, tmp_path / "m")
+    folder = trained_run["result"].classifier.save(tmp_path / "m")
     from safetensors import safe_open
 
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:

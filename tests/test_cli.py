@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TEST_IMAGE_SIZE, make_dataset, make_image, tree_digest
+from conftest import TEST_IMAGE_SIZE, make_dataset, tree_digest
 from imagefit import load_model, scan_folder
 from imagefit.cli.main import main
 

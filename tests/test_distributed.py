@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagefit.train.distributed import Distributed
 from conftest import TEST_IMAGE_SIZE, make_dataset
+from imagefit.train.distributed import Distributed
 
 
 def test_shards_cover_every_row_once():
@@ -99,6 +99,34 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
 dist.destroy_process_group()
 '''
+
+
+@pytest.mark.slow
+def test_torchrun_default_command_builds_the_report_and_every_rank_exits_0(tmp_path):
+    """The README's command with the report on: rank 0's report trains out-of-fold heads after
+    the other rank has exited; that once ended in a gloo all_reduce with no peer (exit 1)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
+    run = tmp_path / "run"
+    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29519",
+           str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
+           "--mode", "finetune", "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exited with code" not in done.stderr and "Connection closed" not in done.stderr
+    assert done.stdout.count("Report:") == 1
+    assert (run / "report" / "index.html").is_file()
+    assert (run / "report" / "label_issues.csv").is_file()
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_a_finished_group_is_not_distributed_any_more():
+    finished = Distributed(1, 2, active=False)
+    assert not finished.enabled and not finished.is_main
+    assert finished.shard(3).tolist() == [0, 1, 2]
 
 
 @pytest.mark.slow

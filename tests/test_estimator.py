@@ -12,11 +12,16 @@ from sklearn.base import clone
 from sklearn.metrics import balanced_accuracy_score
 
 from conftest import TEST_IMAGE_SIZE, make_dataset
+import imagefit
 from imagefit import ImageClassifier, load_model, scan_folder
 from imagefit.data.sampling import balanced_class_weights
-from imagefit.errors import (BackboneUnavailableError, ConfigError, ImagefitError,
-                             ImageLoadError, NotFittedError)
-from imagefit.features.extract import compute_features
+from imagefit.errors import (
+    BackboneUnavailableError,
+    ConfigError,
+    ImagefitError,
+    ImageLoadError,
+    NotFittedError,
+)
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -142,7 +147,7 @@ def test_fit_probe_sets_fitted_attributes(dataset):
     # cat 14 / owl 6 is over the 1.5 ratio: "auto" turns class weights on.
     assert clf.balance_ == "weights"
     train_counts = np.bincount(
-        index.with_hashes().take(~np.isin(index.paths, clf.val_index_.paths)).labels,
+        index.with_hashes().take(~np.isin(index.paths, clf.validation_[0].paths)).labels,
         minlength=3)
     np.testing.assert_allclose(clf.class_weight_, balanced_class_weights(train_counts))
     assert clf.n_train_ + clf.n_val_ == len(index) == 29
@@ -167,7 +172,7 @@ def test_fit_positional_train_val(dataset, tmp_path):
     clf = _fast().fit(train, val)
     assert clf.n_train_ == len(train) == 29
     assert clf.n_val_ == len(val) == 9
-    assert sorted(clf.val_index_.paths.tolist()) == _files(val_root)
+    assert sorted(clf.validation_[0].paths.tolist()) == _files(val_root)
     # The keyword form gives the same model.
     same = _fast().fit(train, val=val)
     files = _files(val_root)
@@ -208,8 +213,7 @@ def test_same_seed_same_model(dataset):
 
 def test_temperature_changes_confidence_not_argmax(trained_run):
     clf = load_model(trained_run["run"])  # a private copy: we change its temperature
-    runner = clf._get_runner()
-    feats = compute_features(np.array(_files(trained_run["test"])), runner).features
+    feats = clf.embed(_files(trained_run["test"]))
     argmaxes, confidences = [], []
     for t in (0.2, 1.0, 5.0):
         clf.net_.temperature.fill_(t)
@@ -272,3 +276,33 @@ def test_fit_paths_without_labels_is_a_clear_config_error(dataset):
     paths = sorted(str(p) for p in dataset.rglob("*.png"))
     with pytest.raises(ConfigError, match="without labels"):
         ImageClassifier(image_size=TEST_IMAGE_SIZE).fit(paths)
+
+
+def test_fit_on_a_split_index_runs_the_preflight(dataset, monkeypatch):
+    """README's Python example, `index.split()` then `fit(train, val)`: the split adds hashes,
+    which once passed for "pre-flighted" and skipped the pre-flight and its hang watchdog."""
+    from imagefit.train import stages
+
+    broken = dataset / "dog" / "dog_broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    checked = []
+    real = stages.preflight
+
+    def spy(index, **kwargs):
+        checked.append(len(index))
+        return real(index, **kwargs)
+
+    monkeypatch.setattr(stages, "preflight", spy)
+    index = scan_folder(dataset)
+    train, val = index.split(0.2, seed=0)
+    assert not train.checked and train.sha256 is not None
+    clf = _fast(epochs=2).fit(train, val)
+    assert checked == [len(train), len(val)]
+    assert [b.reason for b in clf.bad_files_ if b.path == str(broken)] == ["truncated"]
+    assert str(broken) not in clf.validation_[0].paths
+    # An index that went through the pre-flight is not checked twice.
+    checked.clear()
+    pre = imagefit.preflight(index, image_size=TEST_IMAGE_SIZE).index
+    assert pre.checked
+    _fast(epochs=1).fit(*pre.split(0.2, seed=0))
+    assert checked == []

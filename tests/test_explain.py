@@ -16,13 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import TEST_IMAGE_SIZE, make_dataset
 import imagefit
+from conftest import TEST_IMAGE_SIZE, make_dataset
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError, ImageLoadError
 from imagefit.explain import _inside, explain_image, gradcam, overlay, safe_name
-from imagefit.explain.activations import (JET, MIN_TILE, activation_grid, apply_colormap,
-                                          find_stages)
+from imagefit.explain.activations import JET, MIN_TILE, activation_grid, apply_colormap, find_stages
 from imagefit.models.backbones import SimpleCNN
 
 SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")

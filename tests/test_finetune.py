@@ -18,15 +18,22 @@ from torch import nn
 
 from conftest import TEST_IMAGE_SIZE, make_dataset
 from imagefit import ImageClassifier, scan_folder
-from imagefit import estimator as estimator_module
 from imagefit.data.augment import PRESETS, Augmenter
 from imagefit.errors import CacheError, ConfigError
 from imagefit.models.backbones import create_backbone
+from imagefit.train import stages as stages_module
 from imagefit.train.checkpoint import Checkpointer
 from imagefit.train.engine import LoopSettings, fit_loop, lr_factor
+from imagefit.train.finetune import (
+    MIN_BATCH_FOR_BN,
+    STAGE_LR_DECAY,
+    TOP_STAGE_LR,
+    TopNet,
+    default_unfreeze,
+    param_groups,
+    split_backbone,
+)
 from imagefit.train.loader import shuffled_indices
-from imagefit.train.finetune import (MIN_BATCH_FOR_BN, STAGE_LR_DECAY, TOP_STAGE_LR, TopNet,
-                                     default_unfreeze, param_groups, split_backbone)
 
 COUNTS = {"cat": 14, "dog": 9, "owl": 6}  # the `dataset` fixture's classes
 LOWER_PREFIXES = ("conv_stem.", "bn1.", *(f"blocks.{i}." for i in range(6)))
@@ -205,7 +212,7 @@ def budget_run(data):
     with, UserWarning messages, engine log messages)."""
     built, logged = [], []
 
-    class SpySampler(estimator_module.BalancedSampler):
+    class SpySampler(stages_module.BalancedSampler):
         def __init__(self, labels, **kwargs):
             super().__init__(labels, **kwargs)
             built.append(np.asarray(labels).copy())
@@ -219,7 +226,7 @@ def budget_run(data):
     try:
         with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            patch.setattr(estimator_module, "BalancedSampler", SpySampler)
+            patch.setattr(stages_module, "BalancedSampler", SpySampler)
             clf = finetuner(balance="sampler", class_weight="balanced",
                             time_budget=0).fit(scan_folder(data))
     finally:

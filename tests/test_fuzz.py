@@ -157,7 +157,7 @@ def test_a_case_is_rebuilt_and_decoded_from_its_number(tmp_path, capsys, seeds):
 def test_hypothesis_bytes_only_raise_image_load_error(seeds):
     """Hypothesis' own byte strings (st.binary), in this process: plain, behind a seed's
     magic number, and as edits of a seed. Its shrinking gives a minimal failing input."""
-    import hypothesis                  # the dev extra installs it
+    import hypothesis  # the dev extra installs it
     from hypothesis import strategies as st
     names = sorted(seeds)
 

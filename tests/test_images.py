@@ -11,8 +11,13 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from imagefit.data import images
-from imagefit.data.images import (ALLOWED_FORMATS, DEFAULT_BACKGROUND, decode_image, load_image,
-                                  sniff_format)
+from imagefit.data.images import (
+    ALLOWED_FORMATS,
+    DEFAULT_BACKGROUND,
+    decode_image,
+    load_image,
+    sniff_format,
+)
 from imagefit.errors import ConfigError, ImageLoadError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

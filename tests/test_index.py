@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from conftest import COLOURS, make_dataset, make_image, tree_digest
-from imagefit.data.audit import preflight, write_bad_files
+from imagefit.data.audit import preflight
 from imagefit.data.index import ImageIndex, assign_validation, expand_paths, scan_folder
 from imagefit.errors import ConfigError, DatasetError
+from imagefit.workflows.run_folder import write_bad_files
 
 EPS_BYTES = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
 

@@ -16,8 +16,12 @@ from torch import nn
 
 from imagefit.errors import OutputError
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import (MAX_NONFINITE_IN_A_ROW, LoopSettings, TrainingDivergedError,
-                                   fit_loop)
+from imagefit.train.engine import (
+    MAX_NONFINITE_IN_A_ROW,
+    LoopSettings,
+    TrainingDivergedError,
+    fit_loop,
+)
 from imagefit.train.interrupt import TrainingInterrupted
 from imagefit.train.loader import shuffled_indices
 
@@ -186,8 +190,8 @@ def test_a_signal_after_the_last_step_still_stops_once_the_stage_is_saved(tmp_pa
 def test_resuming_with_other_settings_exits_4_and_changes_nothing(trained_run, tmp_path, capsys):
     import shutil
 
-    from imagefit.cli.main import main
     from conftest import TEST_IMAGE_SIZE
+    from imagefit.cli.main import main
 
     run = shutil.copytree(trained_run["run"], tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}

@@ -12,11 +12,19 @@ import torch
 
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.evaluate import issues
-from imagefit.evaluate.issues import (NEAR_DUPLICATE_THRESHOLD, LabelIssues,
-                                      classify_duplicate_pairs, compute_confident_joint,
-                                      exact_duplicate_groups, find_label_issues, group_pairs,
-                                      near_duplicate_pairs, out_of_fold_probabilities,
-                                      self_confidence_ranking, stratified_fold_ids)
+from imagefit.evaluate.issues import (
+    NEAR_DUPLICATE_THRESHOLD,
+    LabelIssues,
+    classify_duplicate_pairs,
+    compute_confident_joint,
+    exact_duplicate_groups,
+    find_label_issues,
+    group_pairs,
+    near_duplicate_pairs,
+    out_of_fold_probabilities,
+    self_confidence_ranking,
+    stratified_fold_ids,
+)
 from imagefit.models.net import make_head
 from imagefit.train.engine import LoopSettings, fit_loop
 from imagefit.train.loader import shuffled_indices

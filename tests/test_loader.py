@@ -20,9 +20,16 @@ from imagefit.data.images import load_image
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import preprocessing_for
-from imagefit.train.loader import (CachedImages, EpochDraws, FileImages, TrainLoader,
-                                   collate_uint8, draw_generator, shuffled_indices,
-                                   to_float_batch)
+from imagefit.train.loader import (
+    CachedImages,
+    EpochDraws,
+    FileImages,
+    TrainLoader,
+    collate_uint8,
+    draw_generator,
+    shuffled_indices,
+    to_float_batch,
+)
 
 SIZE = TEST_IMAGE_SIZE
 
@@ -134,15 +141,18 @@ def test_batches_equal_the_per_draw_reference(files):
 def test_ranks_do_not_share_draw_parameters(tmp_path):
     from imagefit import ImageClassifier
     from imagefit.train.distributed import Distributed
+    from imagefit.train.settings import resolve_settings
+    from imagefit.train.stages import RunContext
 
     path = make_image(tmp_path / "same.png", (120, 80, 200), seed=0)
     paths, labels = np.array([str(path)] * 16), np.zeros(16, np.int64)
     images = []
-    for rank in range(2):  # the wiring of ImageClassifier._fit_images on each of two ranks
-        clf = ImageClassifier(seed=0)
-        clf.balance_, clf._dist = "none", Distributed(rank, 2)
+    for rank in range(2):  # the wiring of train.stages.image_stage on each of two ranks
+        settings = resolve_settings(ImageClassifier(seed=0, balance="none").get_params(),
+                                    np.array([16]), ("a",))
+        ctx = RunContext(settings, Distributed(rank, 2))
         dataset = FileImages(paths, labels, SIZE, Augmenter("keras"), seed=0)
-        loader = TrainLoader(dataset, clf._draws(labels), batch_size=4, rank=rank, world_size=2)
+        loader = TrainLoader(dataset, ctx.draws(labels), batch_size=4, rank=rank, world_size=2)
         images.append(run_epoch(loader, 1)[0])
     assert [len(i) for i in images] == [8, 8]
     flat = np.concatenate(images).reshape(16, -1)

@@ -14,7 +14,7 @@ import torch
 from conftest import make_dataset, tree_digest
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError
-from imagefit.loader_benchmark import benchmark_loader
+from imagefit.workflows.benchmark import benchmark_loader
 
 CONTRACT_KEYS = ("images_per_sec", "images_per_sec_cached", "decode_images_per_sec",
                  "n_images", "image_size", "augment", "workers")

@@ -24,18 +24,26 @@ import yaml
 from PIL import Image
 
 from conftest import TEST_IMAGE_SIZE, make_dataset, tree_digest
-from fixtures.messy import (EXIF_STORED_SIZE, GIF_FRAMES, RAMP_SIZE, STRUCTURE_CASES,
-                            MessyExpectations, bomb_side, make_messy, make_structure_case,
-                            noise_image)
-from imagefit.bundle import load_model
+from fixtures.messy import (
+    EXIF_STORED_SIZE,
+    GIF_FRAMES,
+    RAMP_SIZE,
+    STRUCTURE_CASES,
+    MessyExpectations,
+    bomb_side,
+    make_messy,
+    make_structure_case,
+    noise_image,
+)
 from imagefit.cli.main import main
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import scan_folder
-from imagefit.features.extract import ImageFiles
+from imagefit.estimator import load_model
+from imagefit.features.extract import ImageFiles, model_key
 from imagefit.features.store import FeatureStore, default_cache_dir
-from imagefit.inspection import inspect_dataset
 from imagefit.models.backbones import preprocessing_for, to_input
+from imagefit.workflows.inspect import inspect_dataset
 
 FAST = ["--image-size", TEST_IMAGE_SIZE, "--mode", "probe", "--epochs", 2, "--no-report"]
 GHOSTSCRIPT = {"gs", "gsc", "gswin32c", "gswin64c", "gswin32", "gswin64"}
@@ -314,10 +322,10 @@ def test_predict_gives_bad_files_the_reasons_training_gave(predicted, messy):
 def test_predict_probabilities_equal_the_training_features(trained, predicted, messy):
     """predict decodes afresh; training cached its features by content. Same numbers."""
     model = load_model(trained["run"])
-    runner = model._make_runner()
-    store = FeatureStore(default_cache_dir(), runner.key, runner.dim)
     split = read_csv(trained["run"] / "split.csv")
     keys = np.array([r["sha256"] for r in split])
+    store = FeatureStore(default_cache_dir(), model_key(model.net_.backbone, model.preprocessing_),
+                         model.net_.backbone.num_features)
     assert not store.missing(keys).any()
     expected = model.proba_from_features(store.get(keys))
     by_path = {r["path"]: r for r in predicted["rows"]}
@@ -342,18 +350,18 @@ def test_odd_files_decode_identically_for_training_and_predict(trained, messy):
     paths = np.array([str(messy.root / p) for p in messy.odd.values()])
     train_set = ImageFiles(paths, train_prep, train_cap)
     pred_set = ImageFiles(paths, pred_prep, pred_cap)
-    runner = model._make_runner()
-    store = FeatureStore(default_cache_dir(), runner.key, runner.dim)
+    store = FeatureStore(default_cache_dir(), model_key(model.net_.backbone, model.preprocessing_),
+                         model.net_.backbone.num_features)
     for i, (role, path) in enumerate(messy.odd.items()):
         (a, err_a), (b, err_b) = train_set[i], pred_set[i]
-        assert err_a == err_b == "", (role, err_a, err_b)
+        assert err_a is None and err_b is None, (role, err_a, err_b)
         assert a.shape == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3) and a.dtype == np.uint8
         assert np.array_equal(a, b), role
         x_train, x_pred = to_input(a[None], train_prep), to_input(b[None], pred_prep)
         assert np.array_equal(x_train, x_pred), role
         # The features training stored for this file came from this very decode.
         key = np.array([hashlib.sha256(Path(paths[i]).read_bytes()).hexdigest()])
-        np.testing.assert_allclose(store.get(key)[0], runner(a[None])[0], atol=1e-5,
+        np.testing.assert_allclose(store.get(key)[0], model.embed(a[None])[0], atol=1e-5,
                                    err_msg=role)
 
 
@@ -479,7 +487,7 @@ def test_links_inside_the_dataset_never_move_images_between_classes_or_splits(tm
 def test_file_corrupted_after_preflight_is_skipped_at_run_time(tmp_path, monkeypatch):
     """A1 regression: the pre-flight passed, then a file broke before its features were
     computed. The run still completes and the file is listed with its reason."""
-    import imagefit.workflow as workflow
+    import imagefit.workflows.train as workflow
 
     root = tmp_path / "data"
     for c, colour in (("cat", (220, 60, 40)), ("dog", (40, 200, 60))):

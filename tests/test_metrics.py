@@ -10,11 +10,18 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.utils.class_weight import compute_class_weight
 
-from imagefit.data.sampling import (AUTO_IMBALANCE_RATIO, balanced_class_weights,
-                                    imbalance_ratio, resolve_balance)
+from imagefit.data.sampling import (
+    AUTO_IMBALANCE_RATIO,
+    balanced_class_weights,
+    imbalance_ratio,
+    resolve_balance,
+)
 from imagefit.errors import ConfigError
-from imagefit.evaluate.metrics import (classification_metrics, expected_calibration_error,
-                                       format_per_class_table)
+from imagefit.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    format_per_class_table,
+)
 from imagefit.train.calibrate import fit_temperature
 
 CONTRACT_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "n", "classes",

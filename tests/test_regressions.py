@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from imagefit.config import TrainConfig
 from imagefit.data.index import read_csv_index
 from imagefit.errors import ConfigError, DatasetError, ModelFormatError
 from imagefit.models.backbones import create_backbone
-from imagefit.workflow import train_run
+from imagefit.workflows.train import train_run
 
 
 def test_class_folder_name_that_is_not_utf8_trains_saves_and_reports(tmp_path):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, TEST_IMAGE_SIZE, make_dataset, make_image
+from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError
-from imagefit.evaluate.metrics import classification_metrics
 from imagefit.evaluate.ranking import most_confused, rank_per_class
+from imagefit.metrics import classification_metrics
 from imagefit.report.html import ReportData, render_report
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

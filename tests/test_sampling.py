@@ -11,10 +11,17 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from imagefit.data import sampling
-from imagefit.data.sampling import (AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, BalancedSampler,
-                                    balanced_class_weights, class_weights,
-                                    effective_number_weights, logit_adjustment, resolve_balance,
-                                    stacked_correction_warning)
+from imagefit.data.sampling import (
+    AUTO_IMBALANCE_RATIO,
+    AUTO_SAMPLER_RATIO,
+    BalancedSampler,
+    balanced_class_weights,
+    class_weights,
+    effective_number_weights,
+    logit_adjustment,
+    resolve_balance,
+    stacked_correction_warning,
+)
 from imagefit.errors import ConfigError
 
 CLASSES = ["cat", "dog", "owl"]

@@ -26,8 +26,13 @@ from imagefit.data.augment import Augmenter
 from imagefit.data.index import scan_folder
 from imagefit.data.sampling import BalancedSampler
 from imagefit.features.store import FeatureStore
-from imagefit.train.loader import (_DRAW_BLOCK, CachedImages, EpochDraws, TrainLoader,
-                                   shuffled_indices)
+from imagefit.train.loader import (
+    _DRAW_BLOCK,
+    CachedImages,
+    EpochDraws,
+    TrainLoader,
+    shuffled_indices,
+)
 
 MB = 2**20
 N_ROWS = 1_000_000

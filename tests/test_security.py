@@ -26,18 +26,18 @@ import torch
 from PIL import Image
 
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
-from imagefit.augment_tools import (MAX_STEM_BYTES, WINDOWS_RESERVED, _check_class_name,
-                                    _unique_stems, copy_stem)
+from imagefit._fileio import WINDOWS_RESERVED
 from imagefit.cli.main import main
 from imagefit.errors import CacheError, DatasetError, ModelFormatError
-from imagefit.evaluate.metrics import format_per_class_table
 from imagefit.evaluate.ranking import rank_per_class
 from imagefit.explain import safe_name
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore
+from imagefit.metrics import format_per_class_table
 from imagefit.models.backbones import preprocessing_for
 from imagefit.report.html import ReportData, render_report
 from imagefit.train.checkpoint import Checkpointer
+from imagefit.workflows.augment import MAX_STEM_BYTES, _check_class_name, _unique_stems, copy_stem
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE_FILE = "\x1b[2J<script>alert(1)"   # clears a terminal; a tag in HTML; a file name

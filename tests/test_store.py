@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import COLOURS, TEST_IMAGE_SIZE, make_image
-from imagefit.data.index import file_sha256
+from imagefit._fileio import sha256_file as file_sha256
 from imagefit.errors import CacheError
 from imagefit.features import store as store_module
 from imagefit.features.extract import BackboneRunner, compute_features, model_key

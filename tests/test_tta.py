@@ -48,7 +48,7 @@ def test_tta_averages_the_image_and_its_mirror(flip_model, tmp_path):
     np.testing.assert_allclose(tta[0], plain.mean(axis=0), atol=1e-4)
     # The mirror really is another input (probabilities may saturate; features do not).
     images = np.stack([load_image(str(p), TEST_IMAGE_SIZE) for p in (source, mirror)])
-    features = model._get_runner()(images)
+    features = model.embed(images)
     assert not np.allclose(features[0], features[1], atol=1e-3)
 
 

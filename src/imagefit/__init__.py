@@ -3,25 +3,31 @@
 Importing this package has no side effects and touches no network.
 """
 
-__version__ = "0.1.0"
-
-from imagefit.bundle import load_model  # noqa: E402
-from imagefit.config import TrainConfig  # noqa: E402
-from imagefit.data.audit import preflight  # noqa: E402
-from imagefit.data.augment import AugmentConfig, Augmenter  # noqa: E402
-from imagefit.data.images import load_image  # noqa: E402
-from imagefit.data.index import ImageIndex, scan_folder  # noqa: E402
-from imagefit.errors import (  # noqa: E402
-    ConfigError, DatasetError, ImagefitError, ImageLoadError, ModelFormatError, NotFittedError,
-    OutputError)
-from imagefit.estimator import ImageClassifier  # noqa: E402
-from imagefit.evaluate.evaluation import EvaluationResult, evaluate  # noqa: E402
-from imagefit.train.engine import TrainingDivergedError  # noqa: E402
-from imagefit.train.interrupt import TrainingInterrupted  # noqa: E402
-from imagefit.workflow import train_run  # noqa: E402
+from imagefit._validation import check_is_fitted
+from imagefit._version import __version__
+from imagefit.config import TrainConfig
+from imagefit.data.audit import preflight
+from imagefit.data.augment import AugmentConfig, Augmenter
+from imagefit.data.images import load_image
+from imagefit.data.index import ImageIndex, scan_folder
+from imagefit.errors import (
+                             ConfigError,
+                             DatasetError,
+                             ImagefitError,
+                             ImageLoadError,
+                             ModelFormatError,
+                             NotFittedError,
+                             OutputError,
+)
+from imagefit.estimator import ImageClassifier, load_model
+from imagefit.evaluate.evaluation import EvaluationResult, evaluate
+from imagefit.features.extract import Predictions
+from imagefit.train.engine import TrainingDivergedError
+from imagefit.train.interrupt import TrainingInterrupted
+from imagefit.workflows.train import train_run
 
 __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",
-           "TrainConfig", "scan_folder", "preflight", "load_image", "load_model", "evaluate",
-           "train_run", "ImagefitError", "ConfigError", "DatasetError", "ImageLoadError",
-           "ModelFormatError", "NotFittedError", "OutputError", "TrainingDivergedError",
-           "TrainingInterrupted", "__version__"]
+           "Predictions", "TrainConfig", "scan_folder", "preflight", "load_image", "load_model",
+           "evaluate", "train_run", "check_is_fitted", "ImagefitError", "ConfigError",
+           "DatasetError", "ImageLoadError", "ModelFormatError", "NotFittedError", "OutputError",
+           "TrainingDivergedError", "TrainingInterrupted", "__version__"]

@@ -42,7 +42,7 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imagefit.augment_tools import augment_folder, preview_grid
+    from imagefit.workflows.augment import augment_folder, preview_grid
 
     if args.out is None and (args.per_image is not None or args.balance):
         raise ConfigError("--per-image and --balance need --out DIR (where to write the copies).")

@@ -45,7 +45,7 @@ def add_parser(sub, common) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from imagefit.data.index import refuse_output_inside
-    from imagefit.loader_benchmark import benchmark_loader, format_table
+    from imagefit.workflows.benchmark import benchmark_loader, format_table
 
     if args.cache_dir:
         refuse_output_inside(args.cache_dir, [args.data])

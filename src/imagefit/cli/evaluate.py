@@ -6,10 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from imagefit.bundle import load_model, resolve_model_dir
+from imagefit.bundle import resolve_model_dir
+from imagefit.estimator import load_model
 from imagefit.evaluate.evaluation import evaluate
-from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
+from imagefit.workflows.run_folder import RunFolder
 
 EXAMPLES = """examples:
   imagefit evaluate runs/cats data/test
@@ -49,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> None:
     from imagefit.data.index import refuse_output_inside
-    from imagefit.report.build import build_run_report
+    from imagefit.workflows.report import build_run_report
 
     refuse_output_inside(args.report, [args.data])
-    if (resolve_model_dir(args.run).parent / "split.csv").is_file():
+    if RunFolder.of_model(resolve_model_dir(args.run)).split.is_file():
         result = build_run_report(args.run, data=args.data, out=args.report,
                                   progress=not args.quiet)
         index = result.index_html

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagefit.bundle import load_model, resolve_model_dir
+from imagefit.bundle import resolve_model_dir
+from imagefit.estimator import load_model
 from imagefit.explain import explain_image, safe_name
 from imagefit.progress import printable
 

@@ -4,11 +4,12 @@ imagefit (ONNX Runtime, or PyTorch for TorchScript)."""
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-from imagefit.bundle import load_model, resolve_model_dir
+from imagefit.bundle import resolve_model_dir
+from imagefit.estimator import load_model
 from imagefit.export.onnx import FORMATS, TOLERANCE, export_model
+from imagefit.workflows.run_folder import RunFolder
 
 EXAMPLES = """examples:
   imagefit export runs/cats --format onnx                  # -> runs/cats/export/model.onnx
@@ -32,22 +33,13 @@ def add_parser(sub, common) -> None:
     p.set_defaults(handler=run)
 
 
-def validation_paths(run_path: Path) -> list[str]:
-    """The validation images of a run folder (from split.csv), if there are any."""
-    for folder in (run_path, run_path.parent):
-        split = folder / "split.csv"
-        if split.is_file():
-            with open(split, newline="", encoding="utf-8") as f:
-                return [row["path"] for row in csv.DictReader(f) if row.get("split") == "val"]
-    return []
-
-
 def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
     suffix = "onnx" if args.format == "onnx" else "pt"
     out = Path(args.out) if args.out else model_dir.parent / "export" / f"model.{suffix}"
-    result = export_model(clf, out, format=args.format, verify_images=validation_paths(model_dir))
+    result = export_model(clf, out, format=args.format,
+                          verify_images=RunFolder.of_model(model_dir).validation_paths())
     if not args.quiet:
         source = ("validation images" if result.verified_on == "given images"
                   else result.verified_on + " (no validation images found)")

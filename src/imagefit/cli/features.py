@@ -6,7 +6,7 @@ import argparse
 
 from imagefit.data.index import refuse_output_inside
 from imagefit.errors import ConfigError
-from imagefit.features.pipeline import extract_dataset_features
+from imagefit.workflows.features import extract_dataset_features
 
 EXAMPLES = """examples:
   imagefit features data/ --out feats/

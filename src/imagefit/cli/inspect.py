@@ -34,7 +34,7 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imagefit.inspection import inspect_dataset
+    from imagefit.workflows.inspect import inspect_dataset
 
     options = {"near": args.near, "image_size": args.image_size, "progress": not args.quiet}
     if args.threshold is not None:

@@ -13,9 +13,21 @@ import os
 import sys
 import traceback
 
-from imagefit import __version__
-from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, features, inspect,
-                          predict, report, serve, train)
+from imagefit._version import __version__
+from imagefit.cli import (
+    augment,
+    benchmark,
+    demo,
+    evaluate,
+    explain,
+    export,
+    features,
+    inspect,
+    predict,
+    report,
+    serve,
+    train,
+)
 from imagefit.errors import ImagefitError
 from imagefit.progress import printable
 from imagefit.train.interrupt import TrainingInterrupted, sigterm_as_interrupt

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from imagefit.bundle import load_model
 from imagefit.data.index import expand_paths
 from imagefit.errors import ConfigError
+from imagefit.estimator import load_model
 from imagefit.evaluate.evaluation import write_predictions_csv
 from imagefit.progress import printable
 

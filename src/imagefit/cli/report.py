@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imagefit.report.build import build_run_report
+from imagefit.workflows.report import build_run_report
 
 EXAMPLES = """examples:
   imagefit report runs/cats                      # on the run's validation split

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagefit.bundle import load_model
 from imagefit.errors import ConfigError
+from imagefit.estimator import load_model
 
 EXAMPLES = """examples:
   imagefit serve runs/cats                     # http://127.0.0.1:8000, this machine only

@@ -9,13 +9,14 @@ import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
-from imagefit.estimator import MODES
-from imagefit.evaluate.metrics import format_per_class_table
+from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
 from imagefit.train import distributed
 from imagefit.train.interrupt import TrainingInterrupted
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
-from imagefit.workflow import default_run_dir, load_config_file, train_run
+from imagefit.train.settings import MODES
+from imagefit.workflows.run_folder import RunFolder, default_run_dir
+from imagefit.workflows.train import load_config_file, train_run
 
 EXAMPLES = """examples:
   imagefit train data/ --out runs/cats
@@ -140,8 +141,9 @@ def report(result, echo) -> None:
     echo("Validation metrics:")
     echo(format_per_class_table(result.evaluation.metrics))
     echo(f"Model:   {result.model_dir}")
-    echo(f"Metrics: {result.run_dir / 'eval' / 'metrics.json'}  (predictions.csv beside it)")
+    run = RunFolder(result.run_dir)
+    echo(f"Metrics: {run.eval / 'metrics.json'}  (predictions.csv beside it)")
     if result.report:
         echo(f"Report:  {result.report}  (open it in a browser)")
     if result.bad_files:
-        echo(f"Skipped: {len(result.bad_files)} files, listed in {result.run_dir / 'bad_files.csv'}")
+        echo(f"Skipped: {len(result.bad_files)} files, listed in {run.bad_files}")

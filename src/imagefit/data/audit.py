@@ -5,7 +5,7 @@ split and the feature store) and feed a histogram of formats and modes. Never wr
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import faulthandler
 import hashlib
 import os
@@ -13,7 +13,6 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -95,8 +94,7 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
         out.sizes[size] += 1
         out.multi_frame += frames > 1
         out.exif_rotated += rotated
-    checked = ImageIndex(index.paths, index.labels, index.classes, index.subsets, hashes,
-                         index.report, index.root)
+    checked = dataclasses.replace(index, sha256=hashes, checked=True)
     out.index = _without_emptied_classes(checked, keep, bad[len(index.report.bad_files):])
     return out
 
@@ -209,13 +207,3 @@ def _check_file(job: tuple[str, int | None, int]):
         return BadFile(path, exc.reason, exc.message)
     return (hashlib.sha256(data).hexdigest(), info.format, info.mode, info.n_frames,
             info.exif_rotated, (info.width, info.height))
-
-
-def write_bad_files(bad_files: list[BadFile], path: str | os.PathLike) -> None:
-    """Write `path,reason,message` rows (always, with a header, even when empty)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason", "message"])
-        for bad in bad_files:
-            writer.writerow([bad.path, bad.reason, bad.message])

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from imagefit._validation import param_error
 from imagefit.errors import ConfigError
 
 # cv2 threads would fight DataLoader workers for the same cores.
@@ -36,14 +37,13 @@ _GEOMETRIC_OPS = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 # validation ------------------------------------------------------------------------------------
 def _preset_name(name: Any) -> str:
     if name not in PRESETS:
-        raise ConfigError(f"The 'preset' key must be one of {list(PRESETS)}. Got {name!r} instead.")
+        raise param_error("preset", f"one of {list(PRESETS)}", name)
     return name
 
 
 def _validate(c: AugmentConfig) -> None:
     def fail(name: str, what: str, value: Any) -> None:
-        raise ConfigError(f"The {name!r} augmentation setting must be {what}. Got {value!r} "
-                          f"instead.")
+        raise param_error(name, what, value)
 
     for name in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range",
                  "channel_shift_range", "cval", "color_jitter", "hue"):

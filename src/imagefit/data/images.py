@@ -33,10 +33,10 @@ def _single_threaded_torch() -> None:
 
 os.register_at_fork(after_in_child=_single_threaded_torch)
 
+# Every other format `sniff_format` recognises (EPS, PDF, HEIF, AVIF, JPEG 2000, PSD, ICO) is
+# refused: they need external programs or plugins we do not ship, or are rarely photos and
+# widen the attack surface.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-# Formats recognised by their magic bytes but refused: they need external programs (EPS, PDF),
-# plugins we do not ship (HEIF, AVIF), or are rarely photos and widen the attack surface.
-REFUSED_FORMATS = ("EPS", "PDF", "HEIF", "AVIF", "JPEG2000", "PSD", "ICO")
 # Pillow's own default: about 89.5 megapixels (a 9,460 x 9,460 image).
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_BYTES = 1 << 30
@@ -151,8 +151,8 @@ def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None,
         raise ImageLoadError("empty", "file is empty (0 bytes)")
     fmt = sniff_format(data[:32])
     if fmt is None:
-        raise ImageLoadError("unidentified", f"not a recognised image format "
-                             f"(file is {len(data):,} bytes; supported: {', '.join(ALLOWED_FORMATS)})")
+        raise ImageLoadError("unidentified", f"not a recognised image format (file is "
+                             f"{len(data):,} bytes; supported: {', '.join(ALLOWED_FORMATS)})")
     if fmt not in ALLOWED_FORMATS:
         hint = " (install nothing: convert it to JPEG or PNG)" if fmt in ("HEIF", "AVIF") else ""
         raise ImageLoadError("format_not_allowed", f"{fmt} images are not accepted{hint}; "

@@ -7,6 +7,7 @@ This module reads only the first bytes of each file; decoding is the pre-flight'
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import unicodedata
@@ -17,8 +18,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from imagefit._fileio import sha256_file
 from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
-from imagefit.errors import ConfigError, DatasetError
+from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
 _IGNORED_FILE_NAMES = {".ds_store": ".DS_Store", "thumbs.db": "Thumbs.db",
@@ -34,6 +36,10 @@ class BadFile:
     reason: str
     message: str
 
+    def error(self, where: str = "") -> ImageLoadError:
+        """This failure as the exception a decoder raises (`where` is added to the message)."""
+        return ImageLoadError(self.reason, f"{self.message} {where}".rstrip())
+
 
 @dataclass
 class ScanReport:
@@ -45,12 +51,6 @@ class ScanReport:
     extension_mismatch: int = 0
     # The scan's `min_classes`: the pre-flight holds the classes that survive decoding to it.
     min_classes: int = 1
-
-    def merge(self, other: "ScanReport") -> None:
-        self.ignored.update(other.ignored)
-        self.bad_files.extend(other.bad_files)
-        self.warnings.extend(other.warnings)
-        self.extension_mismatch += other.extension_mismatch
 
     def ignored_summary(self) -> str:
         """One line such as `Ignored 5 non-image files (.DS_Store x2, .txt x3).`"""
@@ -72,6 +72,8 @@ class ImageIndex:
         subsets: optional str array ("train", "val") from a `train/` + `val/` layout.
         sha256: optional str array of content hashes (filled by the pre-flight).
         report: what the scan skipped, ignored or warned about.
+        checked: whether every file went through the pre-flight (`data.audit.preflight`);
+            `fit` runs it on an index that did not.
 
     Example:
         >>> index = ImageIndex.from_paths(["a.png", "b.png"], ["cat", "dog"])
@@ -86,6 +88,7 @@ class ImageIndex:
     sha256: np.ndarray | None = None
     report: ScanReport = field(default_factory=ScanReport)
     root: str | None = None
+    checked: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -127,8 +130,8 @@ class ImageIndex:
     def take(self, rows: np.ndarray) -> "ImageIndex":
         """A new index with the given rows (an index array or boolean mask)."""
         pick = (lambda a: None if a is None else a[rows])
-        return ImageIndex(self.paths[rows], self.labels[rows], self.classes, pick(self.subsets),
-                          pick(self.sha256), self.report, self.root)
+        return dataclasses.replace(self, paths=self.paths[rows], labels=self.labels[rows],
+                                   subsets=pick(self.subsets), sha256=pick(self.sha256))
 
     def with_classes(self, classes: Sequence[str]) -> "ImageIndex":
         """This index with labels re-expressed against `classes` (matched by name).
@@ -145,16 +148,14 @@ class ImageIndex:
             raise DatasetError(f"Classes {unknown} are not among the model's classes "
                                f"{list(classes)}.")
         lookup = np.array([classes.index(c) if c in classes else -1 for c in self.classes] + [-1])
-        return ImageIndex(self.paths, lookup[self.labels], classes, self.subsets, self.sha256,
-                          self.report, self.root)
+        return dataclasses.replace(self, labels=lookup[self.labels], classes=classes)
 
     def with_hashes(self) -> "ImageIndex":
         """This index with the `sha256` column filled (reads every file once if missing)."""
         if self.sha256 is not None:
             return self
-        hashes = np.array([file_sha256(p) for p in self.paths], dtype="<U64")
-        return ImageIndex(self.paths, self.labels, self.classes, self.subsets, hashes,
-                          self.report, self.root)
+        hashes = np.array([sha256_file(p) for p in self.paths], dtype="<U64")
+        return dataclasses.replace(self, sha256=hashes)
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageIndex", "ImageIndex"]:
         """Split into (train, validation), stratified by class and seeded.
@@ -205,15 +206,6 @@ def assign_validation(hashes: np.ndarray, labels: np.ndarray, val_fraction: floa
         n_val = min(int(np.searchsorted(taken, want) + 1), len(order) - 1)
         val_group[order[:n_val]] = True
     return val_group[inverse]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from imagefit._validation import check_choice, check_int, check_scalar, param_error
 from imagefit.errors import ConfigError
 
 BALANCE_CHOICES = ("auto", "weights", "sampler", "none")
@@ -42,7 +43,7 @@ def resolve_balance(balance: str, counts: np.ndarray) -> str:
         >>> [resolve_balance("auto", np.array(c)) for c in ([15, 10], [100, 10], [101, 10])]
         ['none', 'weights', 'sampler']
     """
-    _check_choice("balance", balance, BALANCE_CHOICES)
+    check_choice("balance", balance, BALANCE_CHOICES)
     if balance != "auto":
         return balance
     ratio = imbalance_ratio(np.asarray(counts))
@@ -79,9 +80,7 @@ def effective_number_weights(counts: np.ndarray, beta: float = 0.999) -> np.ndar
         >>> effective_number_weights(np.array([30, 10]), beta=0.9).round(3).tolist()
         [0.895, 1.316]
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)) \
-            or not 0.0 <= beta < 1.0:
-        raise ConfigError(f"The 'beta' parameter must be a float in [0, 1). Got {beta!r} instead.")
+    check_scalar("beta", beta, 0, 1, high_open=True)
     counts = np.asarray(counts, np.float64)
     present = counts > 0
     weights = np.zeros_like(counts)
@@ -117,7 +116,7 @@ def class_weights(spec: str | Mapping[str, float] | None, counts: np.ndarray,
             raise ConfigError(f"The 'class_weight' parameter must map classes to finite "
                               f"weights >= 0. Got {bad!r} instead.")
         return np.array([float(spec.get(name, 1.0)) for name in classes])
-    _check_choice("class_weight", "none" if spec is None else spec, CLASS_WEIGHT_CHOICES)
+    check_choice("class_weight", "none" if spec is None else spec, CLASS_WEIGHT_CHOICES)
     if spec == "balanced":
         return balanced_class_weights(counts)
     if spec == "effective_number":
@@ -139,7 +138,7 @@ def logit_adjustment(counts: np.ndarray, tau: float = 1.0) -> np.ndarray:
     """
     if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number)) \
             or not 0.0 <= tau < np.inf:
-        raise ConfigError(f"The 'tau' parameter must be a finite float >= 0. Got {tau!r} instead.")
+        raise param_error("tau", "a finite float >= 0", tau)
     counts = np.asarray(counts, np.float64)
     if counts.sum() <= 0:
         raise ConfigError("The 'counts' parameter must contain at least one sample. "
@@ -159,7 +158,7 @@ def stacked_correction_warning(balance: str,
         >>> stacked_correction_warning("sampler", None) is None
         True
     """
-    _check_choice("balance", balance, BALANCE_CHOICES)
+    check_choice("balance", balance, BALANCE_CHOICES)
     if isinstance(class_weight_spec, Mapping):
         balancing = any(float(w) != 1.0 for w in class_weight_spec.values())
     else:
@@ -207,12 +206,11 @@ class BalancedSampler:
         if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
             raise ConfigError(f"The 'labels' parameter must be a non-empty 1-D array of int "
                               f"class ids. Got shape {labels.shape}, dtype {labels.dtype} instead.")
-        _check_int("seed", seed, 0)
-        _check_int("world_size", world_size, 1)
+        check_int("seed", seed, 0)
+        check_int("world_size", world_size, 1)
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
                 or not 0 <= rank < world_size:
-            raise ConfigError(f"The 'rank' parameter must be an int in [0, {world_size}). "
-                              f"Got {rank!r} instead.")
+            raise param_error("rank", f"an int in [0, {world_size})", rank)
         if num_samples is not None and max_per_class is not None:
             raise ConfigError("Pass at most one of 'num_samples' and 'max_per_class'. "
                               f"Got {num_samples!r} and {max_per_class!r}.")
@@ -223,11 +221,11 @@ class BalancedSampler:
         k = len(counts)
         per_class = int(counts.max() if replacement else counts.min())
         if max_per_class is not None:
-            _check_int("max_per_class", max_per_class, 1)
+            check_int("max_per_class", max_per_class, 1)
             per_class = min(per_class, max_per_class)
         if num_samples is None:
             num_samples = k * per_class
-        _check_int("num_samples", num_samples, 1)
+        check_int("num_samples", num_samples, 1)
         if not replacement and num_samples > k * counts.min():
             raise ConfigError(f"The 'num_samples' parameter must be <= {k * counts.min()} "
                               f"(classes x smallest class) with replacement=False. "
@@ -248,12 +246,12 @@ class BalancedSampler:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch that `__iter__` yields (call before each epoch, as with torch)."""
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         self.epoch = int(epoch)
 
     def full_indices(self, epoch: int) -> np.ndarray:
         """The whole epoch's list of `num_samples` indices, before padding and rank split."""
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         rng = np.random.default_rng([self.seed, epoch, _SAMPLER_STREAM])
         k = len(self._starts) - 1
         shares = np.full(k, self.num_samples // k)
@@ -272,18 +270,6 @@ class BalancedSampler:
         full = self.full_indices(epoch)
         padded = np.resize(full, len(self) * self.world_size)  # repeats from the start
         return padded[self.rank::self.world_size]
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"The {name!r} parameter must be an int >= {minimum}. "
-                          f"Got {value!r} instead.")
-
-
-def _check_choice(name: str, value, choices: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"The {name!r} parameter must be one of {list(choices)}. "
-                          f"Got {value!r} instead.")
 
 
 def _is_weight(value) -> bool:

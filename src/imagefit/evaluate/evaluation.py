@@ -15,9 +15,10 @@ from typing import Iterable
 import numpy as np
 
 from imagefit.data.index import BadFile, ImageIndex, scan_folder
-from imagefit.estimator import ImageClassifier, Predictions
-from imagefit.evaluate.metrics import classification_metrics
+from imagefit.estimator import ImageClassifier
 from imagefit.evaluate.ranking import Rankings, rank_per_class
+from imagefit.features.extract import Predictions
+from imagefit.metrics import classification_metrics
 
 
 @dataclass
@@ -51,23 +52,11 @@ class EvaluationResult:
     def save_report(self, folder: str | os.PathLike) -> Path:
         """Write an HTML report of this evaluation (index.html, rankings.csv,
         label_issues.csv); returns the page. For label issues of the training data and
-        duplicates, use `imagefit report RUN`."""
-        from imagefit.report.build import write_label_issues
-        from imagefit.report.html import ReportData, render_report
+        duplicates, use `imagefit report RUN`. An alias of `report.save_evaluation_report`
+        (as Keras' `model.save()` is of `saving.save_model()`)."""
+        from imagefit.report.evaluation import save_evaluation_report
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        preds = self.predictions
-        rankings = self.rankings()
-        rankings.write_csv(folder / "rankings.csv", preds.paths, preds.classes)
-        issues = self.label_issues()
-        write_label_issues(issues, folder / "label_issues.csv")
-        data = ReportData(title="imagefit evaluation", metrics=self.metrics,
-                          classes=preds.classes, paths=preds.paths, y_true=self.y_true,
-                          proba=preds.proba, rankings=rankings, label_issues=issues,
-                          label_issue_note="Images of this set whose label disagrees with "
-                          "the model's confident predictions; most likely first.")
-        return render_report(data, folder)
+        return save_evaluation_report(self, folder)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `metrics.json` and `predictions.csv` into `folder`."""
@@ -97,10 +86,7 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
     index = index.with_classes(model.classes_)
     preds = model.predict_files(index.paths, progress=progress)
     ok = preds.ok
-    bad = list(index.report.bad_files)
-    for path, error in zip(preds.paths[~ok], np.asarray(preds.errors, dtype=object)[~ok]):
-        reason, _, message = error.partition(": ")
-        bad.append(BadFile(str(path), reason, message))
+    bad = list(index.report.bad_files) + [f for f in preds.failures if f is not None]
     metrics = classification_metrics(index.labels[ok], preds.proba[ok], model.classes_)
     return EvaluationResult(metrics, preds, index.labels, bad)
 
@@ -148,3 +134,11 @@ def _write_rows(writer, preds: Predictions, classes: list[str], y_true: np.ndarr
         row.append(preds.errors[i])
         writer.writerow(row)
     return len(preds.paths)
+
+
+def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) -> None:
+    """`path,given_label,suggested_label,score`, most likely issues first."""
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "given_label", "suggested_label", "score"])
+        writer.writerows((p, g, s, f"{score:.6f}") for p, g, s, score in issues)

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from imagefit._validation import check_int, check_scalar
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
 from imagefit.train.engine import LoopSettings, fit_loop
@@ -74,8 +75,8 @@ def stratified_fold_ids(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> 
         >>> stratified_fold_ids(np.array([0, 0, 0, 1, 1, 1]), n_folds=3).tolist()
         [1, 2, 0, 2, 1, 0]
     """
-    _check_int("n_folds", n_folds, 2)
-    _check_int("seed", seed, 0)
+    check_int("n_folds", n_folds, 2)
+    check_int("seed", seed, 0)
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ConfigError(f"The 'labels' parameter must be a 1-D array. "
@@ -125,12 +126,12 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
         >>> proba.shape, bool((proba.argmax(axis=1) == y).mean() > 0.9)
         ((40, 2), True)
     """
-    _check_int("n_classes", n_classes, 2)
+    check_int("n_classes", n_classes, 2)
     for name, value, minimum in (("n_folds", n_folds, 2), ("seed", seed, 0),
                                  ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
-        _check_int(name, value, minimum)
-    _check_float("lr", lr, 0.0, None, low_open=True)
-    _check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        check_int(name, value, minimum)
+    check_scalar("lr", lr, 0, None, low_open=True)
+    check_scalar("dropout", dropout, 0, 1, high_open=True)
     x = _check_matrix("features", features)
     y = _check_labels(labels, len(x), n_classes)
     if class_weight is not None:
@@ -363,8 +364,8 @@ def near_duplicate_pairs(embeddings: np.ndarray, *, threshold: float = NEAR_DUPL
         >>> near_duplicate_pairs(e, threshold=0.95).round(3)
         array([[0.   , 1.   , 0.995]])
     """
-    _check_float("threshold", threshold, -1.0, 1.0)
-    _check_int("block", block, 1)
+    check_scalar("threshold", threshold, -1, 1)
+    check_int("block", block, 1)
     x = _check_matrix("embeddings", embeddings)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     valid = norms[:, 0] > 0
@@ -409,7 +410,7 @@ def group_pairs(pairs: np.ndarray, n: int) -> list[np.ndarray]:
         >>> group_pairs(np.array([[3, 4, .99], [0, 2, .98], [2, 5, .97]]), 6)
         [array([0, 2, 5]), array([3, 4])]
     """
-    _check_int("n", n, 0)
+    check_int("n", n, 0)
     edges = _pair_indices(pairs, n)
     parent = np.arange(n)
 
@@ -504,28 +505,6 @@ def _leave_one(joint_row: np.ndarray, i: int, count: int) -> np.ndarray:
     while prune.sum() > count - 1:
         prune[np.argmax(prune)] -= 1
     return prune
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"The {name!r} parameter must be an int >= {minimum}. "
-                          f"Got {value!r} instead.")
-
-
-def _check_float(name: str, value, low: float, high: float | None, *, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.floating,
-                                                             np.integer)) and np.isfinite(value))
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            high is None or (value < high if high_open else value <= high))
-    if not ok:
-        if high is None:
-            bound = f"{'>' if low_open else '>='} {low:g}"
-        else:
-            bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"The {name!r} parameter must be a float {bound}. "
-                          f"Got {value!r} instead.")
 
 
 def _check_matrix(name: str, value) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from imagefit.errors import ConfigError
+from imagefit._validation import check_int
 
 GALLERIES = ("confident", "unconfident", "wrong")
 GALLERY_TITLES = {"confident": "Most confident (correct)",
@@ -59,8 +59,7 @@ def rank_per_class(y_true: np.ndarray, proba: np.ndarray, k: int = 8) -> Ranking
         >>> r.row[r.select(0, "wrong")].tolist(), r.row[r.select(0, "unconfident")].tolist()
         ([1], [1, 0])
     """
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"The 'k' parameter must be an int >= 1. Got {k!r} instead.")
+    check_int("k", k, 1)
     y_true = np.asarray(y_true, np.int64)
     proba = np.asarray(proba, np.float64)
     valid = (y_true >= 0) & np.isfinite(proba).all(axis=1)
@@ -91,7 +90,8 @@ def rank_per_class(y_true: np.ndarray, proba: np.ndarray, k: int = 8) -> Ranking
     return Rankings(np.array(columns["true_class"], np.int64),
                     np.array(columns["gallery"], dtype=str).astype("<U11"),
                     np.array(columns["rank"], np.int64), np.array(columns["row"], np.int64),
-                    np.array(columns["p_true"], np.float64), np.array(columns["p_pred"], np.float64),
+                    np.array(columns["p_true"], np.float64),
+                    np.array(columns["p_pred"], np.float64),
                     np.array(columns["predicted"], np.int64))
 
 

@@ -14,18 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imagefit.augment_tools import WINDOWS_RESERVED
+from imagefit._fileio import safe_name
+from imagefit._validation import check_is_fitted
 from imagefit.data.images import load_image
-from imagefit.errors import ConfigError, ImageLoadError
+from imagefit.errors import ConfigError
 from imagefit.explain.activations import activation_grid, capture_activations, find_stages
 from imagefit.explain.gradcam import gradcam, overlay
 
 __all__ = ["ExplainResult", "explain_image", "gradcam", "overlay", "safe_name"]
-
-# Class names are user data; a file name made from one keeps only these characters.
-_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-MAX_NAME_LENGTH = 64
-
 
 @dataclass
 class ExplainResult:
@@ -48,28 +44,6 @@ class ExplainResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def safe_name(name: str, max_length: int = MAX_NAME_LENGTH) -> str:
-    """A file-name part made from user data: only [A-Za-z0-9._-], no leading dot, capped length.
-
-    Every other character (path separators, NUL, control characters, non-ASCII) becomes "_",
-    so the result can never name a parent folder, a hidden file or a path; a Windows device
-    name ("CON", "nul.txt", "COM1") gets a "_" in front, so it is a file there too.
-
-    Example:
-        >>> safe_name("../../etc/passwd")
-        '_._.._etc_passwd'
-        >>> safe_name("golden retriever")
-        'golden_retriever'
-    """
-    text = "".join(ch if ch in _SAFE_CHARS else "_" for ch in str(name))[:max_length]
-    # A leading dot would make "." / ".." or a hidden file; mark it instead of dropping it.
-    if text.startswith("."):
-        text = "_" + text[1:]
-    if text.split(".")[0].upper() in WINDOWS_RESERVED:
-        text = "_" + text[:max_length - 1]
-    return text or "_"
 
 
 def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -97,7 +71,7 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         >>> result.label, [p.name for p in result.files][-1]             # doctest: +SKIP
         ('cat', 'explain.json')
     """
-    clf._check_fitted()
+    check_is_fitted(clf)
     classes = list(clf.classes_)
     if true_label is not None and true_label not in classes:
         raise ConfigError(f"Unknown true label {true_label!r}; the model's classes are: "
@@ -123,10 +97,8 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
 def _calibrated_proba(clf, path) -> np.ndarray:
     """Calibrated probabilities through the same path as `predict` (features, head, T)."""
     preds = clf.predict_files([path])
-    if preds.errors[0]:
-        reason, _, message = preds.errors[0].partition(":")
-        reason = reason if reason in ImageLoadError.REASONS else "corrupt"
-        raise ImageLoadError(reason, f"{message.strip()} [{path}]")
+    if preds.failures[0] is not None:
+        raise preds.failures[0].error(f"[{path}]")
     return preds.proba[0]
 
 

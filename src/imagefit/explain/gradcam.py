@@ -12,8 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagefit.errors import ConfigError
-from imagefit.explain.activations import (JET, Stage, apply_colormap, eval_modes, find_stages,
-                                          input_tensor, restore_modes)
+from imagefit.explain.activations import (
+    JET,
+    Stage,
+    apply_colormap,
+    eval_modes,
+    find_stages,
+    input_tensor,
+    restore_modes,
+)
 
 DEFAULT_ALPHA = 0.45
 

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagefit import __version__
+from imagefit._fileio import atomic_write_bytes
+from imagefit._validation import check_choice, check_is_fitted
+from imagefit._version import __version__
 from imagefit.data.images import load_image
-from imagefit.errors import ConfigError, ExportError, ImageLoadError
+from imagefit.errors import ExportError, ImageLoadError
 from imagefit.estimator import ImageClassifier
-from imagefit.features.store import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 # Largest absolute difference in any probability between the export and PyTorch.
@@ -76,16 +77,15 @@ def export_model(clf: ImageClassifier, out: str | os.PathLike, *, format: str = 
         >>> export_model(load_model("runs/x"), "model.onnx", verify_images=paths)  # doctest: +SKIP
         ExportResult(path=PosixPath('model.onnx'), format='onnx', max_abs_diff=2.9e-07, ...)
     """
-    if format not in FORMATS:
-        raise ConfigError(f"The 'format' parameter must be one of {list(FORMATS)}. "
-                          f"Got {format!r} instead.")
-    clf._check_fitted()
+    check_choice("format", format, FORMATS)
+    check_is_fitted(clf)
     module = DeployableClassifier(clf).eval().cpu()
     images, source = _verification_batch(clf, verify_images, max_verify)
     with torch.no_grad():
         expected = module(torch.from_numpy(images)).numpy()
     try:
-        data = _export_onnx(module, clf) if format == "onnx" else _export_torchscript(module, images)
+        data = (_export_onnx(module, clf) if format == "onnx"
+                else _export_torchscript(module, images))
         got = _run_onnx(data, images) if format == "onnx" else _run_torchscript(data, images)
     except Exception as exc:  # exporters and runtimes raise many types
         raise ExportError(f"{format} export failed: {type(exc).__name__}: {exc}") from None

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagefit._fileio import atomic_write_bytes, remove_orphans
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
 from imagefit.data.index import BadFile
-from imagefit.errors import CacheError, ImageLoadError
-from imagefit.features.store import FeatureStore, atomic_write_bytes, remove_orphans
+from imagefit.errors import CacheError, ConfigError, ImageLoadError
+from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import Preprocessing, to_input
 from imagefit.progress import progress_bar
 
@@ -35,8 +36,8 @@ DECODER_VERSION = 2
 
 
 class ImageFiles(Dataset):
-    """Decodes files to working-size uint8 arrays; a failure becomes an error string, not a raise
-    (a worker that raises kills the whole DataLoader)."""
+    """Decodes files to working-size uint8 arrays; a failure becomes a (reason, message) value,
+    not a raise (a worker that raises kills the whole DataLoader)."""
 
     def __init__(self, paths: np.ndarray, prep: Preprocessing,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -47,23 +48,24 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, tuple[str, str] | None]:
         size = self.prep.image_size
         try:
             return load_image(str(self.paths[i]), size, max_pixels=self.max_pixels,
-                              background=self.prep.background), ""
+                              background=self.prep.background), None
         except ImageLoadError as exc:
-            return np.zeros((size, size, 3), np.uint8), f"{exc.reason}:{exc.message}"
+            return np.zeros((size, size, 3), np.uint8), (exc.reason, exc.message)
 
 
-def _collate(items: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, list[str]]:
+def _collate(items: list) -> tuple[np.ndarray, list[tuple[str, str] | None]]:
     return np.stack([item[0] for item in items]), [item[1] for item in items]
 
 
 def iter_image_batches(paths: np.ndarray, prep: Preprocessing, *, batch_size: int = 64,
                        workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       ) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """Yield (uint8 images (B, S, S, 3), error strings) batches in input order."""
+                       ) -> Iterator[tuple[np.ndarray, list[tuple[str, str] | None]]]:
+    """Yield (uint8 images (B, S, S, 3), per image None or (reason, message)) batches in input
+    order."""
     loader = DataLoader(ImageFiles(paths, prep, max_pixels), batch_size=batch_size,
                         shuffle=False, num_workers=workers, collate_fn=_collate,
                         persistent_workers=False)
@@ -92,6 +94,10 @@ class BackboneRunner:
         if runtime in ("auto", "onnx") and device == "cpu" and cache_dir is not None:
             self.session = self._onnx_session(Path(cache_dir), strict=runtime == "onnx")
         self.runtime = "onnx" if self.session is not None else "torch"
+
+    def store(self, cache_dir: str | Path) -> FeatureStore:
+        """The feature store of this backbone and preprocessing."""
+        return FeatureStore(cache_dir, self.key, self.dim)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = to_input(images, self.prep)
@@ -210,14 +216,65 @@ def _gather_stored(store: FeatureStore, keys: np.ndarray, out: np.ndarray) -> np
 
 @dataclass
 class FeatureResult:
-    """Features of an index's rows; rows whose file failed at run time are in `failed`, and
-    `errors[i]` is "reason: message" for a failed row i ("" otherwise)."""
+    """Features of an index's rows; `failures[i]` is the `BadFile` of a row whose file failed
+    at run time (None otherwise)."""
 
     features: np.ndarray
-    ok: np.ndarray
-    failed: list[BadFile]
     n_computed: int
-    errors: list[str]
+    failures: list[BadFile | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([f is None for f in self.failures], dtype=bool)
+
+    @property
+    def failed(self) -> list[BadFile]:
+        return [f for f in self.failures if f is not None]
+
+
+@dataclass
+class Predictions:
+    """Predictions over files: calibrated probabilities, NaN rows where a file failed
+    (`failures[i]` says why; `errors[i]` is the same as "reason: message", "" when fine)."""
+
+    paths: np.ndarray
+    proba: np.ndarray
+    classes: tuple[str, ...]
+    failures: list[BadFile | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([f is None for f in self.failures], dtype=bool)
+
+    @property
+    def errors(self) -> list[str]:
+        return ["" if f is None else f"{f.reason}: {f.message}" for f in self.failures]
+
+
+class FlipViews:
+    """Wraps a backbone runner: features of each image and of its flips, side by side."""
+
+    def __init__(self, runner: BackboneRunner, flips: tuple[str, ...]):
+        self.runner, self.prep, self.runtime = runner, runner.prep, runner.runtime
+        self.n_views = 1 + len(flips)
+        self.flips = flips
+        self.dim = runner.dim * self.n_views
+
+    @classmethod
+    def trained(cls, runner: BackboneRunner, augment) -> "FlipViews":
+        """The flips a model was trained with (test-time augmentation); none is an error."""
+        flips = tuple(name for name, used in (("horizontal", augment.horizontal_flip),
+                                              ("vertical", augment.vertical_flip)) if used)
+        if not flips:
+            raise ConfigError("Test-time augmentation averages over the flips the model was "
+                              "trained with, and this model was trained without flips; predict "
+                              "without --tta.")
+        return cls(runner, flips)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        views = [images] + [np.ascontiguousarray(images[:, :, ::-1] if flip == "horizontal"
+                                                 else images[:, ::-1]) for flip in self.flips]
+        return np.concatenate([self.runner(v) for v in views], axis=1)
 
 
 def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndarray | None = None,
@@ -240,13 +297,12 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     n = len(paths)
     row_shape = (runner.dim,) if isinstance(runner.dim, int) else tuple(runner.dim)
     out = np.zeros((n, *row_shape), getattr(runner, "dtype", np.float32)) if out is None else out
-    ok = np.ones(n, bool)
+    failures: list[BadFile | None] = [None] * n
     todo = np.arange(n)
     if store is not None:
         if keys is None:
             raise ValueError("keys are required with a store")
         todo = np.flatnonzero(_gather_stored(store, keys, out))
-    errors = [""] * n
     own_bar = bar is None
     if own_bar:
         bar = progress_bar(total=len(todo), desc=getattr(runner, "description",
@@ -255,33 +311,36 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     writer = store.writer() if store is not None else None
     position = 0
     try:
-        for images, batch_errors in iter_image_batches(paths[todo], runner.prep, batch_size=batch_size,
-                                                 workers=workers, max_pixels=max_pixels):
+        batches = iter_image_batches(paths[todo], runner.prep, batch_size=batch_size,
+                                     workers=workers, max_pixels=max_pixels)
+        for images, batch_errors in batches:
             rows = todo[position:position + len(images)]
             position += len(images)
-            good = np.array([not e for e in batch_errors])
+            good = np.array([e is None for e in batch_errors])
             for row, error in zip(rows, batch_errors):
-                if error:
-                    reason, _, message = error.partition(":")
-                    errors[row] = f"{reason}: {message}"
-            ok[rows[~good]] = False
+                if error is not None:
+                    failures[row] = BadFile(str(paths[row]), *error)
             if good.any():
                 feats = runner(images[good])
-                if not np.isfinite(feats).all():
-                    bad_rows = rows[good][~np.isfinite(feats).reshape(len(feats), -1).all(axis=1)]
-                    for row in bad_rows:
-                        errors[row] = "corrupt: non-finite features"
-                    ok[bad_rows] = False
+                finite = np.isfinite(feats).reshape(len(feats), -1).all(axis=1)
+                for row in rows[good][~finite]:
+                    failures[row] = BadFile(str(paths[row]), "corrupt", "non-finite features")
+                if not finite.all():
                     feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
                 out[rows[good]] = feats
                 if writer is not None:
-                    fine = ok[rows[good]]
-                    writer.add(list(keys[rows[good]][fine]), feats[fine])
+                    writer.add(list(keys[rows[good]][finite]), feats[finite])
             bar.update(len(images))
     finally:
         if writer is not None:
             writer.flush()
         if own_bar:
             bar.close()
-    failed = [BadFile(str(paths[row]), *errors[row].split(": ", 1)) for row in np.flatnonzero(~ok)]
-    return FeatureResult(out, ok, failed, len(todo), errors)
+    return FeatureResult(out, len(todo), failures)
+
+
+def raise_first_failure(failures: list[BadFile | None], paths: np.ndarray) -> None:
+    """Raise the `ImageLoadError` of the first failed file, naming it (no-op if none)."""
+    for path, failure in zip(paths, failures):
+        if failure is not None:
+            raise failure.error(f"[{path}]")

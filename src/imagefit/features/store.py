@@ -9,19 +9,16 @@ half-valid. Chunks are validated on read; a bad one is removed and its rows are 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
-import socket
-import time
 import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from imagefit._fileio import atomic_write_bytes, owner_tag, remove_orphans
 from imagefit.errors import CacheError
 
 CHUNK_ROWS = 4096
@@ -38,73 +35,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "imagefit"
 
 
-# Files a process has not finished carry its owner tag (host, pid): what a killed process
-# left is removed at once by the next run on this host, without touching a live writer's files.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_OWNER = re.compile(r"-([0-9a-f]{8})_(\d+)-")
-
-
-def owner_tag() -> str:
-    """`<host hash>_<pid>` of this process, for the names of files it is writing."""
-    return f"{_HOST}_{os.getpid()}"
-
-
-def is_orphan(path: Path, max_age_s: float = 3600) -> bool:
-    """Whether `path` (a temp file or unrecorded chunk) was left by a writer that is gone: its
-    process on this host has ended, or, when its owner cannot be told, it is older than
-    `max_age_s` (a live writer elsewhere may still be working on it)."""
-    match = _OWNER.search(path.name)
-    if match and match[1] == _HOST:
-        return not _process_alive(int(match[2]))
-    return time.time() - path.stat().st_mtime > max_age_s
-
-
-def remove_orphans(paths) -> None:
-    """Delete those of `paths` that `is_orphan` says were left by a writer that is gone."""
-    for path in paths:
-        try:
-            if is_orphan(path):
-                path.unlink()
-        except OSError:
-            pass
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a mix."""
-    tmp = path.with_name(f".tmp-{owner_tag()}-{uuid.uuid4().hex[:12]}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder (`cache_dir`, else `default_cache_dir()`), created if missing."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class FeatureStore:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
+from imagefit._validation import check_choice
 from imagefit.errors import BackboneUnavailableError, ConfigError, ModelFormatError
 
 
@@ -217,9 +219,7 @@ def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is available, else "cpu"; validates explicit choices."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"The 'device' parameter must be one of ['auto', 'cpu', 'cuda']. "
-                          f"Got {device!r} instead.")
+    check_choice("device", device, ("auto", "cpu", "cuda"))
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' was asked for but no CUDA GPU is available; use "
                           "--device cpu or auto.")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from imagefit.data.images import load_image
 from imagefit.errors import ImageLoadError
-from imagefit.evaluate.metrics import ECE_BINS
 from imagefit.evaluate.ranking import GALLERIES, GALLERY_TITLES, Rankings, most_confused
+from imagefit.metrics import ECE_BINS
 from imagefit.report import figures
 
 THUMB_SIDE = 112

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import anyio
+import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -78,7 +79,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
         >>> app = create_app(imagefit.load_model("runs/x"))   # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)      # doctest: +SKIP
     """
-    model._get_runner()  # export/load the backbone now, not on the first request
+    model.embed(np.zeros((1, model.preprocessing_.image_size, model.preprocessing_.image_size, 3),
+                         np.uint8))  # export/load the backbone now, not on the first request
     classes = list(model.classes_)
     size = model.preprocessing_.image_size
     background = model.preprocessing_.background
@@ -92,8 +94,7 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
 
     def predict_bytes(data: bytes) -> dict:
         image = load_image(data, size, max_pixels=settings.max_pixels, background=background)
-        features = model._get_runner()(image[None])
-        proba = model.proba_from_features(features)[0]
+        proba = model.predict_proba_images(image[None])[0]
         best = int(proba.argmax())
         return {"label": classes[best], "confidence": float(proba[best]),
                 "probabilities": {c: float(p) for c, p in zip(classes, proba)}}

@@ -14,8 +14,8 @@ def _nll(logits: np.ndarray, y: np.ndarray, beta: float) -> float:
     return float((log_norm - z[np.arange(len(y)), y]).mean())
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0),
-                    iterations: int = 100) -> float:
+def fit_temperature(logits: np.ndarray, y: np.ndarray, *,
+                    bounds: tuple[float, float] = (0.05, 20.0), iterations: int = 100) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on (logits, y).
 
     The NLL is convex in beta = 1/T, so a golden-section search over beta is exact enough and
@@ -46,3 +46,12 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, bounds: tuple[float, f
             fd = _nll(logits, y, d)
     beta = (a + b) / 2
     return float(1.0 / beta)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) per row, in float64, stable for large logits."""
+    z = np.asarray(logits, np.float64) / temperature
+    if not len(z):
+        return z
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)

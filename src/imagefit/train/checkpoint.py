@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from imagefit.errors import CacheError, OutputError, ResumeMismatchError
-from imagefit.features.store import atomic_write_bytes, remove_orphans
+from imagefit._fileio import atomic_write_bytes, remove_orphans
 
 FORMAT = 1
 
@@ -85,9 +85,9 @@ class Checkpointer:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CacheError(f"Cannot resume: {path} is not an imagefit checkpoint.")
         if state.get("fingerprint") != self.fingerprint:
-            raise ResumeMismatchError(f"Cannot resume: {path} was written with different settings or "
-                             f"data. Train without --resume into a new --out folder, or "
-                             f"restore the settings of that run.")
+            raise ResumeMismatchError(f"Cannot resume: {path} was written with different "
+                                      f"settings or data. Train without --resume into a new "
+                                      f"--out folder, or restore the settings of that run.")
         return state
 
     def clean_temp_files(self) -> None:

@@ -18,10 +18,11 @@ import torch.distributed as dist
 class Distributed:
     rank: int = 0
     world_size: int = 1
+    active: bool = True  # False after `finish`: the ranks no longer talk to each other
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 and self.active
 
     @property
     def is_main(self) -> bool:
@@ -33,6 +34,8 @@ class Distributed:
 
     def shard(self, n: int) -> np.ndarray:
         """This rank's rows of range(n) (strided, so ranks get similar mixes of rows)."""
+        if not self.enabled:
+            return np.arange(n)
         return np.arange(self.rank, n, self.world_size)
 
     def shard_epoch(self, indices: np.ndarray) -> np.ndarray:
@@ -45,8 +48,14 @@ class Distributed:
         return padded[self.rank::self.world_size]
 
 
+# Set by `finish`: this process's place in a process group that has been closed.
+_finished: Distributed | None = None
+
+
 def current() -> Distributed:
     """The process group of this process, started on first use when run under torchrun."""
+    if _finished is not None:
+        return _finished
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
@@ -56,6 +65,18 @@ def current() -> Distributed:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def finish() -> None:
+    """Every rank leaves the process group here, together (no-op without torchrun). What runs
+    after it (rank 0's report, out-of-fold heads, evaluation) uses no collectives: the other
+    ranks may have exited."""
+    global _finished
+    context = current()
+    if context.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+        _finished = Distributed(context.rank, context.world_size, active=False)
 
 
 def wrap(model: torch.nn.Module, context: Distributed, device: str) -> torch.nn.Module:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from imagefit.errors import ImagefitError
-from imagefit.evaluate.metrics import classification_metrics
+from imagefit.metrics import classification_metrics
 from imagefit.progress import progress_bar
 from imagefit.train.checkpoint import Checkpointer
 from imagefit.train.interrupt import StopRequest, TrainingInterrupted, stop_requests

@@ -1,4 +1,4 @@
-"""Dataset-level feature extraction (`imagefit features`): scan, pre-flight, then stream the
+"""`imagefit features`: dataset-level feature extraction: scan, pre-flight, then stream the
 backbone's features into `features.npy` through a memory map, reusing and filling the feature
 store. Memory stays bounded by one batch plus one store chunk, whatever the number of images.
 """
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefit.data.audit import preflight, write_bad_files
+from imagefit.data.audit import preflight
 from imagefit.data.index import scan_folder
 from imagefit.features.extract import BackboneRunner, compute_features
-from imagefit.features.store import FeatureStore, default_cache_dir
+from imagefit.features.store import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
+from imagefit.workflows.run_folder import write_bad_files
 
 
 @dataclass
@@ -48,8 +49,8 @@ def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
                         progress=progress)
     index = checked.index
     runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size, weights=weights),
-                            prep, device=resolve_device(device), cache_dir=_cache(cache_dir))
-    store = FeatureStore(_cache(cache_dir), runner.key, runner.dim)
+                            prep, device=resolve_device(device), cache_dir=cache_folder(cache_dir))
+    store = runner.store(cache_folder(cache_dir))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_path = out_dir / "features.npy"
@@ -67,11 +68,5 @@ def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
         writer.writerow(["path", "label"])
         writer.writerows(zip(index.paths, index.label_names()))
     bad = checked.bad_files + result.failed
-    write_bad_files(bad, out_dir / "bad_files.csv")
+    write_bad_files(bad, out_dir / "bad_files.csv")  # the run folder's format
     return FeatureFiles(out_dir, features_path, len(index), runner.dim, result.n_computed, len(bad))
-
-
-def _cache(cache_dir: str | os.PathLike | None) -> Path:
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

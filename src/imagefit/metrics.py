@@ -91,5 +91,6 @@ def format_per_class_table(metrics: dict) -> str:
                      f"{row['f1']:5.3f}  {row['support']:7d}")
     lines.append(f"accuracy {metrics['accuracy']:.3f} | balanced accuracy "
                  f"{metrics['balanced_accuracy']:.3f} | macro-F1 {metrics['macro_f1']:.3f} | "
-                 f"log loss {metrics['log_loss']:.3f} | ECE {metrics['ece']:.3f} | n={metrics['n']}")
+                 f"log loss {metrics['log_loss']:.3f} | ECE {metrics['ece']:.3f} | "
+                 f"n={metrics['n']}")
     return "\n".join(lines)

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,13 @@ from typing import Mapping, Union
 import numpy as np
 from PIL import Image
 
+from imagefit._fileio import WINDOWS_RESERVED, atomic_write_bytes, name_bytes, write_new
+from imagefit._validation import check_int
 from imagefit.data.audit import preflight
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import decode_image, sniff_format
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
-from imagefit.features.store import atomic_write_bytes
 from imagefit.progress import printable, progress_bar
 
 MANIFEST_NAME = "manifest.csv"
@@ -40,9 +40,6 @@ _CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
 # written under (".tmp-" + 32 hex + "-" + name) stay within the usual 255-byte name limit.
 MAX_STEM_BYTES = 150
 MAX_NAME_BYTES = 255
-# Device names Windows refuses as a file name (before the first dot) or a folder name.
-WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-                              *(f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789¹²³")})
 _WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 
 logger = logging.getLogger(__name__)
@@ -140,8 +137,8 @@ def augment_folder(index_or_data: "ImageIndex | str | os.PathLike", out_dir: str
         raise ConfigError("Exactly one of the 'per_image' and 'balance' parameters must be set. "
                           f"Got per_image={per_image!r}, balance={balance!r} instead.")
     if per_image is not None:
-        _check_int("per_image", per_image, 1)
-    _check_int("seed", seed, 0)
+        check_int("per_image", per_image, 1)
+    check_int("seed", seed, 0)
     augmenter = _augmenter(augment)
     index, roots, warnings = _usable_index(index_or_data)
     out = Path(out_dir)
@@ -202,10 +199,12 @@ def augment_folder(index_or_data: "ImageIndex | str | os.PathLike", out_dir: str
                 params = augmenter.sample(_copy_rng(seed, job.key, k), image.shape[:2])
                 data = _encode(augmenter.apply(image, params), fmt)
                 rel = f"{job.cls}/{job.stem}_aug{k}{job.ext}"
-                if _write_new(out / rel, data):
-                    result.n_written += 1
-                else:
-                    result.n_reused += 1
+                try:
+                    written = write_new(out / rel, data)
+                except FileExistsError:
+                    raise _conflict(out / rel) from None
+                result.n_written += written
+                result.n_reused += not written
                 result.per_class[job.cls] += 1
                 rows[rel] = {"path": rel, "source": os.path.abspath(job.path), "class": job.cls,
                              "seed": str(seed), "params": _params_json(params.to_dict())}
@@ -238,7 +237,7 @@ def preview_grid(index_or_data: "ImageIndex | str | os.PathLike", path: str | os
     """
     for name, value, minimum in (("n_images", n_images, 1), ("n_versions", n_versions, 1),
                                  ("size", size, 8), ("seed", seed, 0)):
-        _check_int(name, value, minimum)
+        check_int(name, value, minimum)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"The preview path must end in .png. Got {str(path)!r} instead.")
@@ -282,12 +281,6 @@ def preview_grid(index_or_data: "ImageIndex | str | os.PathLike", path: str | os
 
 
 # helpers ---------------------------------------------------------------------------------------
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"The {name!r} parameter must be an int >= {minimum}. Got {value!r} "
-                          f"instead.")
-
-
 def _augmenter(spec) -> Augmenter:
     augmenter = Augmenter(spec)
     if augmenter.config.is_identity:
@@ -323,7 +316,7 @@ def _check_class_name(name: str, *, windows: bool = os.name == "nt") -> None:
     if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
             or "\x00" in name):
         problem = "no slashes, not starting with '.'"
-    elif _name_bytes(name) > MAX_NAME_BYTES:
+    elif name_bytes(name) > MAX_NAME_BYTES:
         problem = f"at most {MAX_NAME_BYTES} bytes"
     elif windows and (name.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED
                       or name[-1] in ". " or any(ch in _WINDOWS_FORBIDDEN or ord(ch) < 32
@@ -332,14 +325,6 @@ def _check_class_name(name: str, *, windows: bool = os.name == "nt") -> None:
     if problem:
         raise DatasetError(f"Class {name!r} cannot be used as a folder name for its augmented "
                            f"copies; rename the class ({problem}).")
-
-
-def _name_bytes(text: str) -> int:
-    """Length of a name on disk (undecodable bytes of a file name are one byte each)."""
-    try:
-        return len(text.encode("utf-8", "surrogateescape"))
-    except UnicodeEncodeError:  # a surrogate that did not come from a file name
-        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def copy_stem(stem: str) -> str:
@@ -364,11 +349,11 @@ def copy_stem(stem: str) -> str:
     device = "." in text and text.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED
     if text.startswith(".") or device:
         text = "_" + text
-    if _name_bytes(text) > MAX_STEM_BYTES:
+    if name_bytes(text) > MAX_STEM_BYTES:
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         kept, size = [], 0
         for ch in text:
-            size += _name_bytes(ch)
+            size += name_bytes(ch)
             if size > MAX_STEM_BYTES - len(digest) - 1:
                 break
             kept.append(ch)
@@ -431,35 +416,6 @@ def _conflict(path: Path) -> ConfigError:
     return ConfigError(f"{path} already exists with other content (from an augment run with "
                        f"other settings or data); imagefit never overwrites files. Choose a new "
                        f"output folder.")
-
-
-def _write_new(path: Path, data: bytes) -> bool:
-    """Write `path` atomically unless it exists; True if written, False if the same bytes were
-    already there. Different existing content raises: nothing is overwritten."""
-    if os.path.lexists(path):
-        if path.is_file() and path.read_bytes() == data:
-            return False
-        raise _conflict(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
-        except FileExistsError:
-            if path.read_bytes() == data:
-                return False
-            raise _conflict(path) from None
-        except OSError:  # a file system without hard links
-            if os.path.lexists(path):
-                raise _conflict(path) from None
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return True
 
 
 def _params_json(params: dict) -> str:

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from imagefit._validation import check_int
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.index import scan_folder
-from imagefit.errors import ConfigError, DatasetError
+from imagefit.errors import DatasetError
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.models.backbones import preprocessing_for
 from imagefit.progress import progress_bar
@@ -74,11 +75,11 @@ def benchmark_loader(data: str | os.PathLike, *,
         >>> round(result["cache_speedup"], 1)                             # doctest: +SKIP
         2.7
     """
-    _check_int("workers", workers, 0)
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("workers", workers, 0)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
     if limit is not None:
-        _check_int("limit", limit, 1)
+        check_int("limit", limit, 1)
     prep = preprocessing_for(_BACKBONE, image_size)  # validates image_size
     augmenter = Augmenter(augment)
     index = scan_folder(data)
@@ -184,12 +185,6 @@ def _cache_folder(cache_dir: str | os.PathLike | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="imagefit-bench-") as tmp:
         yield Path(tmp)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"The {name!r} parameter must be an int >= {minimum}. "
-                          f"Got {value!r} instead.")
 
 
 def format_table(result: dict) -> list[str]:

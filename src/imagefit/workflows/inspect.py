@@ -15,10 +15,14 @@ from imagefit.data.audit import preflight
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import scan_folder
 from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
-from imagefit.evaluate.issues import (NEAR_DUPLICATE_THRESHOLD, exact_duplicate_groups,
-                                      group_pairs, near_duplicate_pairs)
+from imagefit.evaluate.issues import (
+    NEAR_DUPLICATE_THRESHOLD,
+    exact_duplicate_groups,
+    group_pairs,
+    near_duplicate_pairs,
+)
 from imagefit.features.extract import BackboneRunner, compute_features
-from imagefit.features.store import FeatureStore, default_cache_dir
+from imagefit.features.store import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
 
 SMALL_CLASS = 20
@@ -59,8 +63,8 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
     near_pairs = np.zeros((0, 3))
     if near and len(good) > 1:
         runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size), prep,
-                                device=resolve_device(device), cache_dir=_cache())
-        store = FeatureStore(_cache(), runner.key, runner.dim)
+                                device=resolve_device(device), cache_dir=cache_folder())
+        store = runner.store(cache_folder())
         result = compute_features(good.paths, runner, keys=hashes, store=store,
                                   workers=workers if workers is not None else 0,
                                   max_pixels=max_pixels, progress=progress)
@@ -68,7 +72,8 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
         near_pairs = near_duplicate_pairs(result.features[rows], threshold=threshold)
         if len(near_pairs):
             near_pairs[:, :2] = rows[near_pairs[:, :2].astype(int)]
-            same_bytes = hashes[near_pairs[:, 0].astype(int)] == hashes[near_pairs[:, 1].astype(int)]
+            first, second = near_pairs[:, 0].astype(int), near_pairs[:, 1].astype(int)
+            same_bytes = hashes[first] == hashes[second]
             near_pairs = near_pairs[~same_bytes]
     paths, labels = good.paths, good.labels
     conflicts = [g for g in exact if len(set(labels[g].tolist())) > 1]
@@ -97,12 +102,6 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
     }
     summary["suggestions"] = _suggestions(summary, good.classes, counts)
     return InspectionResult(summary, _lines(summary, threshold))
-
-
-def _cache():
-    folder = default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _median_size(sizes) -> list[int] | None:

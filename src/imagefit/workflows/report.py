@@ -1,33 +1,37 @@
-"""Assembling the report of a run: predictions on the validation set (or a given test folder),
-rankings, label issues of the training data from out-of-fold predictions of the head on the
+"""`imagefit report`: the report of a run. Predictions on the validation set (or a given test
+folder), rankings, label issues of the training data from out-of-fold predictions of the head on the
 stored bottleneck features, exact and near duplicates across train/validation/test, training
 curves, and Grad-CAM maps of the confidently wrong images. Rendering is html.py's job.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from imagefit.bundle import load_model, resolve_model_dir
+from imagefit.bundle import resolve_model_dir
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside, scan_folder
-from imagefit.errors import DatasetError, ImageLoadError
-from imagefit.estimator import ImageClassifier, Predictions
-from imagefit.evaluate.evaluation import EvaluationResult
-from imagefit.evaluate.issues import (classify_duplicate_pairs, exact_duplicate_groups,
-                                      find_label_issues, near_duplicate_pairs,
-                                      out_of_fold_probabilities)
-from imagefit.evaluate.metrics import classification_metrics
+from imagefit.errors import ImageLoadError
+from imagefit.estimator import ImageClassifier, load_model
+from imagefit.evaluate.evaluation import EvaluationResult, write_label_issues
+from imagefit.evaluate.issues import (
+    classify_duplicate_pairs,
+    exact_duplicate_groups,
+    find_label_issues,
+    near_duplicate_pairs,
+    out_of_fold_probabilities,
+)
 from imagefit.evaluate.ranking import rank_per_class
-from imagefit.features.extract import FeatureResult, compute_features
-from imagefit.features.store import FeatureStore
+from imagefit.explain import gradcam, overlay
+from imagefit.features.extract import Predictions
+from imagefit.metrics import classification_metrics
 from imagefit.report.html import ReportData, render_report
+from imagefit.workflows.run_folder import RunFolder
 
 GALLERY_SIZE = 8
 GRADCAMS_PER_CLASS = 3
@@ -56,17 +60,18 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
         ReportResult(index_html=PosixPath('runs/demo/report/index.html'), ...)
     """
     model_dir = resolve_model_dir(run)
-    run_dir = model_dir.parent
+    run_folder = RunFolder.of_model(model_dir)
+    run_dir = run_folder.path
     if data is not None and out is not None:
         refuse_output_inside(Path(out), [str(data)])
     clf = load_model(model_dir)
-    train, val = _read_split(run_dir / "split.csv", clf.classes_)
+    train, val = run_folder.read_split(clf.classes_)
     parts = {"train": train, "val": val}
     if data is not None:
         test = preflight(scan_folder(data, min_classes=1), image_size=clf.preprocessing_.image_size,
                          progress=progress).index.with_classes(clf.classes_)
         parts["test"] = test
-    features = {name: _features(clf, index, progress) for name, index in parts.items()}
+    features = {name: clf.embed_index(index, progress=progress) for name, index in parts.items()}
     eval_name = "test" if data is not None else "val"
     evaluated, extracted = parts[eval_name], features[eval_name]
     x_eval, ok_eval = extracted.features, extracted.ok
@@ -77,7 +82,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     metrics = classification_metrics(y_eval[ok_eval], proba[ok_eval], clf.classes_)
     rankings = rank_per_class(y_eval, proba, k=GALLERY_SIZE)
 
-    out_dir = Path(out) if out else run_dir / "report"
+    out_dir = Path(out) if out else run_folder.report
     out_dir.mkdir(parents=True, exist_ok=True)
     rankings.write_csv(out_dir / "rankings.csv", evaluated.paths, clf.classes_)
     issues = _label_issues(clf, train, features["train"].features, features["train"].ok)
@@ -90,7 +95,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
                  f"temperature {clf.temperature_:.3f}",
         metrics=metrics, classes=clf.classes_, paths=evaluated.paths, y_true=y_eval,
         proba=proba, rankings=rankings, temperature=clf.temperature_,
-        history=_read_history(run_dir / "history.csv"),
+        history=run_folder.read_history(),
         class_counts={name: index.counts() for name, index in parts.items()},
         label_issues=issues,
         label_issue_note=("Training images whose given label disagrees with out-of-fold "
@@ -102,35 +107,10 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
         else [])
     index_html = render_report(report, out_dir)
     evaluation = EvaluationResult(metrics, Predictions(evaluated.paths, proba, clf.classes_,
-                                                       extracted.errors), y_eval,
+                                                       extracted.failures), y_eval,
                                   extracted.failed)
     return ReportResult(index_html, int(ok_eval.sum()), len(issues), duplicates["summary"],
                         evaluation)
-
-
-def _read_split(path: Path, classes: tuple[str, ...]) -> tuple[ImageIndex, ImageIndex]:
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing: a report needs the run folder written by "
-                           f"'imagefit train' (split.csv lists the training images).")
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        rows = list(csv.DictReader(f))
-    parts = []
-    for name in ("train", "val"):
-        chosen = [r for r in rows if r["split"] == name]
-        index = ImageIndex.from_paths([r["path"] for r in chosen], [r["label"] for r in chosen],
-                                      classes)
-        parts.append(ImageIndex(index.paths, index.labels, index.classes, None,
-                                np.array([r["sha256"] for r in chosen], dtype="<U64")))
-    return parts[0], parts[1]
-
-
-def _features(clf: ImageClassifier, index: ImageIndex, progress: bool) -> FeatureResult:
-    runner = clf._get_runner()
-    store = FeatureStore(clf._cache_dir(), runner.key, runner.dim)
-    result = compute_features(index.paths, runner, keys=index.sha256, store=store,
-                              batch_size=clf.batch_size, workers=clf._workers(len(index)),
-                              progress=progress)
-    return result
 
 
 def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np.ndarray
@@ -145,14 +125,6 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
     paths = train.paths[ok]
     return [(str(paths[i]), clf.classes_[labels[i]], clf.classes_[s], float(score))
             for i, s, score in zip(found.indices, found.suggested, found.score)]
-
-
-def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) -> None:
-    """`path,given_label,suggested_label,score`, most likely issues first."""
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "given_label", "suggested_label", "score"])
-        writer.writerows((p, g, s, f"{score:.6f}") for p, g, s, score in issues)
 
 
 def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
@@ -190,10 +162,6 @@ def _label(parts: dict[str, ImageIndex], label: int) -> str:
 
 
 def _gradcams(clf: ImageClassifier, paths: np.ndarray, rankings) -> dict[int, np.ndarray]:
-    try:
-        from imagefit.explain import gradcam, overlay
-    except ImportError:
-        return {}
     prep, maps = clf.preprocessing_, {}
     for c in range(len(clf.classes_)):
         for pos in rankings.select(c, "wrong")[:GRADCAMS_PER_CLASS]:
@@ -205,13 +173,3 @@ def _gradcams(clf: ImageClassifier, paths: np.ndarray, rankings) -> dict[int, np
             heat = gradcam(clf, image, int(rankings.predicted[pos]))
             maps[row] = overlay(image, heat)
     return maps
-
-
-def _read_history(path: Path) -> list[dict] | None:
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    numeric = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy")
-    return [{k: float(r[k]) if r.get(k) not in (None, "", "nan") else float("nan")
-             for k in numeric} for r in rows]

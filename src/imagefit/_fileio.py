@@ -1,0 +1,167 @@
+"""Writing files safely, in one place: atomic replacement, write-once files, owner-tagged temp
+files and the clean-up of what a killed writer left, SHA-256 of a file, and file-name parts
+made from user data. It knows nothing of what the files hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+# Files a process has not finished carry its owner tag (host, pid): what a killed process
+# left is removed at once by the next run on this host, without touching a live writer's files.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = re.compile(r"-([0-9a-f]{8})_(\d+)-")
+
+# Device names Windows refuses as a file name (before the first dot) or a folder name.
+WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                              *(f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789¹²³")})
+# A file name made from user data keeps only these characters (see `safe_name`).
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_SAFE_NAME = 64
+
+
+def owner_tag() -> str:
+    """`<host hash>_<pid>` of this process, for the names of files it is writing."""
+    return f"{_HOST}_{os.getpid()}"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden, owner-tagged temporary name beside `path`."""
+    return path.with_name(f".tmp-{owner_tag()}-{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def is_orphan(path: Path, max_age_s: float = 3600) -> bool:
+    """Whether `path` (a temp file or unrecorded chunk) was left by a writer that is gone: its
+    process on this host has ended, or, when its owner cannot be told, it is older than
+    `max_age_s` (a live writer elsewhere may still be working on it)."""
+    match = _OWNER.search(path.name)
+    if match and match[1] == _HOST:
+        return not _process_alive(int(match[2]))
+    return time.time() - path.stat().st_mtime > max_age_s
+
+
+def remove_orphans(paths) -> None:
+    """Delete those of `paths` that `is_orphan` says were left by a writer that is gone."""
+    for path in paths:
+        try:
+            if is_orphan(path):
+                path.unlink()
+        except OSError:
+            pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix."""
+    tmp = temp_path(path)
+    try:
+        _write_synced(tmp, data, "wb")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_new(path: Path, data: bytes) -> bool:
+    """Write `path` atomically unless it exists: True if written, False if the same bytes were
+    already there.
+
+    Raises:
+        FileExistsError: `path` exists with other content (nothing is ever overwritten).
+    """
+    if os.path.lexists(path):
+        if path.is_file() and path.read_bytes() == data:
+            return False
+        raise FileExistsError(path)
+    tmp = temp_path(path)
+    try:
+        _write_synced(tmp, data, "xb")
+        try:
+            os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
+        except FileExistsError:
+            if path.read_bytes() == data:
+                return False
+            raise
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise FileExistsError(path) from None
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return True
+
+
+def _write_synced(path: Path, data: bytes, mode: str) -> None:
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def name_bytes(text: str) -> int:
+    """Length of a name on disk (undecodable bytes of a file name are one byte each)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
+def safe_name(name: str, max_length: int = MAX_SAFE_NAME) -> str:
+    """A file-name part made from user data: only [A-Za-z0-9._-], no leading dot, capped length.
+
+    Every other character (path separators, NUL, control characters, non-ASCII) becomes "_",
+    so the result can never name a parent folder, a hidden file or a path; a Windows device
+    name ("CON", "nul.txt", "COM1") gets a "_" in front, so it is a file there too.
+
+    Example:
+        >>> safe_name("../../etc/passwd")
+        '_._.._etc_passwd'
+        >>> safe_name("golden retriever")
+        'golden_retriever'
+    """
+    text = "".join(ch if ch in _SAFE_CHARS else "_" for ch in str(name))[:max_length]
+    # A leading dot would make "." / ".." or a hidden file; mark it instead of dropping it.
+    if text.startswith("."):
+        text = "_" + text[1:]
+    if text.split(".")[0].upper() in WINDOWS_RESERVED:
+        text = "_" + text[:max_length - 1]
+    return text or "_"

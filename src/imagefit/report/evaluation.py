@@ -1,0 +1,29 @@
+"""Rendering one `EvaluationResult` as a report folder (index.html, rankings.csv,
+label_issues.csv): what `EvaluationResult.save_report` does. The run's fuller report (training
+label issues, duplicates, curves) is `workflows/report.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imagefit.evaluate.evaluation import EvaluationResult, write_label_issues
+from imagefit.report.html import ReportData, render_report
+
+
+def save_evaluation_report(result: EvaluationResult, folder: str | os.PathLike) -> Path:
+    """Write the report of `result` into `folder`; returns the page."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    preds = result.predictions
+    rankings = result.rankings()
+    rankings.write_csv(folder / "rankings.csv", preds.paths, preds.classes)
+    issues = result.label_issues()
+    write_label_issues(issues, folder / "label_issues.csv")
+    data = ReportData(title="imagefit evaluation", metrics=result.metrics,
+                      classes=preds.classes, paths=preds.paths, y_true=result.y_true,
+                      proba=preds.proba, rankings=rankings, label_issues=issues,
+                      label_issue_note="Images of this set whose label disagrees with the "
+                      "model's confident predictions; most likely first.")
+    return render_report(data, folder)

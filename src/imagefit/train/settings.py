@@ -1,0 +1,224 @@
+"""Resolving an estimator's parameters, once, into `Settings`: the frozen record of what a
+training run does ("auto" replaced by what it chose). The constraint table of the parameters
+lives here; checking them is `_validation`'s job, and nothing here trains or reads files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagefit._validation import check_choice, check_params
+from imagefit.data.augment import AugmentConfig, resolve_augment
+from imagefit.data.images import DEFAULT_MAX_PIXELS
+from imagefit.data.sampling import (BALANCE_CHOICES, class_weights, logit_adjustment,
+                                    resolve_balance, stacked_correction_warning)
+from imagefit.errors import ConfigError
+from imagefit.features.store import cache_folder
+from imagefit.models.backbones import Preprocessing, get_spec, preprocessing_for, resolve_device
+
+MODES = ("auto", "probe", "finetune", "scratch")
+DEVICES = ("auto", "cpu", "cuda")
+# Per-mode defaults: (backbone, epochs, patience, lr, dropout). "finetune" first runs the probe
+# stage with the probe defaults, then its own stage with these.
+MODE_DEFAULTS = {"probe": ("efficientnet_lite0", 100, 15, 1e-3, 0.2),
+                 "finetune": ("efficientnet_lite0", 40, 15, 1e-3, 0.2),
+                 "scratch": ("simple_cnn", 50, 10, 1e-3, 0.5)}
+# "auto" fine-tunes on a CPU up to this many training images; beyond, it probes (fine-tuning
+# a larger set takes hours on a laptop; pass mode="finetune" with a time budget to do it anyway).
+AUTO_FINETUNE_MAX_CPU = 20_000
+# The numeric parameters: (name, kind, minimum, maximum); None means "the mode's default".
+CONSTRAINTS = (("epochs", int, 1, 100_000), ("batch_size", int, 1, 65_536),
+               ("lr", float, 1e-8, 10.0), ("dropout", float, 0.0, 0.95),
+               ("seed", int, 0, 2**32 - 1), ("workers", int, 0, 256), ("unfreeze", int, 1, 100),
+               ("max_per_class", int, 1, 2**40), ("time_budget", float, 0.0, 1e7))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one training run does, every "auto" resolved (stored as `clf.settings_`)."""
+
+    mode: str
+    backbone: str
+    preprocessing: Preprocessing
+    epochs: int
+    patience: int
+    lr: float
+    dropout: float
+    augment: AugmentConfig
+    balance: str
+    class_weight: tuple[float, ...]
+    logit_adjustment: tuple[float, ...] | None
+    device: str
+    unfreeze: int | None          # None: by training-set size (see finetune.default_unfreeze)
+    batch_size: int
+    max_per_class: int | None
+    seed: int
+    workers: int | None           # None: by job size (see `workers_for`)
+    max_pixels: int
+    time_budget: float | None     # minutes
+    weights: str | None
+    cache_dir: str | None         # None: $IMAGEFIT_CACHE or ~/.cache/imagefit
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def cache_folder(self) -> Path:
+        return cache_folder(self.cache_dir)
+
+    def workers_for(self, n: int) -> int:
+        """Decoding processes for a job of `n` images."""
+        if self.workers is not None:
+            return self.workers
+        # Worker start-up costs about a second; small jobs decode faster in-process.
+        return 0 if n < 512 else min(2, os.cpu_count() or 1)
+
+    def to_dict(self) -> dict:
+        """Plain JSON/YAML values (model.json's "settings", config.yaml)."""
+        values = dataclasses.asdict(self)
+        values["preprocessing"] = self.preprocessing.to_dict()
+        values["augment"] = self.augment.to_dict()
+        values["class_weight"] = [float(w) for w in self.class_weight]
+        if self.logit_adjustment is not None:
+            values["logit_adjustment"] = [float(v) for v in self.logit_adjustment]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Settings":
+        values = dict(values)
+        values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        values["augment"] = resolve_augment(values["augment"])
+        values["class_weight"] = tuple(values["class_weight"])
+        if values.get("logit_adjustment") is not None:
+            values["logit_adjustment"] = tuple(values["logit_adjustment"])
+        return cls(**values)
+
+
+def check_estimator_params(params: dict[str, Any]) -> None:
+    """Check every parameter that can be checked before seeing data (fail before any work)."""
+    check_choice("mode", params["mode"], MODES)
+    check_choice("device", params["device"], DEVICES)
+    check_choice("balance", params["balance"], BALANCE_CHOICES)
+    check_params(params, CONSTRAINTS)
+    augment = params["augment"]
+    if not (isinstance(augment, str) and augment == "auto"):
+        resolve_augment(augment)  # a bad preset or YAML file fails here
+    if params.get("resume") and not params.get("checkpoint_dir"):
+        raise ConfigError("resume=True needs checkpoint_dir (the CLI's --resume needs --out "
+                          "of the run to continue).")
+    backbone = resolve_backbone(params["mode"], params["backbone"])
+    if params["mode"] in ("probe", "finetune") and not get_spec(backbone).pretrained:
+        raise ConfigError(f"Backbone {backbone!r} has no pretrained weights to {params['mode']}; "
+                          f"use mode='scratch' (--mode scratch) or a pretrained backbone.")
+
+
+def resolve_backbone(mode: str, backbone: str | None) -> str:
+    """The backbone a run uses; it does not depend on the data."""
+    if backbone:
+        return backbone
+    return MODE_DEFAULTS["scratch" if mode == "scratch" else "probe"][0]
+
+
+def input_size(params: dict[str, Any]) -> int:
+    """The side images are decoded to, known before the data (for the pre-flight)."""
+    backbone = resolve_backbone(params["mode"], params["backbone"])
+    return preprocessing_for(backbone, params["image_size"]).image_size
+
+
+def resolve_mode(mode: str, backbone: str, device: str, n_train: int) -> str:
+    if mode != "auto":
+        return mode
+    if not get_spec(backbone).pretrained:
+        return "scratch"
+    if device == "cuda" or n_train <= AUTO_FINETUNE_MAX_CPU:
+        return "finetune"
+    return "probe"
+
+
+def resolve_settings(params: dict[str, Any], counts: np.ndarray,
+                     classes: tuple[str, ...]) -> Settings:
+    """Every setting of a run, from the estimator's parameters and the training classes'
+    sizes. Warns (UserWarning) where settings contradict each other."""
+    check_estimator_params(params)
+    backbone = resolve_backbone(params["mode"], params["backbone"])
+    device = resolve_device(params["device"])
+    mode = resolve_mode(params["mode"], backbone, device, int(counts.sum()))
+    _, epochs, patience, lr, dropout = MODE_DEFAULTS[mode]
+    balance = resolve_balance(params["balance"], counts)
+    spec = params["class_weight"]
+    if spec is None:
+        spec = "balanced" if balance == "weights" else "none"
+    warning = stacked_correction_warning(balance, params["class_weight"])
+    if warning:
+        warnings.warn(warning, stacklevel=4)
+    tau = params["logit_adjustment"]
+    adjustment = (None if tau is False or tau is None
+                  else logit_adjustment(counts, 1.0 if tau is True else tau))
+    return Settings(
+        mode=mode, backbone=backbone,
+        preprocessing=preprocessing_for(backbone, params["image_size"]),
+        epochs=params["epochs"] or epochs, patience=patience, lr=params["lr"] or lr,
+        dropout=dropout if params["dropout"] is None else params["dropout"],
+        augment=resolve_augment(_augment_spec(params["augment"], mode)),
+        balance=balance,
+        class_weight=tuple(float(w) for w in class_weights(spec, counts, classes)),
+        logit_adjustment=None if adjustment is None else tuple(map(float, adjustment)),
+        device=device, unfreeze=params["unfreeze"], batch_size=params["batch_size"],
+        max_per_class=params["max_per_class"], seed=params["seed"], workers=params["workers"],
+        max_pixels=params["max_pixels"], time_budget=params["time_budget"],
+        weights=params["weights"], cache_dir=params["cache_dir"])
+
+
+def _augment_spec(augment, mode: str):
+    if isinstance(augment, str) and augment == "auto":
+        return "none" if mode == "probe" else "light"
+    if mode == "probe" and not resolve_augment(augment).is_identity:
+        warnings.warn("mode 'probe' trains on features computed once per image, so the "
+                      "augmentation is not used; use mode 'finetune' to train with it.",
+                      stacklevel=5)
+        return "none"
+    return augment
+
+
+def model_metadata(settings: Settings, classes, net, temperature: float, training: dict) -> dict:
+    """model.json's content (besides what the folder format adds). The top-level keys are
+    DESIGN's contract; "settings" holds every resolved setting, "training" what fit saw."""
+    stored = settings.to_dict()
+    for machine_specific in ("device", "cache_dir", "workers"):
+        stored.pop(machine_specific)
+    meta = {"backbone": settings.backbone, "mode": settings.mode,
+            "image_size": settings.image_size, "preprocessing": settings.preprocessing.to_dict(),
+            "classes": list(classes),
+            "head": {"type": "dropout_linear", "in_features": net.head[1].in_features,
+                     "dropout": net.head[0].p},
+            "temperature": float(temperature), "balance": settings.balance,
+            "class_weight": [float(w) for w in settings.class_weight],
+            # Training settings prediction honours: the pixel cap, and the augmentation (whose
+            # flips define test-time augmentation). Seed for reproducible re-analysis.
+            "augment": settings.augment.to_dict(), "max_pixels": int(settings.max_pixels),
+            "seed": int(settings.seed), "settings": stored, "training": training}
+    return json.loads(json.dumps(meta))  # plain JSON values, as a loaded model sees them
+
+
+def settings_from_metadata(meta: dict) -> Settings:
+    """Settings of a model folder; one written before "settings" existed gets defaults."""
+    stored = dict(meta.get("settings") or {})
+    if not stored:
+        stored = {"mode": meta.get("mode", "probe"), "backbone": meta["backbone"],
+                  "preprocessing": meta["preprocessing"], "epochs": 0, "patience": 0,
+                  "lr": 0.0, "dropout": float(meta["head"]["dropout"]),
+                  "augment": meta.get("augment"), "balance": meta.get("balance", "none"),
+                  "class_weight": meta.get("class_weight", [1.0] * len(meta["classes"])),
+                  "logit_adjustment": None, "unfreeze": None, "batch_size": 64,
+                  "max_per_class": None, "seed": int(meta.get("seed", 0)),
+                  "max_pixels": int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                  "time_budget": None, "weights": None}
+    return Settings.from_dict({**stored, "device": "cpu", "cache_dir": None, "workers": None})

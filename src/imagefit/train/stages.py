@@ -1,0 +1,320 @@
+"""The training stages of one `fit`, with explicit inputs: the probe stage (a head on cached
+bottleneck features) and the image stage (fine-tuning the top of the backbone, or training from
+scratch, on augmented images from the decoded-image cache). They share a `RunContext` (settings,
+torchrun context, checkpoints, the bad files found on the way) and return a `StageResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from imagefit.data.audit import preflight
+from imagefit.data.augment import Augmenter
+from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.sampling import BalancedSampler
+from imagefit.errors import ConfigError, DatasetError
+from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
+from imagefit.features.store import FeatureStore
+from imagefit.models.net import ImageClassifierNet
+from imagefit.progress import progress_bar
+from imagefit.train import distributed
+from imagefit.train.checkpoint import Checkpointer
+from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.finetune import (
+    MIN_BATCH_FOR_BN,
+    BackboneSplit,
+    LowerRunner,
+    TopNet,
+    default_unfreeze,
+    param_groups,
+    split_backbone,
+)
+from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
+from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size
+
+# Parameters that do not change what a run computes: left out of the checkpoint fingerprint.
+_NOT_FINGERPRINTED = {"verbose", "workers", "cache_dir", "resume", "time_budget",
+                      "checkpoint_dir", "device"}
+
+
+@dataclass
+class StageResult:
+    """What the last stage of a fit produced."""
+
+    history: list[dict]
+    best_epoch: int
+    val_index: ImageIndex       # the validation rows that could be used
+    val_logits: np.ndarray      # uncalibrated logits of the best epoch, rows of `val_index`
+    n_train: int
+    unfreeze: int | None = None
+
+    def summary(self) -> dict:
+        """What model.json keeps of the run ("training")."""
+        return {"history": self.history, "best_epoch": int(self.best_epoch),
+                "unfreeze": self.unfreeze, "n_train": int(self.n_train),
+                "n_val": len(self.val_index)}
+
+
+@dataclass
+class RunContext:
+    """What every stage of one fit shares."""
+
+    settings: Settings
+    dist: distributed.Distributed
+    checkpointer: Checkpointer | None = None
+    progress: bool = False
+    bad_files: list[BadFile] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def for_data(cls, settings: Settings, dist: distributed.Distributed, train: ImageIndex,
+                 val: ImageIndex, progress: bool = False) -> "RunContext":
+        """A context whose bad files start with what the scan and pre-flight found."""
+        bad = list(train.report.bad_files)
+        if val.report is not train.report:
+            bad += val.report.bad_files
+        return cls(settings, dist, progress=progress, bad_files=bad)
+
+    def budget_left(self) -> float | None:
+        if self.settings.time_budget is None:
+            return None
+        return max(self.settings.time_budget * 60 - (time.perf_counter() - self.started), 0.0)
+
+    def compute(self, index: ImageIndex, runner, store: FeatureStore, bar=None,
+                progress: bool = False):
+        """Rows of `runner` for `index` into `store`; failed files join `bad_files`."""
+        result = compute_features(index.paths, runner, keys=index.sha256, store=store,
+                                  batch_size=self.settings.batch_size,
+                                  workers=self.settings.workers_for(len(index)),
+                                  max_pixels=self.settings.max_pixels, bar=bar,
+                                  progress=progress)
+        self.bad_files.extend(result.failed)
+        return result
+
+    def features(self, index: ImageIndex, runner, store: FeatureStore):
+        """(rows, the index of the rows that could be computed)."""
+        self.fill_shard(index, runner, store)
+        result = self.compute(index, runner, store, progress=self.progress)
+        return result.features[result.ok], index.take(result.ok)
+
+    def fill_cache(self, index: ImageIndex, decode: DecodeRunner,
+                   images: FeatureStore) -> ImageIndex:
+        """Decode only what the cache lacks, a chunk at a time (memory stays bounded)."""
+        self.fill_shard(index, decode, images)
+        todo = np.flatnonzero(images.missing(index.sha256))
+        ok = np.ones(len(index), bool)
+        with progress_bar(total=len(todo), desc="Decoding images", unit="img",
+                          enabled=self.progress) as bar:
+            for start in range(0, len(todo), 2048):
+                rows = todo[start:start + 2048]
+                ok[rows] = self.compute(index.take(rows), decode, images, bar=bar).ok
+        return index if ok.all() else index.take(ok)
+
+    def fill_shard(self, index: ImageIndex, runner, store: FeatureStore) -> None:
+        """Under torchrun, each rank first computes its share of the missing rows into the
+        shared store; after the barrier every rank finds all of them there."""
+        if not self.dist.enabled:
+            return
+        todo = np.flatnonzero(store.missing(index.sha256))
+        self.compute(index.take(todo[self.dist.shard(len(todo))]), runner, store)
+        self.dist.barrier()
+
+    def draws(self, labels: np.ndarray, shard: bool = True) -> Callable[[int], np.ndarray]:
+        """epoch -> the training rows drawn that epoch (balanced sampler or a shuffle); under
+        torchrun, this rank's share of them."""
+        s = self.settings
+        if s.balance == "sampler":
+            full = BalancedSampler(labels, seed=s.seed, max_per_class=s.max_per_class).indices
+        else:
+            full = shuffled_indices(len(labels), s.seed)
+        if not shard or not self.dist.enabled:
+            return full
+        return lambda epoch: self.dist.shard_epoch(full(epoch))
+
+    def batch_files(self, train: ImageIndex, draws) -> Callable[[int, int], np.ndarray]:
+        """(epoch, batch) -> the files of that training batch (named when its loss is NaN)."""
+        size = self.settings.batch_size
+        return lambda epoch, batch: train.paths[draws(epoch)[batch * size:(batch + 1) * size]]
+
+    def loss_arrays(self) -> dict:
+        s = self.settings
+        return {"class_weight": np.asarray(s.class_weight),
+                "logit_adjustment": (None if s.logit_adjustment is None
+                                     else np.asarray(s.logit_adjustment))}
+
+
+def training_data(X, y, val: ImageIndex | None,
+                  params: dict) -> tuple[ImageIndex, ImageIndex]:
+    """`fit`'s arguments as (train, validation) indexes, each through the pre-flight unless it
+    went through it already; without `val`, the seeded stratified split of X."""
+    if isinstance(y, ImageIndex):
+        val, y = y, None
+    if not isinstance(X, ImageIndex) and y is None:
+        raise ConfigError("fit() got image paths without labels: pass the class names as y, "
+                          "or an ImageIndex from imagefit.scan_folder().")
+    train = _checked(X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y), params)
+    if val is None:
+        train, val = train.split(params["val_fraction"], params["seed"])
+    else:
+        val = _checked(val, params).with_classes(train.classes)
+    if len(train) == 0:
+        raise DatasetError("No usable training images remain after the pre-flight check.")
+    return train, val
+
+
+def _checked(index: ImageIndex, params: dict) -> ImageIndex:
+    if index.checked:
+        return index
+    result = preflight(index, image_size=input_size(params), workers=params["workers"],
+                       max_pixels=params["max_pixels"], progress=params["verbose"])
+    result.index.report.bad_files[:] = result.bad_files
+    return result.index
+
+
+def make_checkpointer(folder: str | None, resume: bool, params: dict, settings: Settings,
+                      train: ImageIndex, val: ImageIndex,
+                      dist: distributed.Distributed) -> Checkpointer | None:
+    """Checkpoints in `folder`, fingerprinted by the settings and the data (a resume with
+    other ones is refused)."""
+    if not folder:
+        return None
+    fingerprint = {k: repr(v) for k, v in params.items() if k not in _NOT_FINGERPRINTED}
+    fingerprint["augment"] = repr(settings.augment)  # the settings, not a YAML file's name
+    fingerprint["world_size"] = dist.world_size  # a rank's position is per world size
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode())
+    for index in (train, val):
+        digest.update("\n".join(map(str, index.sha256 if index.sha256 is not None
+                                    else index.paths)).encode())
+    checkpointer = Checkpointer(folder, digest.hexdigest()[:32], writer=dist.is_main)
+    if not resume and any(checkpointer.folder.glob("*.pt")):
+        raise ConfigError(f"{checkpointer.folder} already holds checkpoints: pass "
+                          f"resume=True (--resume) to continue that run, or train into "
+                          f"a new folder.")
+    if dist.is_main:
+        checkpointer.clean_temp_files()
+    return checkpointer
+
+
+def run_stages(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
+               ctx: RunContext) -> StageResult:
+    """The stages of `ctx.settings.mode`: probe; probe then fine-tune; or scratch."""
+    mode = ctx.settings.mode
+    result = None
+    if mode in ("probe", "finetune"):
+        _, epochs, patience, lr, _ = MODE_DEFAULTS["probe"]
+        if mode == "probe":
+            epochs, lr = ctx.settings.epochs, ctx.settings.lr
+        result = probe_stage(net, train, val, ctx,
+                             LoopSettings(epochs, lr, patience, "probe",
+                                          time_budget_s=ctx.budget_left()))
+    if mode in ("finetune", "scratch"):
+        earlier = result.history if result is not None else []
+        result = image_stage(net, train, val, ctx)
+        result.history = earlier + result.history
+    return result
+
+
+def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx: RunContext,
+                loop: LoopSettings) -> StageResult:
+    """Train `net.head` on the frozen backbone's features (computed once, cached)."""
+    s = ctx.settings
+    runner = BackboneRunner(net.backbone, s.preprocessing, device=s.device,
+                            cache_dir=s.cache_folder())
+    store = runner.store(s.cache_folder())
+    store.clean_stale_temp_files()
+    x_train, train = ctx.features(train, runner, store)
+    x_val, val = ctx.features(val, runner, store)
+    head = net.head
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(train.labels)
+    xv = torch.from_numpy(x_val)
+    # Head training on features is cheap: every rank runs all of it, identically.
+    draws = ctx.draws(train.labels, shard=False)
+    batches = lambda epoch, first: ((xt[b], yt[b]) for b in torch.from_numpy(  # noqa: E731
+        draws(epoch)).split(s.batch_size)[first:])
+    loop.steps_per_epoch = -(-len(draws(1)) // s.batch_size)
+    # Dropout draws from torch's global generator; seed it here so that what ran before
+    # (decoding or not, depending on the cache) cannot change the run.
+    torch.manual_seed(s.seed)
+    history, best_epoch = fit_loop(
+        head, batches, lambda: head(xv), val.labels, len(train.classes), loop,
+        **ctx.loss_arrays(), checkpointer=ctx.checkpointer,
+        batch_files=ctx.batch_files(train, draws), progress=ctx.progress)
+    with torch.no_grad():
+        val_logits = head(xv).numpy()
+    return StageResult(history, best_epoch, val, val_logits, len(train))
+
+
+def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
+                ctx: RunContext) -> StageResult:
+    """Train on augmented images: the top of the backbone plus the head (finetune), or the
+    whole network (scratch). Images come from the decoded-image cache."""
+    s = ctx.settings
+    decode = DecodeRunner(s.preprocessing, s.max_pixels)
+    images = decode.store(s.cache_folder())
+    images.clean_stale_temp_files()
+    train = ctx.fill_cache(train, decode, images)
+    val_images, val = ctx.features(val, decode, images)
+    if len(train) == 0:
+        raise DatasetError("No usable training images remain after decoding.")
+    unfreeze = None
+    if s.mode == "finetune":
+        unfreeze = s.unfreeze or default_unfreeze(len(train))
+        split = split_backbone(net.backbone, unfreeze)
+        groups = param_groups(net.head, split, s.lr)
+    else:
+        split, groups = BackboneSplit(None, net.backbone, []), None
+    lower = LowerRunner(split.lower, s.preprocessing, device=s.device,
+                        cache_dir=s.cache_folder())
+    draws = ctx.draws(train.labels)
+    n_draws = len(draws(1))
+    # Batch norm learns from batch statistics: always from scratch, when fine-tuning only
+    # with batches large enough to estimate them; a smaller last batch is then dropped.
+    train_bn = s.mode == "scratch" or min(s.batch_size, n_draws) >= MIN_BATCH_FOR_BN
+    drop_last = (train_bn and n_draws > s.batch_size
+                 and 0 < n_draws % s.batch_size < MIN_BATCH_FOR_BN)
+    top = TopNet(split.upper, net.head, train_bn=train_bn).to(s.device)
+    if s.device == "cpu":
+        top = top.to(memory_format=torch.channels_last)
+    dataset = CachedImages(*images.resolve(train.sha256), train.labels, Augmenter(s.augment),
+                           seed=s.seed)
+    loader = TrainLoader(dataset, draws, batch_size=s.batch_size,
+                         workers=s.workers_for(len(train)), drop_last=drop_last,
+                         rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+    # Validation images are never augmented; with a frozen lower part their lower
+    # outputs are the same every epoch, so they are computed once.
+    val_lower = lower.features(val_images) if split.lower is not None else None
+
+    def batches(epoch, first):
+        for batch, labels in loader.epoch(epoch, first):
+            yield lower(batch), labels
+
+    def val_logits():
+        if val_lower is not None:
+            chunks = [top(val_lower[i:i + 256].to(s.device)).cpu()
+                      for i in range(0, len(val_lower), 256)]
+        else:
+            chunks = [top(lower(torch.from_numpy(val_images[i:i + 256]))).cpu()
+                      for i in range(0, len(val_images), 256)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, len(train.classes))
+
+    steps = n_draws // s.batch_size if drop_last else -(-n_draws // s.batch_size)
+    loop = LoopSettings(s.epochs, s.lr, s.patience, s.mode,
+                        weight_decay=1e-4 if s.mode == "finetune" else 0.0,
+                        schedule="cosine", warmup_steps=steps, steps_per_epoch=steps,
+                        time_budget_s=ctx.budget_left())
+    torch.manual_seed(s.seed + 1)  # as in probe_stage; a stream of its own
+    history, best_epoch = fit_loop(
+        top, batches, val_logits, val.labels, len(train.classes), loop, **ctx.loss_arrays(),
+        param_groups=groups, checkpointer=ctx.checkpointer, device=s.device,
+        train_model=distributed.wrap(top, ctx.dist, s.device),
+        batch_files=ctx.batch_files(train, draws), progress=ctx.progress)
+    with torch.no_grad():
+        logits = val_logits().numpy()
+    return StageResult(history, best_epoch, val, logits, len(train), unfreeze)
