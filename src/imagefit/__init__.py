@@ -13,11 +13,9 @@ from imagefit.data.images import load_image  # noqa: E402
 from imagefit.data.index import ImageIndex, scan_folder  # noqa: E402
 from imagefit.errors import (  # noqa: E402
     ConfigError, DatasetError, ImagefitError, ImageLoadError, ModelFormatError, NotFittedError,
-    OutputError)
+    OutputError, TrainingDivergedError, TrainingInterrupted)
 from imagefit.estimator import ImageClassifier  # noqa: E402
 from imagefit.evaluate.evaluation import EvaluationResult, evaluate  # noqa: E402
-from imagefit.train.engine import TrainingDivergedError  # noqa: E402
-from imagefit.train.interrupt import TrainingInterrupted  # noqa: E402
 from imagefit.workflow import train_run  # noqa: E402
 
 __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",

@@ -34,7 +34,7 @@ from imagefit.seeding import seed_everything
 from imagefit.train.calibrate import fit_temperature
 from imagefit.train import distributed
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.engine import LoopHooks, LoopSettings, StepSettings, fit_loop
 from imagefit.train.finetune import (MIN_BATCH_FOR_BN, BackboneSplit, LowerRunner, TopNet,
                                      default_unfreeze, param_groups, split_backbone)
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
@@ -354,9 +354,10 @@ class ImageClassifier:
         torch.manual_seed(self.seed)
         history, self.best_epoch_ = fit_loop(
             head, batches, lambda: head(xv), val.labels, len(self.classes_), loop,
-            class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
-            checkpointer=self._checkpointer, batch_files=self._batch_files(train, draws),
-            progress=self.verbose)
+            step_settings=StepSettings(class_weight=self.class_weight_,
+                                       logit_adjustment=self.logit_adjustment_),
+            hooks=LoopHooks(checkpointer=self._checkpointer,
+                            batch_files=self._batch_files(train, draws), progress=self.verbose))
         self.history_ = history
         with torch.no_grad():
             val_logits = head(xv).numpy()
@@ -478,10 +479,12 @@ class ImageClassifier:
         torch.manual_seed(self.seed + 1)  # as in _fit_probe; a stream of its own
         history, self.best_epoch_ = fit_loop(
             top, batches, val_logits, val.labels, len(self.classes_), loop,
-            class_weight=self.class_weight_, logit_adjustment=self.logit_adjustment_,
-            param_groups=groups, checkpointer=self._checkpointer, device=self.device_,
-            train_model=distributed.wrap(top, self._dist, self.device_),
-            batch_files=self._batch_files(train, draws), progress=self.verbose)
+            step_settings=StepSettings(class_weight=self.class_weight_,
+                                       logit_adjustment=self.logit_adjustment_,
+                                       param_groups=groups, device=self.device_),
+            hooks=LoopHooks(checkpointer=self._checkpointer,
+                            train_model=distributed.wrap(top, self._dist, self.device_),
+                            batch_files=self._batch_files(train, draws), progress=self.verbose))
         self.history_ = self.history_ + history
         self.lower_runtime_ = lower.runtime
         with torch.no_grad():

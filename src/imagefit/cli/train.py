@@ -9,11 +9,11 @@ import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
+from imagefit.errors import TrainingInterrupted
 from imagefit.estimator import MODES
 from imagefit.evaluate.metrics import format_per_class_table
 from imagefit.progress import printable
 from imagefit.train import distributed
-from imagefit.train.interrupt import TrainingInterrupted
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
 from imagefit.workflow import default_run_dir, load_config_file, train_run
 
