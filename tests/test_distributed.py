@@ -64,8 +64,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import LoopSettings, fit_loop
-from imagefit.train.interrupt import TrainingInterrupted
+from imagefit.errors import TrainingInterrupted
+from imagefit.train.engine import LoopHooks, LoopSettings, fit_loop
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -89,8 +89,8 @@ result = {"rank": rank}
 try:
     fit_loop(model, batches, lambda: model(x), y.numpy(), 2,
              LoopSettings(epochs=5, lr=0.1, patience=10, stage="s"),
-             checkpointer=Checkpointer(sys.argv[1], "fp", writer=rank == 0),
-             train_model=ddp, batch_files=files)
+             hooks=LoopHooks(checkpointer=Checkpointer(sys.argv[1], "fp", writer=rank == 0),
+                             train_model=ddp, batch_files=files))
 except TrainingInterrupted as exc:
     result["interrupted"] = exc.exit_code
 result["skipped"] = skipped

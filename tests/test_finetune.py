@@ -23,16 +23,9 @@ from imagefit.errors import CacheError, ConfigError
 from imagefit.models.backbones import create_backbone
 from imagefit.train import stages as stages_module
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import LoopSettings, fit_loop, lr_factor
-from imagefit.train.finetune import (
-    MIN_BATCH_FOR_BN,
-    STAGE_LR_DECAY,
-    TOP_STAGE_LR,
-    TopNet,
-    default_unfreeze,
-    param_groups,
-    split_backbone,
-)
+from imagefit.train.engine import LoopHooks, LoopSettings, fit_loop, lr_factor
+from imagefit.train.finetune import (MIN_BATCH_FOR_BN, STAGE_LR_DECAY, TOP_STAGE_LR, TopNet,
+                                     default_unfreeze, param_groups, split_backbone)
 from imagefit.train.loader import shuffled_indices
 
 COUNTS = {"cat": 14, "dog": 9, "owl": 6}  # the `dataset` fixture's classes
@@ -438,7 +431,7 @@ def _tiny_fit(checkpointer, epochs=6, time_budget_s=None):
                             weight_decay=1e-3, time_budget_s=time_budget_s)
     batches = lambda epoch, first: ((x[b], y[b]) for b in torch.from_numpy(shuffled_indices(48, 1)(epoch)).split(8)[first:])
     history, best = fit_loop(model, batches, lambda: model(xv), yv, 3, settings,
-                             checkpointer=checkpointer)
+                             hooks=LoopHooks(checkpointer=checkpointer))
     return model, history, best
 
 

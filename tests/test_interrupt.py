@@ -14,15 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from imagefit.errors import OutputError
+from imagefit.errors import OutputError, TrainingDivergedError, TrainingInterrupted
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import (
-    MAX_NONFINITE_IN_A_ROW,
-    LoopSettings,
-    TrainingDivergedError,
-    fit_loop,
-)
-from imagefit.train.interrupt import TrainingInterrupted
+from imagefit.train.engine import MAX_NONFINITE_IN_A_ROW, LoopHooks, LoopSettings, fit_loop
 from imagefit.train.loader import shuffled_indices
 
 N, BATCH = 48, 8
@@ -58,7 +52,7 @@ def _fit(checkpointer=None, *, signal_at=None, signum=signal.SIGINT, epochs=5, x
             yield (x[b] * float("inf") if poisoned else x[b]), y[b]
 
     history, best = fit_loop(model, batches, lambda: model(xv), yv, 3, settings,
-                             checkpointer=checkpointer, batch_files=batch_files)
+                             hooks=LoopHooks(checkpointer=checkpointer, batch_files=batch_files))
     return model, history, best
 
 
@@ -142,7 +136,8 @@ def test_a_model_with_non_finite_outputs_never_becomes_the_best_one(tmp_path):
     ckpt = Checkpointer(tmp_path, "fp")
     with pytest.raises(TrainingDivergedError) as caught:
         fit_loop(model, lambda epoch, first: [(x, y)][first:], val_logits, yv, 3,
-                 LoopSettings(epochs=3, lr=0.05, patience=100, stage="s"), checkpointer=ckpt)
+                 LoopSettings(epochs=3, lr=0.05, patience=100, stage="s"),
+                 hooks=LoopHooks(checkpointer=ckpt))
     assert "epoch 2" in str(caught.value) and "keeps epoch 1" in str(caught.value)
     saved = ckpt.load("s")
     assert saved["epoch"] == 1 and saved["best_epoch"] == 1
@@ -181,7 +176,7 @@ def test_a_signal_after_the_last_step_still_stops_once_the_stage_is_saved(tmp_pa
     ckpt = Checkpointer(tmp_path, "fp")
     with pytest.raises(TrainingInterrupted) as caught:
         fit_loop(model, lambda epoch, first: [(x, y)][first:], val_logits, yv, 3, settings,
-                 checkpointer=ckpt)
+                 hooks=LoopHooks(checkpointer=ckpt))
     assert caught.value.exit_code == 143 and "after epoch 2 of last" in str(caught.value)
     saved = ckpt.load("last")
     assert saved["epoch"] == 2 and saved["done"] and saved["partial"] is None

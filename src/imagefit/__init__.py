@@ -10,20 +10,12 @@ from imagefit.data.audit import preflight
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, scan_folder
-from imagefit.errors import (
-                             ConfigError,
-                             DatasetError,
-                             ImagefitError,
-                             ImageLoadError,
-                             ModelFormatError,
-                             NotFittedError,
-                             OutputError,
-)
+from imagefit.errors import (ConfigError, DatasetError, ImagefitError, ImageLoadError,
+                             ModelFormatError, NotFittedError, OutputError, TrainingDivergedError,
+                             TrainingInterrupted)
 from imagefit.estimator import ImageClassifier, load_model
 from imagefit.evaluate.evaluation import EvaluationResult, evaluate
 from imagefit.features.extract import Predictions
-from imagefit.train.engine import TrainingDivergedError
-from imagefit.train.interrupt import TrainingInterrupted
 from imagefit.workflows.train import train_run
 
 __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",

@@ -56,6 +56,21 @@ class ResumeMismatchError(CacheError):
     exit_code = 4
 
 
+class TrainingDivergedError(ImagefitError):
+    """The loss or the weights stopped being finite (see `imagefit.train.engine.fit_loop`)."""
+
+    exit_code = 5
+
+
+class TrainingInterrupted(ImagefitError):
+    """Training stopped on a signal after saving its state; `--resume` continues it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 SIGINT, 143 SIGTERM
+
+
 class OutputError(ImagefitError):
     """An output cannot be written: the disk is full, the folder read-only or not ours."""
 

@@ -14,23 +14,11 @@ import sys
 import traceback
 
 from imagefit._version import __version__
-from imagefit.cli import (
-    augment,
-    benchmark,
-    demo,
-    evaluate,
-    explain,
-    export,
-    features,
-    inspect,
-    predict,
-    report,
-    serve,
-    train,
-)
-from imagefit.errors import ImagefitError
+from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, features, inspect,
+                          predict, report, serve, train)
+from imagefit.errors import ImagefitError, TrainingInterrupted
 from imagefit.progress import printable
-from imagefit.train.interrupt import TrainingInterrupted, sigterm_as_interrupt
+from imagefit.train.interrupt import sigterm_as_interrupt
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
 
 # Write failures that are the user's environment, not a bug: a one-line message, exit 1.

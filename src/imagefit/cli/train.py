@@ -9,10 +9,10 @@ import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
+from imagefit.errors import TrainingInterrupted
 from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
 from imagefit.train import distributed
-from imagefit.train.interrupt import TrainingInterrupted
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
 from imagefit.train.settings import MODES
 from imagefit.workflows.run_folder import RunFolder, default_run_dir

@@ -15,7 +15,7 @@ import torch
 from imagefit._validation import check_int, check_scalar
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
-from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.engine import LoopSettings, StepSettings, fit_loop
 from imagefit.train.loader import shuffled_indices
 
 # Cosine similarity of EfficientNet-Lite0 features (224 px) from which two images count as near
@@ -185,7 +185,7 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: LoopSe
 
         # Nothing is held out: with empty targets fit_loop runs every epoch and keeps the last.
         fit_loop(head, batches, lambda: torch.zeros(0, n_classes), np.zeros(0, np.int64),
-                 n_classes, settings, class_weight=class_weight)
+                 n_classes, settings, step_settings=StepSettings(class_weight=class_weight))
     return head.eval()
 
 

@@ -4,6 +4,9 @@ validation loss), early stopping, a time budget, the best epoch's weights restor
 optionally a checkpoint after every epoch, from which a killed run continues exactly, and on
 SIGINT/SIGTERM one mid-epoch. Steps with a non-finite loss or gradient are skipped and named;
 a few in a row end the run (exit 5), and a non-finite model never becomes the best one.
+
+`fit_loop` reads top to bottom: per epoch, `_train_one_epoch`, `_validate_epoch`, then
+`_select_stop_save`, and `_stop_if_signalled`. What they share is one `_Loop`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from imagefit.errors import ImagefitError
+from imagefit.errors import TrainingDivergedError, TrainingInterrupted
 from imagefit.metrics import classification_metrics
 from imagefit.progress import progress_bar
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.interrupt import StopRequest, TrainingInterrupted, stop_requests
+from imagefit.train.interrupt import StopRequest, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,6 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 # Steps in a row whose loss or gradient is not finite before a run gives up (each is skipped).
 MAX_NONFINITE_IN_A_ROW = 3
-
-
-class TrainingDivergedError(ImagefitError):
-    """The loss or the weights stopped being finite (see `fit_loop`)."""
-
-    exit_code = 5
 
 
 @dataclass
@@ -56,6 +54,45 @@ class LoopSettings:
     time_budget_s: float | None = None  # stop after the epoch that passes it; best kept
 
 
+@dataclass
+class StepSettings:
+    """What one optimizer step computes, and where.
+
+    Attributes:
+        class_weight: per-class weights of the cross-entropy (default: none).
+        logit_adjustment: added to the logits inside the loss only (Menon et al. 2021).
+        param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
+            every trainable parameter at `LoopSettings.lr`.
+        device: where the batches and the loss's tensors go.
+    """
+
+    class_weight: np.ndarray | None = None
+    logit_adjustment: np.ndarray | None = None
+    param_groups: list[dict] | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class LoopHooks:
+    """What the loop touches besides the model it trains.
+
+    Attributes:
+        checkpointer: save the state after every epoch, and continue from a saved state. With
+            one, SIGINT/SIGTERM stop the loop before its next step, saved mid-epoch
+            (`TrainingInterrupted`).
+        train_model: what training steps call (e.g. the model wrapped in
+            DistributedDataParallel); its parameters must be the model's. Default: the model.
+        batch_files: (epoch, batch) -> the files of that batch, named when its loss is not
+            finite.
+        progress: a progress bar over the epochs (on a terminal).
+    """
+
+    checkpointer: Checkpointer | None = None
+    train_model: nn.Module | None = None
+    batch_files: Callable[[int, int], Sequence[str]] | None = None
+    progress: bool = False
+
+
 def lr_factor(step: int, settings: LoopSettings) -> float:
     """The schedule as a pure function of the optimizer step (0-based)."""
     if settings.schedule == "constant":
@@ -69,12 +106,8 @@ def lr_factor(step: int, settings: LoopSettings) -> float:
 
 def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
              val_logits: Callable[[], torch.Tensor], y_val: np.ndarray, n_classes: int,
-             settings: LoopSettings, *, class_weight: np.ndarray | None = None,
-             logit_adjustment: np.ndarray | None = None, param_groups: list[dict] | None = None,
-             checkpointer: Checkpointer | None = None, device: str = "cpu",
-             train_model: nn.Module | None = None,
-             batch_files: Callable[[int, int], Sequence[str]] | None = None,
-             progress: bool = False) -> tuple[list[dict], int]:
+             settings: LoopSettings, *, step_settings: StepSettings | None = None,
+             hooks: LoopHooks | None = None) -> tuple[list[dict], int]:
     """Train `model` in place; return (history rows, best epoch).
 
     Args:
@@ -82,16 +115,8 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             batches, freshly shuffled, from that batch on (a resumed epoch skips what it did).
         val_logits: computes validation logits with the model in eval mode.
         y_val: validation targets (may be empty: then the last epoch is kept).
-        logit_adjustment: added to the logits inside the loss only (Menon et al. 2021).
-        param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
-            every trainable parameter at `settings.lr`.
-        checkpointer: save the state after every epoch, and continue from a saved state. With
-            one, SIGINT/SIGTERM stop the loop before its next step, saved mid-epoch
-            (`TrainingInterrupted`).
-        train_model: what training steps call (e.g. `model` wrapped in
-            DistributedDataParallel); its parameters must be `model`'s.
-        batch_files: (epoch, batch) -> the files of that batch, named when its loss is not
-            finite.
+        step_settings: the loss, optimizer groups and device (default `StepSettings()`).
+        hooks: checkpointer, DDP-wrapped model, batch files, progress (default `LoopHooks()`).
 
     Raises:
         TrainingDivergedError: MAX_NONFINITE_IN_A_ROW steps in a row had a non-finite loss or
@@ -99,107 +124,181 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             epoch; a non-finite model never becomes the best one.
         TrainingInterrupted: a signal stopped the loop after it saved its state.
     """
-    train_model = model if train_model is None else train_model
-    weight = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32,
-                                                                device=device)
-    adjust = (None if logit_adjustment is None
-              else torch.as_tensor(logit_adjustment, dtype=torch.float32, device=device))
-    criterion = nn.CrossEntropyLoss(weight=weight)
-    if param_groups is None:
-        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad],
-                         "lr": settings.lr}]
-    params = [p for group in param_groups for p in group["params"]]
-    base_lrs = [group["lr"] for group in param_groups]
-    optimizer = torch.optim.AdamW(param_groups, lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
-    state = _State()
-    if checkpointer is not None:
-        saved = checkpointer.load(settings.stage)
-        if saved is not None:
-            state = _State.restore(saved, model, optimizer)
-    bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})", unit="epoch",
-                       enabled=progress, initial=state.epoch)
+    loop = _Loop.start(model, settings, step_settings or StepSettings(), hooks or LoopHooks())
+    checkpointer = loop.hooks.checkpointer
     guard = contextlib.nullcontext(StopRequest()) if checkpointer is None else stop_requests()
     in_a_row = 0  # non-finite steps in a row, across epoch boundaries
     with guard as stop:
-        for epoch in range(state.epoch + 1, settings.epochs + 1):
-            if state.done:
+        for epoch in range(loop.state.epoch + 1, settings.epochs + 1):
+            if loop.state.done:
                 break
-            run = _EpochRun.resume(state.partial, epoch, settings, in_a_row)
-            state.partial = None
-            started = time.perf_counter()
-            train_model.train()
-            for inputs, targets in train_batches(epoch, run.batch):
-                run.batch += 1
-                if len(targets):
-                    for group, base in zip(optimizer.param_groups, base_lrs):
-                        group["lr"] = base * lr_factor(run.step, settings)
-                    run.step += 1
-                    loss = _step(train_model, optimizer, criterion, adjust, params,
-                                 inputs.to(device), targets.to(device))
-                    if isinstance(loss, float):
-                        run.in_a_row = 0
-                        run.total += loss * len(targets)
-                        run.count += len(targets)
-                    else:
-                        _skip_step(run, epoch, settings, batch_files, loss,
-                                   _kept(checkpointer, state, settings.stage))
-                signum = _stop_signal(stop)  # after the step: the saved state is after it
-                if signum:
-                    run.seconds += time.perf_counter() - started
-                    _interrupt(signum, state, run, model, optimizer, checkpointer, settings)
+            run = _train_one_epoch(loop, train_batches, epoch, in_a_row, stop)
             in_a_row = run.in_a_row
-            if run.count == 0 and run.skipped:
-                raise TrainingDivergedError(
-                    f"The loss was not finite in any step of epoch {epoch} of {settings.stage}. "
-                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
-            if not _finite_weights(model):
-                raise TrainingDivergedError(
-                    f"The weights stopped being finite in epoch {epoch} of {settings.stage}. "
-                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
-            row = {"epoch": epoch, "stage": settings.stage,
-                   "train_loss": run.total / max(run.count, 1)}
-            row.update(_validate(model, val_logits, y_val, n_classes))
-            seconds = run.seconds + time.perf_counter() - started
-            row.update(lr=optimizer.param_groups[-1]["lr"], seconds=round(seconds, 4))
-            # Without validation data, later is better: the last epoch is kept.
-            score = (row["val_balanced_accuracy"], -row["val_loss"]) if len(y_val) else (0.0,
-                                                                                      epoch)
-            if not all(math.isfinite(v) for v in score):
-                raise TrainingDivergedError(
-                    f"The validation loss of epoch {epoch} of {settings.stage} is not finite. "
-                    f"{_kept(checkpointer, state, settings.stage)}Try a lower learning rate (--lr).")
-            state.history.append(row)
-            state.elapsed += seconds
-            if state.best_score is None or score > tuple(state.best_score):
-                state.best_score, state.best_epoch, state.stale = score, epoch, 0
-                state.best_state = copy.deepcopy(model.state_dict())
-            else:
-                state.stale += 1
-            state.epoch = epoch
-            over_budget = (settings.time_budget_s is not None
-                           and state.elapsed >= settings.time_budget_s)
-            state.done = bool((len(y_val) and state.stale >= settings.patience) or over_budget
-                              or epoch == settings.epochs)
-            if checkpointer is not None:
-                checkpointer.save(settings.stage, state.to_dict(model, optimizer))
-            bar.update()
-            bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
-            if over_budget:
-                log.warning("Time budget reached after epoch %d of %s; keeping the best epoch "
-                            "(%d).", epoch, settings.stage, state.best_epoch)
-            signum = _stop_signal(stop)  # during validation or the save: saved just now
-            if signum:
-                bar.close()
-                _synchronize()
-                raise TrainingInterrupted(
-                    f"Interrupted after epoch {epoch} of {settings.stage}; saved in "
-                    f"{checkpointer.path(settings.stage)}.", signum)
-    bar.close()
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
+            row = _validate_epoch(loop, run, val_logits, y_val, n_classes)
+            _select_stop_save(loop, run, row, has_val=len(y_val) > 0)
+            _stop_if_signalled(loop, stop)
+    loop.bar.close()
+    if loop.state.best_state is not None:
+        model.load_state_dict(loop.state.best_state)
     model.eval()
-    return state.history, state.best_epoch
+    return loop.state.history, loop.state.best_epoch
+
+
+def _train_one_epoch(loop: "_Loop", train_batches: Callable[[int, int], Batches], epoch: int,
+                     in_a_row: int, stop: StopRequest) -> "_EpochRun":
+    """Train one epoch, or the rest of an interrupted one; on a signal, save and stop."""
+    run = _EpochRun.resume(loop.state.partial, epoch, loop.settings, in_a_row)
+    loop.state.partial = None
+    started = time.perf_counter()
+    loop.train_model.train()
+    for inputs, targets in train_batches(epoch, run.batch):
+        run.batch += 1
+        if len(targets):
+            _train_step(loop, run, inputs, targets)
+        signum = _stop_signal(stop)  # after the step: the saved state is after it
+        if signum:
+            run.seconds += time.perf_counter() - started
+            _interrupt(signum, loop, run)
+    run.seconds += time.perf_counter() - started
+    if run.count == 0 and run.skipped:
+        raise TrainingDivergedError(
+            f"The loss was not finite in any step of epoch {epoch} of {loop.settings.stage}. "
+            f"{loop.kept()}Try a lower learning rate (--lr).")
+    if not _finite_weights(loop.model):
+        raise TrainingDivergedError(
+            f"The weights stopped being finite in epoch {epoch} of {loop.settings.stage}. "
+            f"{loop.kept()}Try a lower learning rate (--lr).")
+    return run
+
+
+def _train_step(loop: "_Loop", run: "_EpochRun", inputs: torch.Tensor,
+                targets: torch.Tensor) -> None:
+    """The scheduled learning rate, then one step: counted, or skipped and named."""
+    for group, base in zip(loop.optimizer.param_groups, loop.base_lrs):
+        group["lr"] = base * lr_factor(run.step, loop.settings)
+    run.step += 1
+    loss = _step(loop.train_model, loop.optimizer, loop.criterion, loop.adjust, loop.params,
+                 inputs.to(loop.device), targets.to(loop.device))
+    if isinstance(loss, float):
+        run.in_a_row = 0
+        run.total += loss * len(targets)
+        run.count += len(targets)
+    else:
+        _skip_step(run, loop.settings, loop.hooks.batch_files, loss, loop.kept())
+
+
+def _validate_epoch(loop: "_Loop", run: "_EpochRun", val_logits: Callable[[], torch.Tensor],
+                    y_val: np.ndarray, n_classes: int) -> dict:
+    """The epoch's history row: training loss, validation metrics, last learning rate, and
+    seconds (training and validation; `run.seconds` is brought up to date)."""
+    started = time.perf_counter()
+    row = {"epoch": run.epoch, "stage": loop.settings.stage,
+           "train_loss": run.total / max(run.count, 1)}
+    row.update(_val_metrics(loop.model, val_logits, y_val, n_classes))
+    run.seconds += time.perf_counter() - started
+    row.update(lr=loop.optimizer.param_groups[-1]["lr"], seconds=round(run.seconds, 4))
+    return row
+
+
+def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool) -> None:
+    """Keep the best model (on validation balanced accuracy, then lower loss), decide whether
+    the stage is done (patience, time budget, last epoch), save, report."""
+    state, settings, epoch = loop.state, loop.settings, run.epoch
+    # Without validation data, later is better: the last epoch is kept.
+    score = (row["val_balanced_accuracy"], -row["val_loss"]) if has_val else (0.0, epoch)
+    if not all(math.isfinite(v) for v in score):
+        raise TrainingDivergedError(
+            f"The validation loss of epoch {epoch} of {settings.stage} is not finite. "
+            f"{loop.kept()}Try a lower learning rate (--lr).")
+    state.history.append(row)
+    state.elapsed += run.seconds
+    if state.best_score is None or score > tuple(state.best_score):
+        state.best_score, state.best_epoch, state.stale = score, epoch, 0
+        state.best_state = copy.deepcopy(loop.model.state_dict())
+    else:
+        state.stale += 1
+    state.epoch = epoch
+    over_budget = (settings.time_budget_s is not None
+                   and state.elapsed >= settings.time_budget_s)
+    state.done = bool((has_val and state.stale >= settings.patience) or over_budget
+                      or epoch == settings.epochs)
+    loop.save()
+    loop.bar.update()
+    loop.bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
+    if over_budget:
+        log.warning("Time budget reached after epoch %d of %s; keeping the best epoch (%d).",
+                    epoch, settings.stage, state.best_epoch)
+
+
+def _stop_if_signalled(loop: "_Loop", stop: StopRequest) -> None:
+    """A signal during validation or the save: the epoch is saved already; stop."""
+    signum = _stop_signal(stop)
+    if signum:
+        loop.bar.close()
+        _synchronize()
+        raise TrainingInterrupted(
+            f"Interrupted after epoch {loop.state.epoch} of {loop.settings.stage}; saved in "
+            f"{loop.hooks.checkpointer.path(loop.settings.stage)}.", signum)
+
+
+@dataclass
+class _Loop:
+    """One call of `fit_loop`: the model, its loss and optimizer, the hooks, the progress bar
+    and the state a checkpoint holds."""
+
+    model: nn.Module
+    settings: LoopSettings
+    hooks: LoopHooks
+    train_model: nn.Module          # what steps call: `model`, or `hooks.train_model`
+    criterion: nn.Module
+    adjust: torch.Tensor | None     # the logit adjustment, on the device
+    params: list[torch.Tensor]
+    base_lrs: list[float]           # each group's rate before the schedule
+    optimizer: torch.optim.Optimizer
+    device: str
+    state: "_State"
+    bar: tqdm
+
+    @classmethod
+    def start(cls, model: nn.Module, settings: LoopSettings, step: StepSettings,
+              hooks: LoopHooks) -> "_Loop":
+        """The loss and the optimizer; the state of the checkpoint, when there is one."""
+        train_model = model if hooks.train_model is None else hooks.train_model
+        weight = (None if step.class_weight is None
+                  else torch.as_tensor(step.class_weight, dtype=torch.float32, device=step.device))
+        adjust = (None if step.logit_adjustment is None
+                  else torch.as_tensor(step.logit_adjustment, dtype=torch.float32,
+                                       device=step.device))
+        criterion = nn.CrossEntropyLoss(weight=weight)
+        groups = step.param_groups
+        if groups is None:
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                       "lr": settings.lr}]
+        params = [p for group in groups for p in group["params"]]
+        base_lrs = [group["lr"] for group in groups]
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        state = _State()
+        if hooks.checkpointer is not None:
+            saved = hooks.checkpointer.load(settings.stage)
+            if saved is not None:
+                state = _State.restore(saved, model, optimizer)
+        bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})",
+                           unit="epoch", enabled=hooks.progress, initial=state.epoch)
+        return cls(model, settings, hooks, train_model, criterion, adjust, params, base_lrs,
+                   optimizer, step.device, state, bar)
+
+    def save(self) -> None:
+        """Checkpoint the state (no-op without a checkpointer)."""
+        if self.hooks.checkpointer is not None:
+            self.hooks.checkpointer.save(self.settings.stage,
+                                         self.state.to_dict(self.model, self.optimizer))
+
+    def kept(self) -> str:
+        """What a diverged run keeps, for its message."""
+        if self.hooks.checkpointer is None or self.state.epoch == 0:
+            return ""
+        return (f"The checkpoint {self.hooks.checkpointer.path(self.settings.stage)} keeps epoch "
+                f"{self.state.epoch} (best so far: {self.state.best_epoch}). ")
 
 
 @dataclass
@@ -245,23 +344,14 @@ def _step(train_model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     return _bad_rows(logits, targets)
 
 
-def _kept(checkpointer: Checkpointer | None, state: "_State", stage: str) -> str:
-    """What a diverged run keeps, for its message."""
-    if checkpointer is None or state.epoch == 0:
-        return ""
-    return (f"The checkpoint {checkpointer.path(stage)} keeps epoch {state.epoch} (best so "
-            f"far: {state.best_epoch}). ")
-
-
-def _interrupt(signum: int, state: "_State", run: _EpochRun, model: nn.Module,
-               optimizer: torch.optim.Optimizer, checkpointer: Checkpointer,
-               settings: LoopSettings) -> None:
-    state.partial = asdict(run)
-    checkpointer.save(settings.stage, state.to_dict(model, optimizer))
+def _interrupt(signum: int, loop: _Loop, run: _EpochRun) -> None:
+    """Save the epoch in progress and stop (`TrainingInterrupted`)."""
+    loop.state.partial = asdict(run)
+    loop.save()
     _synchronize()  # no rank reports "saved" before rank 0 has written it
     raise TrainingInterrupted(
-        f"Interrupted in epoch {run.epoch} of {settings.stage} after {run.batch} batches; "
-        f"saved in {checkpointer.path(settings.stage)}.", signum)
+        f"Interrupted in epoch {run.epoch} of {loop.settings.stage} after {run.batch} batches; "
+        f"saved in {loop.hooks.checkpointer.path(loop.settings.stage)}.", signum)
 
 
 def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -271,9 +361,10 @@ def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     return (~torch.isfinite(losses)).cpu().numpy()
 
 
-def _skip_step(run: _EpochRun, epoch: int, settings: LoopSettings,
+def _skip_step(run: _EpochRun, settings: LoopSettings,
                batch_files: Callable[[int, int], Sequence[str]] | None,
                bad_rows: np.ndarray, kept: str) -> None:
+    epoch = run.epoch
     run.skipped += 1
     run.in_a_row += 1
     files = list(batch_files(epoch, run.batch - 1)) if batch_files is not None else []
@@ -364,8 +455,8 @@ class _State:
                    saved.get("partial"))
 
 
-def _validate(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,
-              n_classes: int) -> dict:
+def _val_metrics(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,
+                 n_classes: int) -> dict:
     if not len(y_val):
         return {"val_loss": float("nan"), "val_accuracy": float("nan"),
                 "val_balanced_accuracy": float("nan")}

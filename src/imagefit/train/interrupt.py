@@ -13,18 +13,7 @@ import signal
 import threading
 from typing import Iterator
 
-from imagefit.errors import ImagefitError
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class TrainingInterrupted(ImagefitError):
-    """Training stopped on a signal after saving its state; `--resume` continues it."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = 128 + signum  # the shell's convention: 130 SIGINT, 143 SIGTERM
 
 
 class Interrupted(KeyboardInterrupt):

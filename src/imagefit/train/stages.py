@@ -26,7 +26,7 @@ from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
 from imagefit.train import distributed
 from imagefit.train.checkpoint import Checkpointer
-from imagefit.train.engine import LoopSettings, fit_loop
+from imagefit.train.engine import LoopHooks, LoopSettings, StepSettings, fit_loop
 from imagefit.train.finetune import (
     MIN_BATCH_FOR_BN,
     BackboneSplit,
@@ -143,11 +143,12 @@ class RunContext:
         size = self.settings.batch_size
         return lambda epoch, batch: train.paths[draws(epoch)[batch * size:(batch + 1) * size]]
 
-    def loss_arrays(self) -> dict:
+    def step_settings(self, **more) -> StepSettings:
+        """The loss's class weights and logit adjustment, plus `more` (groups, device)."""
         s = self.settings
-        return {"class_weight": np.asarray(s.class_weight),
-                "logit_adjustment": (None if s.logit_adjustment is None
-                                     else np.asarray(s.logit_adjustment))}
+        return StepSettings(class_weight=np.asarray(s.class_weight),
+                            logit_adjustment=(None if s.logit_adjustment is None
+                                              else np.asarray(s.logit_adjustment)), **more)
 
 
 def training_data(X, y, val: ImageIndex | None,
@@ -244,8 +245,9 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     torch.manual_seed(s.seed)
     history, best_epoch = fit_loop(
         head, batches, lambda: head(xv), val.labels, len(train.classes), loop,
-        **ctx.loss_arrays(), checkpointer=ctx.checkpointer,
-        batch_files=ctx.batch_files(train, draws), progress=ctx.progress)
+        step_settings=ctx.step_settings(),
+        hooks=LoopHooks(checkpointer=ctx.checkpointer, batch_files=ctx.batch_files(train, draws),
+                        progress=ctx.progress))
     with torch.no_grad():
         val_logits = head(xv).numpy()
     return StageResult(history, best_epoch, val, val_logits, len(train))
@@ -311,10 +313,11 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
                         time_budget_s=ctx.budget_left())
     torch.manual_seed(s.seed + 1)  # as in probe_stage; a stream of its own
     history, best_epoch = fit_loop(
-        top, batches, val_logits, val.labels, len(train.classes), loop, **ctx.loss_arrays(),
-        param_groups=groups, checkpointer=ctx.checkpointer, device=s.device,
-        train_model=distributed.wrap(top, ctx.dist, s.device),
-        batch_files=ctx.batch_files(train, draws), progress=ctx.progress)
+        top, batches, val_logits, val.labels, len(train.classes), loop,
+        step_settings=ctx.step_settings(param_groups=groups, device=s.device),
+        hooks=LoopHooks(checkpointer=ctx.checkpointer,
+                        train_model=distributed.wrap(top, ctx.dist, s.device),
+                        batch_files=ctx.batch_files(train, draws), progress=ctx.progress))
     with torch.no_grad():
         logits = val_logits().numpy()
     return StageResult(history, best_epoch, val, logits, len(train), unfreeze)
