@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import imagefit  # noqa: E402
-from imagefit.evaluate.issues import (  # noqa: E402
+from imagefit.evaluation.issues import (  # noqa: E402
     find_label_issues,
     out_of_fold_probabilities,
     self_confidence_ranking,

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from imagefit.evaluate.issues import NEAR_DUPLICATE_THRESHOLD, near_duplicate_pairs
+from imagefit.evaluation.issues import NEAR_DUPLICATE_THRESHOLD, near_duplicate_pairs
 from imagefit.features.extract import BackboneRunner, compute_features
 from imagefit.models.backbones import create_backbone, preprocessing_for
 

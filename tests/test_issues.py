@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from imagefit.errors import ConfigError, DatasetError
-from imagefit.evaluate import issues
-from imagefit.evaluate.issues import (
+from imagefit.evaluation import issues
+from imagefit.evaluation.issues import (
     NEAR_DUPLICATE_THRESHOLD,
     LabelIssues,
     classify_duplicate_pairs,

@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.cli.main import main
 from imagefit.errors import ConfigError
-from imagefit.evaluate.ranking import most_confused, rank_per_class
+from imagefit.evaluation.ranking import most_confused, rank_per_class
 from imagefit.metrics import classification_metrics
 from imagefit.report.html import ReportData, render_report
 

@@ -29,7 +29,7 @@ from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit._fileio import WINDOWS_RESERVED
 from imagefit.cli.main import main
 from imagefit.errors import CacheError, DatasetError, ModelFormatError
-from imagefit.evaluate.ranking import rank_per_class
+from imagefit.evaluation.ranking import rank_per_class
 from imagefit.explain import safe_name
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore

@@ -14,7 +14,7 @@ from imagefit.errors import (ConfigError, DatasetError, ImagefitError, ImageLoad
                              ModelFormatError, NotFittedError, OutputError, TrainingDivergedError,
                              TrainingInterrupted)
 from imagefit.estimator import ImageClassifier, load_model
-from imagefit.evaluate.evaluation import EvaluationResult, evaluate
+from imagefit.evaluation.result import EvaluationResult, evaluate
 from imagefit.features.extract import Predictions
 from imagefit.workflows.train import train_run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imagefit.bundle import resolve_model_dir
 from imagefit.estimator import load_model
-from imagefit.evaluate.evaluation import evaluate
+from imagefit.evaluation.result import evaluate
 from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
 from imagefit.workflows.run_folder import RunFolder

@@ -7,7 +7,7 @@ import argparse
 from imagefit.data.index import expand_paths
 from imagefit.errors import ConfigError
 from imagefit.estimator import load_model
-from imagefit.evaluate.evaluation import write_predictions_csv
+from imagefit.evaluation.result import write_predictions_csv
 from imagefit.progress import printable
 
 EXAMPLES = """examples:

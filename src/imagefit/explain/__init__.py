@@ -19,7 +19,7 @@ from imagefit._validation import check_is_fitted
 from imagefit.data.images import load_image
 from imagefit.errors import ConfigError
 from imagefit.explain.activations import activation_grid, capture_activations, find_stages
-from imagefit.explain.gradcam import gradcam, overlay
+from imagefit.explain.cam import gradcam, overlay
 
 __all__ = ["ExplainResult", "explain_image", "gradcam", "overlay", "safe_name"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imagefit.evaluate.evaluation import EvaluationResult, write_label_issues
+from imagefit.evaluation.result import EvaluationResult, write_label_issues
 from imagefit.report.html import ReportData, render_report
 
 

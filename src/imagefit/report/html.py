@@ -19,7 +19,7 @@ from PIL import Image
 
 from imagefit.data.images import load_image
 from imagefit.errors import ImageLoadError
-from imagefit.evaluate.ranking import GALLERIES, GALLERY_TITLES, Rankings, most_confused
+from imagefit.evaluation.ranking import GALLERIES, GALLERY_TITLES, Rankings, most_confused
 from imagefit.metrics import ECE_BINS
 from imagefit.report import figures
 

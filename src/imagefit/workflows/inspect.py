@@ -15,7 +15,7 @@ from imagefit.data.audit import preflight
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import scan_folder
 from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
-from imagefit.evaluate.issues import (
+from imagefit.evaluation.issues import (
     NEAR_DUPLICATE_THRESHOLD,
     exact_duplicate_groups,
     group_pairs,

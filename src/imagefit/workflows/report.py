@@ -18,15 +18,15 @@ from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
-from imagefit.evaluate.evaluation import EvaluationResult, write_label_issues
-from imagefit.evaluate.issues import (
+from imagefit.evaluation.result import EvaluationResult, write_label_issues
+from imagefit.evaluation.issues import (
     classify_duplicate_pairs,
     exact_duplicate_groups,
     find_label_issues,
     near_duplicate_pairs,
     out_of_fold_probabilities,
 )
-from imagefit.evaluate.ranking import rank_per_class
+from imagefit.evaluation.ranking import rank_per_class
 from imagefit.explain import gradcam, overlay
 from imagefit.features.extract import Predictions
 from imagefit.metrics import classification_metrics

@@ -19,7 +19,7 @@ from imagefit.data.audit import PreflightResult, preflight
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier
-from imagefit.evaluate.evaluation import EvaluationResult
+from imagefit.evaluation.result import EvaluationResult
 from imagefit.metrics import classification_metrics
 from imagefit.progress import printable
 from imagefit.train import distributed

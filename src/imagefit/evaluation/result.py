@@ -16,7 +16,7 @@ import numpy as np
 
 from imagefit.data.index import BadFile, ImageIndex, scan_folder
 from imagefit.estimator import ImageClassifier
-from imagefit.evaluate.ranking import Rankings, rank_per_class
+from imagefit.evaluation.ranking import Rankings, rank_per_class
 from imagefit.features.extract import Predictions
 from imagefit.metrics import classification_metrics
 
@@ -37,7 +37,7 @@ class EvaluationResult:
     def label_issues(self) -> list[tuple[str, str, str, float]]:
         """Likely mislabelled images of this (held-out) set by confident learning on the
         model's predictions: (path, given_label, suggested_label, score), most likely first."""
-        from imagefit.evaluate.issues import find_label_issues
+        from imagefit.evaluation.issues import find_label_issues
 
         ok = self.predictions.ok & (self.y_true >= 0)
         rows = np.flatnonzero(ok)

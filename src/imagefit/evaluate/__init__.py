@@ -1,1 +1,0 @@
-"""Evaluation: metrics from arrays (metrics.py) and evaluating a fitted model (evaluation.py)."""
