@@ -292,6 +292,31 @@ def test_predict_to_stdout_and_all_failed_exit_1(trained_run, tmp_path, capsys):
     assert cli(["predict", trained_run["run"], missing, bad, "--quiet"]) == 1
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict", "augment"])
+def test_an_output_that_cannot_be_written_fails_before_any_work(trained_run, tmp_path, capsys,
+                                                                 monkeypatch, command):
+    """evaluate --json / predict --out / augment --preview into a missing folder, or onto a
+    folder: one line, exit 1, and the work never started (the model is not even loaded)."""
+    import imagefit.cli.evaluate
+    import imagefit.cli.predict
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    for module in (imagefit.cli.evaluate, imagefit.cli.predict):
+        monkeypatch.setattr(module, "load_model", no_work)
+    run, data = trained_run["run"], trained_run["test"]
+    option = {"evaluate": "--json", "predict": "--out", "augment": "--preview"}[command]
+    args = {"evaluate": [run, data], "predict": [run, data], "augment": [data]}[command]
+    for target, reason in ((tmp_path / "missing" / "out.x", "does not exist"),
+                           (tmp_path, "it is a folder")):
+        assert cli([command, *args, option, target, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"Cannot write {option} {target}: " in err and reason in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
+
 # --- features --------------------------------------------------------------------------------
 
 def test_features_writes_matrix_and_index_and_reuses(tmp_path, capsys):

@@ -13,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
+from imagefit.errors import OutputError
+
 # Files a process has not finished carry its owner tag (host, pid): what a killed process
 # left is removed at once by the next run on this host, without touching a live writer's files.
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -165,3 +167,46 @@ def safe_name(name: str, max_length: int = MAX_SAFE_NAME) -> str:
     if text.split(".")[0].upper() in WINDOWS_RESERVED:
         text = "_" + text[:max_length - 1]
     return text or "_"
+
+
+def check_output_folder(folder: str | os.PathLike, what: str = "the output folder",
+                        fix: str = "Choose another one.") -> Path:
+    """Create `folder` if needed and make sure a file can be written in it, before any work.
+
+    Raises:
+        OutputError: naming the folder and the reason (read-only, no permission, a file there).
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(path / "write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to {what} {path}: {exc.strerror or exc}. "
+                          f"{fix}") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "the output file") -> Path:
+    """Make sure `path` can be written (its folder exists and takes a new file), before any
+    work; nothing is created.
+
+    Raises:
+        OutputError: naming the file and the reason.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise OutputError(f"Cannot write {what} {path}: it is a folder; name a file in it.")
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write {what} {path}: the folder {folder} does not exist. "
+                          f"Create it, or choose another path.")
+    probe = temp_path(path)
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write {what} {path}: {exc.strerror or exc}. Choose another "
+                          f"path.") from None
+    return path

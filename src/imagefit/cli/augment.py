@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit._fileio import check_output_file
 from imagefit.errors import ConfigError
 from imagefit.progress import printable
 
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                           "and/or --preview FILE.png.")
     if args.out is not None and args.per_image is None and not args.balance:
         raise ConfigError("--out needs --per-image N or --balance (how many copies to write).")
+    if args.preview is not None:
+        check_output_file(args.preview, "--preview")
     if args.out is not None:
         result = augment_folder(args.data, args.out, augment=args.augment,
                                 per_image=args.per_image, balance=args.balance, seed=args.seed,

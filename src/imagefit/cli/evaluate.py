@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imagefit._fileio import check_output_file, check_output_folder
 from imagefit.bundle import resolve_model_dir
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import evaluate
@@ -33,6 +34,10 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.report:
+        check_output_folder(args.report, "--report")
     model = load_model(args.run)
     result = evaluate(model, args.data, progress=not args.quiet)
     if not args.quiet:

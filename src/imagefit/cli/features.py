@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imagefit.data.index import refuse_output_inside
+from imagefit._fileio import check_output_folder
 from imagefit.errors import ConfigError
 from imagefit.workflows.features import extract_dataset_features
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0.")
     refuse_output_inside(args.out, [args.data])
+    check_output_folder(args.out, "--out")
     result = extract_dataset_features(
         args.data, args.out, backbone=args.backbone, image_size=args.image_size,
         weights=args.weights, batch_size=args.batch_size, workers=args.workers,

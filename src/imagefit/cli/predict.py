@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imagefit.data.index import expand_paths
+from imagefit._fileio import check_output_file
 from imagefit.errors import ConfigError
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import write_predictions_csv
@@ -31,6 +32,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_file(args.out, "--out")
     model = load_model(args.run)
     if args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
         raise ConfigError(f"The 'top_k' parameter must be an int in [1, {len(model.classes_)}]. "

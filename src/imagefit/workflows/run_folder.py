@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imagefit._fileio import owner_tag
+from imagefit._fileio import check_output_folder
 from imagefit.data.index import BadFile, ImageIndex
 from imagefit.errors import DatasetError, OutputError
 
@@ -82,14 +82,7 @@ class RunFolder:
         Raises:
             OutputError: naming the folder and the reason.
         """
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".tmp-{owner_tag()}-write-check"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputError(f"Cannot write to the run folder {self.path}: "
-                              f"{exc.strerror or exc}. Choose another --out.") from None
+        check_output_folder(self.path, "the run folder", "Choose another --out.")
 
     def write_split(self, train: ImageIndex, val: ImageIndex) -> None:
         """`path,label,split,sha256` for every image used. Names that are not valid UTF-8 on
