@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,28 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(trained_run, tmp
         assert f"Cannot write {option} {target}: " in err and reason in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "missing").exists()
+
+
+def test_predict_and_evaluate_use_the_trained_pixel_cap_unless_overridden(trained_run, tmp_path,
+                                                                          capsys):
+    """model.json's max_pixels is the cap prediction applies (a file training refused is
+    refused here too); --max-pixels overrides it."""
+    model = Path(shutil.copytree(trained_run["run"] / "model", tmp_path / "model"))
+    meta = json.loads((model / "model.json").read_text())
+    meta["max_pixels"] = meta["settings"]["max_pixels"] = 1000  # test images are 40x30 = 1,200
+    (model / "model.json").write_text(json.dumps(meta))
+    assert load_model(model).max_pixels == 1000
+    out = tmp_path / "p.csv"
+    image = sorted(Path(trained_run["test"]).rglob("*.png"))[0]
+    assert cli(["predict", model, image, "--out", out, "--quiet"]) == 1  # every file refused
+    assert read_csv(out)[1][0]["error"].startswith("too_large: ")
+    assert cli(["predict", model, image, "--out", out, "--max-pixels", 5000, "--quiet"]) == 0
+    assert read_csv(out)[1][0]["error"] == ""
+    assert cli(["evaluate", model, trained_run["test"], "--json", tmp_path / "m.json",
+                "--max-pixels", 5000, "--quiet"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 15
+    assert cli(["evaluate", model, trained_run["test"], "--max-pixels", 0, "--quiet"]) == 2
+    assert "The 'max_pixels' parameter must be an int >= 1. Got 0 instead." in capsys.readouterr().err
 
 
 # --- features --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from imagefit._fileio import check_output_file, check_output_folder
+from imagefit._validation import check_int
 from imagefit.bundle import resolve_model_dir
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import evaluate
@@ -28,6 +29,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
     p.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
+                   "the cap the model was trained with, from model.json)")
     p.add_argument("--report", metavar="DIR", help="also build the HTML report of RUN on DATA "
                    "into DIR (a run folder's report includes label issues and duplicates)")
     p.set_defaults(handler=run)
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output_folder(args.report, "--report")
     model = load_model(args.run)
+    if args.max_pixels is not None:
+        model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     result = evaluate(model, args.data, progress=not args.quiet)
     if not args.quiet:
         print(format_per_class_table(result.metrics))

@@ -6,6 +6,7 @@ import argparse
 
 from imagefit.data.index import expand_paths
 from imagefit._fileio import check_output_file
+from imagefit._validation import check_int
 from imagefit.errors import ConfigError
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import write_predictions_csv
@@ -26,6 +27,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
+                   "the cap the model was trained with, from model.json)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the "
                    "probabilities over each image and its flips (the flips used in training)")
     p.set_defaults(handler=run)
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out, "--out")
     model = load_model(args.run)
+    if args.max_pixels is not None:
+        model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     if args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
         raise ConfigError(f"The 'top_k' parameter must be an int in [1, {len(model.classes_)}]. "
                           f"Got {args.top_k} instead.")

@@ -69,7 +69,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     parts = {"train": train, "val": val}
     if data is not None:
         test = preflight(scan_folder(data, min_classes=1), image_size=clf.preprocessing_.image_size,
-                         progress=progress).index.with_classes(clf.classes_)
+                         max_pixels=clf.max_pixels, progress=progress).index
+        test = test.with_classes(clf.classes_)
         parts["test"] = test
     features = {name: clf.embed_index(index, progress=progress) for name, index in parts.items()}
     eval_name = "test" if data is not None else "val"
