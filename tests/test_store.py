@@ -130,6 +130,30 @@ def test_runner_uses_onnx_on_cpu_and_matches_torch(runner, backbone, prep, image
     assert not np.allclose(onnx_feats[0], onnx_feats[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("fault", ["export fails", "cache refuses the file"])
+def test_onnx_export_trouble_falls_back_to_torch_with_one_warning(backbone, prep, images,
+                                                                  tmp_path, monkeypatch, caplog,
+                                                                  fault):
+    from imagefit.features import extract
+
+    if fault == "export fails":
+        def broken_export(*args, **kwargs):
+            raise RuntimeError("exporter gave up")
+        monkeypatch.setattr(extract, "export_onnx_bytes", broken_export)
+    else:
+        (tmp_path / "onnx").write_text("a file where the ONNX folder should be")
+    with caplog.at_level("WARNING", logger="imagefit.features.extract"):
+        runner = BackboneRunner(backbone, prep, cache_dir=tmp_path)
+    assert runner.runtime == "torch" and runner.session is None
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "using PyTorch" in warned[0]
+    assert ("exporter gave up" if fault == "export fails" else "Error") in warned[0]
+    paths, _ = images
+    assert _fresh(paths[:2], runner).shape == (2, DIM)
+    with pytest.raises(CacheError, match="Could not export"):
+        BackboneRunner(backbone, prep, runtime="onnx", cache_dir=tmp_path)
+
+
 def test_model_key_depends_on_preprocessing(backbone):
     k32 = model_key(backbone, preprocessing_for("efficientnet_lite0", 32))
     k48 = model_key(backbone, preprocessing_for("efficientnet_lite0", 48))

@@ -115,10 +115,17 @@ class BackboneRunner:
             log.warning("onnxruntime is not installed; using PyTorch for feature extraction")
             return None
         path = cache_dir / "onnx" / f"{self.key}.onnx"
-        remove_orphans(path.parent.glob(".tmp-*"))
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, export_onnx_bytes(self.backbone, self.prep))
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                remove_orphans(path.parent.glob(".tmp-*"))
+                atomic_write_bytes(path, export_onnx_bytes(self.backbone, self.prep))
+        except Exception as exc:  # the exporter raises many types; the cache may refuse a file
+            if strict:
+                raise CacheError(f"Could not export the backbone to ONNX: {exc}") from None
+            log.warning("Could not export the backbone to ONNX Runtime (%s: %s); using PyTorch",
+                        type(exc).__name__, exc)
+            return None
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
