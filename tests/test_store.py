@@ -154,6 +154,17 @@ def test_onnx_export_trouble_falls_back_to_torch_with_one_warning(backbone, prep
         BackboneRunner(backbone, prep, runtime="onnx", cache_dir=tmp_path)
 
 
+def test_runner_on_another_device_copies_the_backbone_never_moves_it(backbone, prep):
+    """A classifier fitted on a GPU lives on the CPU; its runner for the GPU must not drag the
+    shared backbone there (explain/export after fit then met a model split across devices).
+    "meta" stands in for a second device on a CPU-only machine."""
+    runner = BackboneRunner(backbone, prep, device="meta", runtime="torch")
+    assert next(runner.backbone.parameters()).device.type == "meta"
+    assert {p.device.type for p in backbone.parameters()} == {"cpu"}
+    same = BackboneRunner(backbone, prep, device="cpu", runtime="torch")
+    assert same.backbone is backbone  # no copy when nothing moves
+
+
 def test_model_key_depends_on_preprocessing(backbone):
     k32 = model_key(backbone, preprocessing_for("efficientnet_lite0", 32))
     k48 = model_key(backbone, preprocessing_for("efficientnet_lite0", 48))

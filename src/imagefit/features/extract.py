@@ -6,6 +6,7 @@ PyTorch on a GPU or where ONNX Runtime is missing. Memory stays bounded by one b
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -85,7 +86,11 @@ class BackboneRunner:
 
     def __init__(self, backbone: nn.Module, prep: Preprocessing, *, device: str = "cpu",
                  runtime: str = "auto", cache_dir: str | Path | None = None):
-        self.backbone = backbone.eval().to(device)
+        # A backbone on another device is copied there, never moved: the caller's model (e.g.
+        # a fitted classifier, on the CPU) must stay whole for explain, export and save.
+        on = next(backbone.parameters(), torch.empty(0)).device
+        self.backbone = (backbone if on == torch.device(device)
+                         else copy.deepcopy(backbone).to(device)).eval()
         self.prep = prep
         self.device = device
         self.key = model_key(backbone, prep)
