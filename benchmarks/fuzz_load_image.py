@@ -7,7 +7,7 @@
 Prints the cases run, the time and cases per second, the outcome of each decode (ok, or the
 ImageLoadError reason), the peak resident memory per worker and the slowest and most
 memory-hungry cases, then every finding (an exception other than ImageLoadError, a decode over
-2 s, a crash, a case adding over 1 GB) with the command that rebuilds it. Exit status 1 when
+2 s of CPU, a crash, a case adding over 1 GB) with the command that rebuilds it. Exit status 1 when
 there is a finding. The default CI run is the first 5,000 cases of seed 0.
 """
 
@@ -36,7 +36,7 @@ def main() -> int:
         print(f"fuzzing load_image: cases {args.first:,}..{args.first + args.cases - 1:,} of "
               f"seed {args.seed}, {args.workers} worker processes, "
               f"{len(fuzz_runner.seed_images())} seed images x {len(fuzz_runner.MUTATIONS)} "
-              f"mutations; per decode {fuzz_runner.SOFT_TIMEOUT_S:g} s, per worker "
+              f"mutations; per decode {fuzz_runner.SOFT_TIMEOUT_S:g} s of CPU, per worker "
               f"{fuzz_runner.AS_HEADROOM_MB} MB address space over its baseline, per case "
               f"{fuzz_runner.RSS_BUDGET_MB} MB resident", flush=True)
         report = fuzz_runner.run_cases(args.cases, master_seed=args.seed, first=args.first,

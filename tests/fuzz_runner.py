@@ -24,8 +24,17 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 RESIZE_TO = 32
 SMALL_MAX_PIXELS = 10_000
+# Per decode, in CPU time of the worker (an ITIMER_PROF timer): a decoder's cost, whatever the
+# machine's load. A wall-clock limit would also count the time the worker waited for a CPU, so
+# a busy machine would turn ordinary cases into findings.
 SOFT_TIMEOUT_S = 2.0
-HARD_TIMEOUT_S = 6.0
+# Per case, in wall-clock time (faulthandler's watchdog): ends a worker whose decoder is stuck in
+# C code, where no signal handler runs. A hang guard, far above any case that finishes (at most
+# two decodes of SOFT_TIMEOUT_S of CPU each) even on a loaded machine.
+HARD_TIMEOUT_S = 60.0
+# A worker that has not written its READY line after this long (importing PyTorch, warm-up) is
+# killed: a hang guard too.
+STARTUP_TIMEOUT_S = 600.0
 # Address space a worker may add to what it holds after warm-up (RLIMIT_AS): past it a decode
 # gets MemoryError, which load_image reports as too_large and the fuzzing as a finding.
 AS_HEADROOM_MB = 2048
@@ -207,6 +216,10 @@ class CaseTimeout(BaseException):
     """Raised by the soft-timeout timer; a BaseException so no `except Exception` swallows it."""
 
 
+# The soft timeout's timer counts the process's CPU time (user and system), not wall time.
+SOFT_TIMER, SOFT_TIMER_SIGNAL = signal.ITIMER_PROF, signal.SIGPROF
+
+
 def _on_alarm(signum, frame):
     raise CaseTimeout()
 
@@ -218,9 +231,10 @@ def _clean(text: str, limit: int = 160) -> str:
 def decode_outcome(load_image, error_type, data: bytes, timeout: float = SOFT_TIMEOUT_S,
                    **kwargs) -> str:
     """One decode: `ok`, `E:<reason>`, `X:<type>:<message>` (any other exception: a finding),
-    `T` (soft timeout) or `BAD:<what>` (a returned array that breaks load_image's contract).
-    The timeout needs SIGALRM handled by `_on_alarm` (the worker does that)."""
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    `T` (soft timeout: over `timeout` seconds of CPU) or `BAD:<what>` (a returned array that
+    breaks load_image's contract). The timeout needs SOFT_TIMER_SIGNAL handled by `_on_alarm`
+    (the worker does that)."""
+    signal.setitimer(SOFT_TIMER, timeout)
     try:
         out = load_image(data, **kwargs)
     except error_type as exc:
@@ -232,7 +246,7 @@ def decode_outcome(load_image, error_type, data: bytes, timeout: float = SOFT_TI
     except Exception as exc:
         return f"X:{type(exc).__name__}:{_clean(str(exc))}"
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(SOFT_TIMER, 0)
     if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 3
             and out.shape[2] == 3 and out.shape[0] > 0 and out.shape[1] > 0
             and out.flags.c_contiguous):
@@ -312,7 +326,7 @@ def _inject(what: str) -> None:
         while True:
             pass
     if what == "stuck":                      # no signal handler runs: the hard timeout ends it
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {SOFT_TIMER_SIGNAL})
         time.sleep(3600)
     if what == "rss":                        # 300 MB resident, under the address-space cap
         np.ones((300 << 20,), np.uint8)     # touched, then freed
@@ -327,19 +341,19 @@ def worker(args: argparse.Namespace) -> int:
 
     The decoder is imported and warmed up first; then the address space is capped (RLIMIT_AS:
     the size after warm-up plus a headroom, since importing PyTorch alone maps ~3 GB and would
-    fail under a cap set before it). Each decode has a soft timeout (an interval timer raising
-    `CaseTimeout`) and the case a hard one (faulthandler ends the process when a decoder is
-    stuck in C code, where no signal handler runs). `S <case>` is written before a case and
-    `R <case> <outcomes> <ms> <RSS growth> <peak RSS>` after it, flushed: a worker killed by a
-    signal (segfault, OOM killer) or the hard timeout leaves the case that killed it as the
-    last one started, and `run_cases` charges it.
+    fail under a cap set before it). Each decode has a soft timeout (an interval timer of CPU
+    time raising `CaseTimeout`) and the case a hard one (faulthandler ends the process when a
+    decoder is stuck in C code, where no signal handler runs). `S <case>` is written before a
+    case and `R <case> <outcomes> <ms> <RSS growth> <peak RSS>` after it, flushed: a worker
+    killed by a signal (segfault, OOM killer) or the hard timeout leaves the case that killed
+    it as the last one started, and `run_cases` charges it.
     """
     import faulthandler
     import resource
 
     load_image, error_type = _decoder(args.stub_decoder)
     seeds = seed_images()
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(SOFT_TIMER_SIGNAL, _on_alarm)
     for data in seeds.values():          # warm-up: plugins, codecs and resize kernels loaded
         for kwargs in DECODES:
             decode_outcome(load_image, error_type, data, 60.0, **kwargs)
@@ -445,6 +459,16 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _runqueue_wait_s(pid: int) -> float | None:
+    """Seconds the process (its main thread) has spent runnable but waiting for a CPU, from
+    /proc/PID/schedstat; None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen
@@ -454,19 +478,32 @@ class _Worker:
     err_file: io.BufferedWriter
     last_size: int = 0
     last_change: float = field(default_factory=time.monotonic)
+    last_wait: float | None = None     # its runqueue wait at last_change
+
+    def idle_s(self, now: float) -> float:
+        """Time since its result file last grew, less the time it spent waiting for a CPU:
+        a worker that a loaded machine starves is slow, not stalled."""
+        idle = now - self.last_change
+        wait = _runqueue_wait_s(self.proc.pid)
+        if wait is not None and self.last_wait is not None:
+            idle -= max(wait - self.last_wait, 0.0)
+        return idle
 
 
 def run_cases(n_cases: int, *, work_dir: Path, master_seed: int = 0, workers: int = 2,
               first: int = 0, soft_timeout: float = SOFT_TIMEOUT_S,
               hard_timeout: float = HARD_TIMEOUT_S, as_headroom_mb: int = AS_HEADROOM_MB,
               rss_budget_mb: int = RSS_BUDGET_MB, stall_timeout: float = 120.0,
+              startup_timeout: float = STARTUP_TIMEOUT_S,
               inject: dict[int, str] | None = None, stub_decoder: bool = False,
               max_restarts: int = 20) -> FuzzReport:
     """Run cases first .. first+n_cases-1 over `workers` worker processes; collect findings.
 
     A worker that dies (a signal, the hard timeout, any non-zero exit) is charged with its last
     started case and restarted after it, up to `max_restarts` times in all. One whose result
-    file stops growing for `stall_timeout` seconds is killed and charged the same way.
+    file stops growing for `stall_timeout` seconds (counted from its READY line, less any time
+    it spent waiting for a CPU) is killed and charged the same way; one that is not READY
+    within `startup_timeout` (counted alike) is killed and fails the run.
     `inject` and `stub_decoder` are for the harness's self-test.
     """
     work_dir = Path(work_dir)
@@ -489,7 +526,8 @@ def run_cases(n_cases: int, *, work_dir: Path, master_seed: int = 0, workers: in
         cmd += ["--stub-decoder"] if stub_decoder else []
         err_file = open(err_path, "wb")
         proc = subprocess.Popen(cmd, stdout=err_file, stderr=err_file, stdin=subprocess.DEVNULL)
-        active[proc.pid] = _Worker(proc, shard, out_path, err_path, err_file)
+        active[proc.pid] = _Worker(proc, shard, out_path, err_path, err_file,
+                                   last_wait=_runqueue_wait_s(proc.pid))
 
     def case_info(number: int) -> dict:
         case = make_case(number, master_seed, seeds)
@@ -564,7 +602,9 @@ def run_cases(n_cases: int, *, work_dir: Path, master_seed: int = 0, workers: in
                     size = w.out.stat().st_size if w.out.exists() else 0
                     if size != w.last_size:
                         w.last_size, w.last_change = size, time.monotonic()
-                    if time.monotonic() - w.last_change < stall_timeout:
+                        w.last_wait = _runqueue_wait_s(pid)
+                    limit = stall_timeout if w.last_size else startup_timeout
+                    if w.idle_s(time.monotonic()) < limit:
                         continue
                     w.proc.kill()
                     done_pid, status = os.waitpid(pid, 0)
