@@ -31,6 +31,9 @@ OPTIONS = ["--mode", "finetune", "--image-size", "32", "--batch-size", "16", "--
            "--workers", "0", "--quiet"]
 STAGES = ("probe", "finetune")
 KILLS = int(os.environ.get("IMAGEFIT_CHAOS_KILLS", "20"))
+# Waits for a process are hang guards, not speed limits: they end as soon as it is done, so a
+# slow (loaded) machine makes these tests slower, never red.
+HANG_GUARD_S = 600
 
 
 def _command(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
@@ -43,7 +46,8 @@ def _env(cache: Path) -> dict:
                 PYTHONPATH=os.pathsep.join(sys.path))
 
 
-def _run(command: list[str], cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(command: list[str], cache: Path,
+         timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=_env(cache), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -106,11 +110,16 @@ def test_sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run(prob
     kills, finished, attempt = 0, 0, 0
     run = base / f"chaos-{attempt}"
     last = (-1, 0, 0)
+    # How long a whole run takes now: the fixture's measurement, lowered by any run from
+    # scratch that finished sooner (the machine's load changes; measured once under load, every
+    # later run could finish before its kill and the loop would never reach KILLS).
+    seconds = problem["seconds"]
     while kills < KILLS or not finished:
+        from_scratch, started = last == (-1, 0, 0), time.perf_counter()
         process = subprocess.Popen(_command(problem["data"], run, 6, "--resume"),
                                    env=_env(cache), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
-        delay = rng.uniform(0.2, 1.0) * problem["seconds"] if kills < KILLS else 600
+        delay = rng.uniform(0.2, 1.0) * seconds if kills < KILLS else HANG_GUARD_S
         try:
             _, stderr = process.communicate(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -122,6 +131,8 @@ def test_sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run(prob
             last = progress
             continue
         assert process.returncode == 0, stderr
+        if from_scratch:
+            seconds = min(seconds, time.perf_counter() - started)
         _assert_same_run(run, problem["reference"])
         assert not _leftovers(run, cache), _leftovers(run, cache)
         finished += 1
@@ -136,7 +147,7 @@ def _start_and_wait_for(problem, run: Path, epochs: int, stage: str, cache_name:
     process = subprocess.Popen(_command(problem["data"], run, epochs),
                                env=_env(problem["base"] / cache_name),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_GUARD_S
     while not (run / "checkpoints" / f"{stage}.pt").exists():
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline
@@ -161,7 +172,7 @@ def test_a_signal_saves_prints_the_resume_command_and_the_resumed_run_is_identic
     run = base / f"signal-{signum}"
     process = _start_and_wait_for(problem, run, 40, "finetune", "cache-reference")
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == code, stderr
     assert "Continue with:" in stderr and "--resume" in stderr
     stage, epoch, _ = _progress(run)
@@ -175,6 +186,9 @@ def test_a_signal_saves_prints_the_resume_command_and_the_resumed_run_is_identic
 
 
 def test_a_second_signal_exits_at_once_without_waiting_for_the_step(tmp_path):
+    """The step after the second signal sleeps for an hour: a process that waited for it would
+    run into the subprocess timeout (far shorter), whatever the machine's load; "not reached"
+    would be printed if the signal were ignored."""
     script = (
         "import os, signal, time\n"
         "from imagefit.train.interrupt import stop_requests\n"
@@ -183,14 +197,13 @@ def test_a_second_signal_exits_at_once_without_waiting_for_the_step(tmp_path):
         "    assert stop.signum == signal.SIGTERM\n"
         "    print('first signal noted', flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    time.sleep(30)\n"
+        "    time.sleep(3600)\n"
         "    print('not reached', flush=True)\n")
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path / "cache"),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 143
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 143, done.stderr
     assert "first signal noted" in done.stdout and "not reached" not in done.stdout
-    assert "stopping now" in done.stderr and time.perf_counter() - started < 25
+    assert "stopping now" in done.stderr
 
 
 @pytest.mark.slow
@@ -198,40 +211,70 @@ def test_two_quick_signals_to_a_training_run_leave_a_loadable_checkpoint(problem
     run = problem["base"] / "double"
     process = _start_and_wait_for(problem, run, 200, "finetune", "cache-reference")
     process.send_signal(signal.SIGTERM)
-    while "Interrupted" not in process.stderr.readline():
-        pass
+    for line in process.stderr:
+        if "Interrupted" in line:
+            break
+    else:
+        pytest.fail(f"the run ended (exit {process.wait()}) without noting the first signal")
     process.send_signal(signal.SIGTERM)  # during the save, or after it: either way safe
-    process.communicate(timeout=60)
-    assert process.returncode == 143
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
+    # Where the second signal lands is up to the scheduler: during the step or the save, the
+    # stop handler exits with 143 at once; once the command has returned (its handler restored
+    # to the default) and the interpreter is shutting down, SIGTERM ends the process, which the
+    # shell reports as 143 as well. Either way it ends on that signal and the checkpoint loads.
+    assert process.returncode in (143, -signal.SIGTERM), stderr
     assert _progress(run)[0] == 1                                  # loads
 
 
 def test_a_checkpoint_write_killed_half_way_leaves_the_old_or_the_new_one(tmp_path):
-    """A writer saving a 16 MB state over and over, SIGKILLed 20 times at random moments."""
+    """A writer saving a 16 MB state over and over, SIGKILLed 20 times: 10 times at a random
+    moment (wherever it lands), and 10 times held in the middle of a save (its temp file
+    written, not yet renamed), so that kills during a write are certain rather than likely."""
     folder = tmp_path / "ckpt"
     writer = (
-        "import sys, torch\n"
+        "import os, sys, time, torch\n"
         "from imagefit.train.checkpoint import Checkpointer\n"
+        "hold_at = int(sys.argv[2])      # hold save number hold_at mid-write (0: never)\n"
+        "holding, real_fsync = [False], os.fsync\n"
+        "def fsync(fd):                   # a save's first fsync is its temp file's\n"
+        "    if holding[0]:\n"
+        "        print('mid-write', flush=True)\n"
+        "        time.sleep(3600)\n"
+        "    real_fsync(fd)\n"
+        "os.fsync = fsync\n"
         "c = Checkpointer(sys.argv[1], 'fp')\n"
         "for i in range(10**6):\n"
+        "    holding[0] = i + 1 == hold_at\n"
         "    c.save('s', {'epoch': i, 'w': torch.full((4 << 20,), float(i))})\n"
         "    print(i, flush=True)\n")
     from imagefit.train.checkpoint import Checkpointer
 
-    rng, torn = random.Random(7), 0
-    for _ in range(20):
-        process = subprocess.Popen([sys.executable, "-c", writer, str(folder)],
+    rng, torn, torn_held = random.Random(7), 0, 0
+    for attempt in range(20):
+        held = attempt % 2 == 1
+        hold_at = rng.randint(2, 4) if held else 0       # a previous save exists by then
+        process = subprocess.Popen([sys.executable, "-c", writer, str(folder), str(hold_at)],
                                    env=_env(tmp_path / "cache"), stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline()                           # one save done
-        time.sleep(rng.uniform(0, 0.3))
+        if held:
+            for line in process.stdout:
+                if line.strip() == "mid-write":
+                    break
+            else:
+                pytest.fail(f"the writer ended (exit {process.wait()}) before its held save")
+        else:
+            assert process.stdout.readline()                       # one save done
+            time.sleep(rng.uniform(0, 0.3))
         process.kill()
         process.communicate()
-        torn += bool(_leftovers(folder))                           # killed mid-write
+        leftover = bool(_leftovers(folder))                        # killed mid-write
+        torn += leftover
+        torn_held += held and leftover
         state = Checkpointer(folder, "fp").load("s")
         assert torch.equal(state["w"], torch.full((4 << 20,), float(state["epoch"])))
         Checkpointer(folder, "fp").clean_temp_files()
         assert not _leftovers(folder)
-    print(f"20 kills, {torn} during a write")
+    print(f"20 kills, {torn} during a write ({torn_held} of them held there)")
+    assert torn_held == 10           # each held kill left its temp file, and the old file loads
 
 
 @contextlib.contextmanager
@@ -273,9 +316,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_resume_finishes_the_run(p
 
 def test_a_read_only_output_folder_fails_before_any_work(tmp_path, dataset):
     with _tmpfs(tmp_path / "ro", "1m", read_only=True) as folder:
-        started = time.perf_counter()
-        done = _run(_command(dataset, folder / "run", 2), tmp_path / "cache")
+        command = [a for a in _command(dataset, folder / "run", 2) if a != "--quiet"]
+        done = _run(command, tmp_path / "cache")
         assert done.returncode == 1, done.stderr
         assert "Cannot write to the run folder" in done.stderr
         assert "Read-only file system" in done.stderr and "Traceback" not in done.stderr
-        assert time.perf_counter() - started < 60
+        # Before any work: not even the scan ran (it prints "Found N images"), and no feature
+        # or image cache was written. (Not a clock: a loaded machine is slow, not wrong.)
+        assert "Found" not in done.stdout, done.stdout
+        cache = tmp_path / "cache"
+        assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
