@@ -15,6 +15,13 @@ import pytest
 from conftest import TEST_IMAGE_SIZE, make_dataset
 from imagefit.train.distributed import Distributed
 
+# A rendezvous on a port the OS picks (torchrun's --standalone: c10d on localhost:0), not a
+# fixed --master-port: two test sessions on one machine (or a port still held by an earlier
+# run) would otherwise fail to bind it, or worse, join each other's job.
+STANDALONE = ["--standalone"]
+# A hang guard, not a speed limit: the run returns as soon as it is done.
+HANG_GUARD_S = 900
+
 
 def test_shards_cover_every_row_once():
     ranks = [Distributed(r, 3) for r in range(3)]
@@ -38,10 +45,10 @@ def test_torchrun_two_gloo_processes_train_one_model(tmp_path):
     data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
     run = tmp_path / "run"
     env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
            str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
            "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "3", "--no-report"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Found 36 images") == 1  # only rank 0 prints
     assert (run / "model" / "model.safetensors").is_file()
@@ -139,9 +146,9 @@ def test_ranks_agree_on_skipping_a_nan_step_and_on_stopping(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text(AGREEMENT_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29518",
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", *STANDALONE,
                            str(script), str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=180)
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     import json
 
