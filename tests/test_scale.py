@@ -237,7 +237,11 @@ def test_scanning_100k_files_takes_seconds(tmp_path):
     """A tree of 100,000 entries, each class folder one tiny JPEG and hard links to it (cheap
     to make, unlike 100,000 inodes on a busy disk). The scan stats, opens and sniffs every
     entry; it counts each linked file once (row A11), so the index holds one image per class.
-    benchmarks/scale.py times a tree of separate files too."""
+    benchmarks/scale.py times a tree of separate files too.
+
+    The limit is on the CPU time of this thread (the scan runs in it, system calls included),
+    not on wall time: on a loaded machine the scan waits for a CPU and for the disk, which is
+    not its cost."""
     root, data = tmp_path / "data", tiny_jpeg()
     for c in range(N_CLASSES):
         folder = root / f"class_{c}"
@@ -247,13 +251,13 @@ def test_scanning_100k_files_takes_seconds(tmp_path):
         for i in range(c + N_CLASSES, N_FILES, N_CLASSES):
             os.link(source, folder / f"img_{i:06d}.jpg")
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         index = scan_folder(root)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
     finally:
         shutil.rmtree(root)
-    print(f"scan_folder: {N_FILES:,} entries in {seconds:.2f} s")
+    print(f"scan_folder: {N_FILES:,} entries in {seconds:.2f} s ({cpu_seconds:.2f} s of CPU)")
     assert index.counts().tolist() == [1] * N_CLASSES
     assert index.report.ignored == {"linked duplicate": N_FILES - N_CLASSES}
     assert not index.report.bad_files and not index.report.warnings
-    assert seconds < 30
+    assert cpu_seconds < 30
