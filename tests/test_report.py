@@ -302,6 +302,7 @@ def test_report_opens_in_chromium_without_broken_images_or_console_errors(report
     _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -315,6 +316,11 @@ def test_report_opens_in_chromium_without_broken_images_or_console_errors(report
         driver.get((report_run / "report" / "index.html").as_uri())
         driver.execute_script("document.querySelectorAll('img').forEach(i => i.loading='eager')")
         driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        # The images now load asynchronously: wait until each has finished, loaded or broken
+        # (`complete` is true either way), before looking for broken ones. Checked at once, a
+        # busy machine reported images still loading as broken. A hang guard, not a limit.
+        WebDriverWait(driver, 120).until(lambda d: d.execute_script(
+            "return Array.from(document.images).every(i => i.complete)"))
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
             " i.naturalWidth])")
