@@ -118,7 +118,7 @@ def test_torchrun_default_command_builds_the_report_and_every_rank_exits_0(tmp_p
     data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
     run = tmp_path / "run"
     env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29519",
+    cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
            str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
            "--mode", "finetune", "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
