@@ -37,8 +37,9 @@ def test_epoch_shards_have_equal_length_and_cover_the_epoch():
     assert Distributed().shard_epoch(draws) is draws  # not distributed: unchanged
 
 
-@pytest.mark.slow
-def test_torchrun_two_gloo_processes_train_one_model(tmp_path):
+def _torchrun_train(tmp_path: Path, *options: str):
+    """`torchrun --nproc-per-node 2 imagefit train DATA --out RUN *options` with gloo on 36
+    images: (data, run folder, the finished process)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this Python")
@@ -47,8 +48,14 @@ def test_torchrun_two_gloo_processes_train_one_model(tmp_path):
     env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
            str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
-           "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "3", "--no-report"]
+           "--image-size", str(TEST_IMAGE_SIZE), *options]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    return data, run, done
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_train_one_model(tmp_path):
+    data, run, done = _torchrun_train(tmp_path, "--epochs", "3", "--no-report")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Found 36 images") == 1  # only rank 0 prints
     assert (run / "model" / "model.safetensors").is_file()
@@ -112,16 +119,7 @@ dist.destroy_process_group()
 def test_torchrun_default_command_builds_the_report_and_every_rank_exits_0(tmp_path):
     """The README's command with the report on: rank 0's report trains out-of-fold heads after
     the other rank has exited; that once ended in a gloo all_reduce with no peer (exit 1)."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed beside this Python")
-    data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
-    run = tmp_path / "run"
-    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
-           str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
-           "--mode", "finetune", "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    _, run, done = _torchrun_train(tmp_path, "--mode", "finetune", "--epochs", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exited with code" not in done.stderr and "Connection closed" not in done.stderr
     assert done.stdout.count("Report:") == 1

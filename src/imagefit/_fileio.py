@@ -179,9 +179,7 @@ def check_output_folder(folder: str | os.PathLike, what: str = "the output folde
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = temp_path(path / "write-check")
-        probe.write_bytes(b"")
-        probe.unlink()
+        _probe_write(path / "write-check")
     except OSError as exc:
         raise OutputError(f"Cannot write to {what} {path}: {exc.strerror or exc}. "
                           f"{fix}") from None
@@ -202,11 +200,16 @@ def check_output_file(path: str | os.PathLike, what: str = "the output file") ->
     if not folder.is_dir():
         raise OutputError(f"Cannot write {what} {path}: the folder {folder} does not exist. "
                           f"Create it, or choose another path.")
-    probe = temp_path(path)
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        _probe_write(path)
     except OSError as exc:
         raise OutputError(f"Cannot write {what} {path}: {exc.strerror or exc}. Choose another "
                           f"path.") from None
     return path
+
+
+def _probe_write(path: Path) -> None:
+    """Create and remove an empty temp file beside `path` (OSError if the folder refuses)."""
+    probe = temp_path(path)
+    probe.write_bytes(b"")
+    probe.unlink()
