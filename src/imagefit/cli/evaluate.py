@@ -9,6 +9,7 @@ from pathlib import Path
 from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
 from imagefit.bundle import resolve_model_dir
+from imagefit.data.index import refuse_output_inside
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import evaluate
 from imagefit.metrics import format_per_class_table
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     if args.report:
+        refuse_output_inside(args.report, [args.data])  # before anything is created there
         check_output_folder(args.report, "--report")
     model = load_model(args.run)
     if args.max_pixels is not None:
@@ -60,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from imagefit.data.index import refuse_output_inside
     from imagefit.workflows.report import build_run_report
 
-    refuse_output_inside(args.report, [args.data])
     if RunFolder.of_model(resolve_model_dir(args.run)).split.is_file():
         result = build_run_report(args.run, data=args.data, out=args.report,
                                   progress=not args.quiet)
