@@ -90,6 +90,18 @@ def test_loaded_and_fitted_models_have_the_same_attributes(trained_run):
     assert loaded.get_config()["training"] == clf.get_config()["training"]
 
 
+def test_a_loaded_model_honours_its_prediction_parameters(trained_run, tmp_path):
+    """cache_dir, workers, max_pixels and batch_size set on a loaded model are what prediction
+    uses (the machine-specific settings are not taken from model.json)."""
+    from imagefit import scan_folder
+
+    clf = load_model(trained_run["run"]).set_params(cache_dir=str(tmp_path / "cache"),
+                                                    workers=0)
+    result = clf.embed_index(scan_folder(trained_run["test"]).with_hashes())
+    assert result.ok.all() and result.n_computed == 15
+    assert list((tmp_path / "cache").rglob("chunk-*.json"))  # stored where it was told
+
+
 def test_model_json_contract(trained_run):
     folder = trained_run["run"] / "model"
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]

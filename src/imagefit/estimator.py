@@ -21,6 +21,7 @@ from imagefit.data.index import ImageIndex
 from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
                                        compute_features, raise_first_failure)
+from imagefit.features.store import cache_folder
 from imagefit.models.backbones import build_for_loading, create_backbone
 from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
@@ -28,7 +29,7 @@ from imagefit.seeding import seed_everything
 from imagefit.train import distributed
 from imagefit.train.calibrate import fit_temperature, softmax
 from imagefit.train.settings import (Settings, check_estimator_params, model_metadata,
-                                     resolve_settings, settings_from_metadata)
+                                     resolve_settings, settings_from_metadata, workers_for)
 from imagefit.train.stages import RunContext, make_checkpointer, run_stages, training_data
 
 
@@ -97,16 +98,13 @@ class ImageClassifier(BaseEstimator):
         self.checkpoint_dir, self.resume, self.verbose = checkpoint_dir, resume, verbose
 
     def fit(self, X, y=None, *, val: ImageIndex | None = None) -> "ImageClassifier":
-        """Train on `X` and calibrate on the validation set.
+        """Train on `X` and calibrate on the validation set; returns self.
 
         Args:
             X: an `ImageIndex` (e.g. from `scan_folder`), or a sequence of image paths.
             y: class names for paths; for an `ImageIndex` X, may be the validation
                 `ImageIndex` (so `fit(train, val)` works).
             val: validation `ImageIndex`; default: split off `val_fraction` of X.
-
-        Returns:
-            self.
         """
         params = self.get_params()
         check_estimator_params(params)
@@ -192,7 +190,7 @@ class ImageClassifier(BaseEstimator):
             for start in range(0, len(path_array), chunk_size):
                 chunk = path_array[start:start + chunk_size]
                 result = compute_features(chunk, runner, batch_size=batch_size or self.batch_size,
-                                          workers=self.settings_.workers_for(len(path_array)),
+                                          workers=workers_for(self.workers, len(path_array)),
                                           max_pixels=self.max_pixels, bar=bar)
                 views = result.features.reshape(len(chunk), getattr(runner, "n_views", 1), -1)
                 proba = np.mean([self.proba_from_features(views[:, v])
@@ -233,10 +231,10 @@ class ImageClassifier(BaseEstimator):
         (`index.sha256`), rows are reused from and added to the feature store."""
         check_is_fitted(self)
         runner = self._get_runner()
-        store = None if index.sha256 is None else runner.store(self.settings_.cache_folder())
+        store = None if index.sha256 is None else runner.store(cache_folder(self.cache_dir))
         return compute_features(index.paths, runner, keys=index.sha256, store=store,
                                 batch_size=self.batch_size,
-                                workers=self.settings_.workers_for(len(index)),
+                                workers=workers_for(self.workers, len(index)),
                                 max_pixels=self.max_pixels, progress=progress)
 
     def predict_proba_images(self, images: np.ndarray) -> np.ndarray:
@@ -279,7 +277,7 @@ class ImageClassifier(BaseEstimator):
         if self._runner is None:
             self._runner = BackboneRunner(self.net_.backbone, self.preprocessing_,
                                           device=self.device_,
-                                          cache_dir=self.settings_.cache_folder())
+                                          cache_dir=cache_folder(self.cache_dir))
         return self._runner
 
 

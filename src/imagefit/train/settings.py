@@ -76,10 +76,7 @@ class Settings:
 
     def workers_for(self, n: int) -> int:
         """Decoding processes for a job of `n` images."""
-        if self.workers is not None:
-            return self.workers
-        # Worker start-up costs about a second; small jobs decode faster in-process.
-        return 0 if n < 512 else min(2, os.cpu_count() or 1)
+        return workers_for(self.workers, n)
 
     def to_dict(self) -> dict:
         """Plain JSON/YAML values (model.json's "settings", config.yaml)."""
@@ -100,6 +97,14 @@ class Settings:
         if values.get("logit_adjustment") is not None:
             values["logit_adjustment"] = tuple(values["logit_adjustment"])
         return cls(**values)
+
+
+def workers_for(workers: int | None, n: int) -> int:
+    """Decoding processes for a job of `n` images: `workers`, or by job size when None."""
+    if workers is not None:
+        return workers
+    # Worker start-up costs about a second; small jobs decode faster in-process.
+    return 0 if n < 512 else min(2, os.cpu_count() or 1)
 
 
 def check_estimator_params(params: dict[str, Any]) -> None:
