@@ -290,6 +290,77 @@ def test_truncated_jpeg_is_422(client, tmp_path):
     assert set(r.json()) == {"error"}
 
 
+# --- decoding in worker processes (reliability reference C3) -----------------------------------
+
+def crashing_decode(data, **kwargs):
+    """A decoder that dies like a crashed C library when it sees b"crash"; runs in a worker."""
+    if data.startswith(b"crash"):
+        os.abort()
+    if data.startswith(b"hang"):
+        time.sleep(3600)
+    from imagefit.data.images import load_image
+
+    return load_image(data, **kwargs)
+
+
+def test_a_decoder_that_crashes_or_hangs_costs_a_worker_not_the_service():
+    from imagefit.errors import ImageLoadError
+    from imagefit.serve.decoding import DecoderPool
+
+    pool = DecoderPool(1, timeout_s=20, decode=crashing_decode)
+    good = png_bytes((40, 30))
+    assert pool.decode(good, size=32).shape == (32, 32, 3)
+    with pytest.raises(ImageLoadError, match="crashed"):
+        pool.decode(b"crash", size=32)
+    assert pool.decode(good, size=32).shape == (32, 32, 3) and pool.replaced == 1
+    pool.timeout_s = 2.0  # a hang guard: the sleeping worker is killed at the deadline
+    with pytest.raises(ImageLoadError, match="took too long"):
+        pool.decode(b"hang", size=32)
+    assert pool.decode(good, size=32).shape == (32, 32, 3) and pool.replaced == 2
+    pool.close()
+
+
+def test_a_decode_past_the_memory_cap_is_too_large_and_the_worker_lives_on():
+    from imagefit.errors import ImageLoadError
+    from imagefit.serve.decoding import DecoderPool
+
+    pool = DecoderPool(1, timeout_s=120, headroom_mb=64)
+    bomb = png_bytes((9000, 9000))  # 81 MP, under the pixel cap; ~243 MB decoded
+    with pytest.raises(ImageLoadError) as info:
+        pool.decode(bomb, size=32)
+    assert info.value.reason == "too_large"
+    assert pool.decode(png_bytes((40, 30)), size=32).shape == (32, 32, 3)
+    assert pool.replaced == 0
+    pool.close()
+
+
+@pytest.mark.slow
+def test_load_with_hostile_uploads_gets_no_5xx_and_the_service_stays_up(clf, images, tmp_path):
+    """300 requests from 8 threads, 10 % hostile (truncated JPEG, a bomb under the pixel cap,
+    random bytes): every hostile one is refused (415/422), every other one answered 200."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(clf, ServeSettings(max_concurrency=2, max_queue=64,
+                                        decode_memory_mb=128))
+    jpeg = make_image(tmp_path / "x.jpg", COLOURS["cat"], seed=5, size=(120, 90), fmt="JPEG")
+    hostile = [jpeg.read_bytes()[:300], png_bytes((9000, 9000)),
+               b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(4000)]
+    good = [data for _, data in images.values()]
+    bodies = [hostile[i // 10 % 3] if i % 10 == 0 else good[i % len(good)] for i in range(300)]
+    with TestClient(app, base_url=BASE) as client:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda b: client.post("/predict", **octet(b)).status_code,
+                                  bodies))
+        seconds = time.perf_counter() - started
+        assert client.get("/health").status_code == 200
+        assert client.post("/predict", **octet(good[0])).status_code == 200
+    expected = [422 if i % 10 == 0 else 200 for i in range(300)]
+    assert [c for c in codes if c >= 500] == []
+    assert codes == expected, sorted(set(zip(codes, expected)))
+    print(f"300 requests (30 hostile), 8 threads: {300 / seconds:.1f} req/s")
+
+
 # --- API key -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

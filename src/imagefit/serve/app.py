@@ -23,9 +23,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagefit.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, load_image, sniff_format
+from imagefit.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, sniff_format
 from imagefit.errors import ImageLoadError
 from imagefit.estimator import ImageClassifier
+from imagefit.serve.decoding import DEFAULT_HEADROOM_MB, DecoderPool
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -48,6 +49,7 @@ class ServeSettings:
     max_queue: int = 16             # requests allowed to wait; beyond that: 429
     timeout_s: float = 30.0         # per request (upload, queue, prediction): beyond that 503
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_memory_mb: int = DEFAULT_HEADROOM_MB  # per decoding process, beyond its start-up
 
 
 class _Limiter:
@@ -85,6 +87,9 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
     size = model.preprocessing_.image_size
     background = model.preprocessing_.background
     limiter_box: list[_Limiter] = []  # made inside the running event loop
+    # Untrusted bytes are decoded in worker processes: a crash or a balloon costs a worker.
+    decoder = DecoderPool(settings.max_concurrency, timeout_s=settings.timeout_s,
+                          headroom_mb=settings.decode_memory_mb)
     workers = anyio.CapacityLimiter(settings.max_concurrency)
 
     def limiter() -> _Limiter:
@@ -93,7 +98,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
         return limiter_box[0]
 
     def predict_bytes(data: bytes) -> dict:
-        image = load_image(data, size, max_pixels=settings.max_pixels, background=background)
+        image = decoder.decode(data, size=size, max_pixels=settings.max_pixels,
+                               background=background)
         proba = model.predict_proba_images(image[None])[0]
         best = int(proba.argmax())
         return {"label": classes[best], "confidence": float(proba[best]),
