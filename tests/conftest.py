@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,13 @@ from PIL import Image
 
 # Before anything imports huggingface_hub (it reads this once): no test may reach a network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# A job started in the background by a non-interactive shell (`make test &`, nohup, some CI
+# runners) inherits SIGINT ignored, and Python then leaves it ignored: Ctrl-C tests would see
+# no KeyboardInterrupt, and the CLI processes they start would inherit the same. The tests
+# assume what an interactive `make test` gets: Python's default handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small inputs keep the pretrained backbone fast in tests.
 TEST_IMAGE_SIZE = 32
