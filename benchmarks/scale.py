@@ -80,7 +80,7 @@ class PeakRSS:
 def phase_scan(n: int, links: bool, tmp: Path) -> dict:
     from PIL import Image
 
-    from imagefit.data.index import scan_folder
+    from imagefit.data.sources import scan_folder
 
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, "JPEG", quality=50)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import COLOURS, make_dataset, make_image, tree_digest
 from imagefit.data.audit import preflight
-from imagefit.data.index import ImageIndex, assign_validation, expand_paths, scan_folder
+from imagefit.data.index import ImageIndex, assign_validation, expand_paths
+from imagefit.data.sources import scan_folder
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.workflows.run_folder import write_bad_files
 
@@ -317,14 +318,15 @@ def test_csv_header_case_and_bad_rows(tmp_path):
     assert labelled(index, base) == {"cat/cat_000.jpg": "cat", "dog/dog_000.jpg": "dog",
                                      "dog/dog_001.png": "dog"}
     reasons = {Path(b.path).name: b.reason for b in index.report.bad_files}
-    assert reasons == {"cat_001.png": "io_error", "missing.jpg": "io_error"}
+    assert reasons == {"cat_001.png": "io_error", "missing.jpg": "missing"}
 
 
 def test_csv_without_header(tmp_path):
     base = tmp_path / "csvdata"
     make_dataset(base, {"cat": 2, "dog": 2})
     (base / "labels.csv").write_text("cat/cat_000.jpg,cat\ndog/dog_000.jpg,dog\n")
-    with pytest.raises(DatasetError, match="header with columns 'path' and 'label'"):
+    with pytest.raises(DatasetError, match="no path column .* add a header line such as "
+                                           "path,label"):
         scan_folder(base / "labels.csv")
 
 

@@ -38,10 +38,11 @@ from fixtures.messy import (
 from imagefit.cli.main import main
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
-from imagefit.data.index import scan_folder
+from imagefit.data.sources import scan_folder
 from imagefit.estimator import load_model
 from imagefit.features.extract import ImageFiles, model_key
-from imagefit.features.store import FeatureStore, default_cache_dir
+from imagefit._fileio import default_cache_dir
+from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import preprocessing_for, to_input
 from imagefit.workflows.inspect import inspect_dataset
 
@@ -561,7 +562,7 @@ def test_a_file_that_crashes_or_hangs_its_decoder_is_listed_and_the_rest_checked
     HANG_SECONDS (lowered here to 1 s for the victim; see `_check_or_fail`). Not timed: had
     the watchdog not cut the hang, the victim's sleep would end and it would check as good."""
     from imagefit.data import audit
-    from imagefit.data.index import scan_folder
+    from imagefit.data.sources import scan_folder
 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("needs forked pre-flight workers")

@@ -15,7 +15,7 @@ import imagefit
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.cli.main import main
 from imagefit.config import TrainConfig
-from imagefit.data.index import read_csv_index
+from imagefit.data.sources import from_table
 from imagefit.errors import ConfigError, DatasetError, ModelFormatError
 from imagefit.models.backbones import create_backbone
 from imagefit.workflows.train import train_run
@@ -78,11 +78,11 @@ def test_csv_that_is_not_utf8_and_short_rows(tmp_path):
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("path,label\ncaf\xe9.png,cat\n".encode("latin-1"))
     with pytest.raises(DatasetError, match="not UTF-8"):
-        read_csv_index(bad)
+        from_table(bad)
     make_dataset(tmp_path, {"cat": 2, "dog": 2})
     short = tmp_path / "short.csv"
     short.write_text("label,path\ncat,cat/cat_000.jpg\ndog,dog/dog_001.png\ncat\n")
-    index = read_csv_index(short, min_classes=2)
+    index = from_table(short, min_classes=2)
     assert len(index) == 2
     assert [b.message for b in index.report.bad_files] == ["row has no path"]
 

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from imagefit.data.augment import Augmenter
-from imagefit.data.index import scan_folder
+from imagefit.data.sources import scan_folder
 from imagefit.data.sampling import BalancedSampler
 from imagefit.features.store import FeatureStore
 from imagefit.train.loader import (

@@ -9,7 +9,8 @@ from imagefit.config import TrainConfig
 from imagefit.data.audit import preflight
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import load_image
-from imagefit.data.index import ImageIndex, scan_folder
+from imagefit.data.index import ImageIndex
+from imagefit.data.sources import SourceOptions, from_table, open_dataset, scan_folder
 from imagefit.errors import (ConfigError, DatasetError, ImagefitError, ImageLoadError,
                              ModelFormatError, NotFittedError, OutputError, TrainingDivergedError,
                              TrainingInterrupted)
@@ -19,7 +20,8 @@ from imagefit.features.extract import Predictions
 from imagefit.workflows.train import train_run
 
 __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",
-           "Predictions", "TrainConfig", "scan_folder", "preflight", "load_image", "load_model",
+           "Predictions", "TrainConfig", "SourceOptions", "scan_folder", "open_dataset",
+           "from_table", "preflight", "load_image", "load_model",
            "evaluate", "train_run", "check_is_fitted", "ImagefitError", "ConfigError",
            "DatasetError", "ImageLoadError", "ModelFormatError", "NotFittedError", "OutputError",
            "TrainingDivergedError", "TrainingInterrupted", "__version__"]

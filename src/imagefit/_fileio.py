@@ -68,16 +68,38 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a mix."""
+def default_cache_dir() -> Path:
+    """`$IMAGEFIT_CACHE`, else `$XDG_CACHE_HOME/imagefit`, else `~/.cache/imagefit`."""
+    if os.environ.get("IMAGEFIT_CACHE"):
+        return Path(os.environ["IMAGEFIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imagefit"
+
+
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder (`cache_dir`, else `default_cache_dir()`), created if missing."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix.
+
+    `sync=False` skips the fsyncs, for cache files that can be rebuilt: still never half
+    written, but a power cut may lose them."""
     tmp = temp_path(path)
     try:
-        _write_synced(tmp, data, "wb")
+        if sync:
+            _write_synced(tmp, data, "wb")
+        else:
+            tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def write_new(path: Path, data: bytes) -> bool:

@@ -9,14 +9,25 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from imagefit.data.images import DEFAULT_MAX_PIXELS
+from imagefit.data.sources import SourceOptions
 from imagefit.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = ""                    # dataset folder (class sub-folders, or train/ + val/) or CSV
+    data: str = ""                    # dataset folder (class sub-folders, or train/ + val/) or
+                                      # table (CSV, TSV, Parquet)
     out: str | None = None            # run folder; default runs/<timestamp>
-    val: str | None = None            # a separate validation folder (same class names)
+    val: str | None = None            # a separate validation folder or table (same classes)
+    # How labels, splits and groups are read (data.sources.SourceOptions; all optional):
+    root: str | None = None           # tables: folder relative paths start from
+    path_col: str | None = None       # tables: path column (default: recognised by name)
+    label_col: str | None = None      # tables: label column (default: recognised by name)
+    split_col: str | None = None      # tables: train/val/test column (default: 'split' if any)
+    group_col: str | None = None      # tables: group column (patient, specimen...)
+    label_regex: str | None = None    # label = first group of this pattern in the file name
+    label_depth: Any = None           # folders: class = first N folder levels, or "leaf"
+    group_regex: str | None = None    # group = first group of this pattern in the file name
     val_fraction: float = 0.2         # share of each class held out when there is no val folder
     mode: str = "auto"                # auto | probe | finetune | scratch (auto: finetune a
                                       # pretrained backbone on GPU or <= 20k images, else probe)
@@ -59,7 +70,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def source(self) -> SourceOptions:
+        """How `data` (and `val`) are read."""
+        names = {f.name for f in fields(SourceOptions)} - {"check_files"}
+        return SourceOptions(**{k: getattr(self, k) for k in names})
+
     def estimator_params(self) -> dict:
         """The subset of settings that are `ImageClassifier` parameters."""
-        skip = {"data", "out", "val", "strict", "report"}  # resume: with checkpoint_dir
+        skip = {"data", "out", "val", "strict", "report"} | {f.name for f in fields(SourceOptions)}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

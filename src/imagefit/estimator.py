@@ -17,11 +17,12 @@ from imagefit._validation import check_is_fitted
 from imagefit.base import BaseEstimator
 from imagefit.bundle import read_model_folder, write_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
+from imagefit.data.arrays import from_arrays
 from imagefit.data.index import ImageIndex
 from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
                                        compute_features, raise_first_failure)
-from imagefit.features.store import cache_folder
+from imagefit._fileio import cache_folder
 from imagefit.models.backbones import build_for_loading, create_backbone
 from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
@@ -101,7 +102,9 @@ class ImageClassifier(BaseEstimator):
         """Train on `X` and calibrate on the validation set; returns self.
 
         Args:
-            X: an `ImageIndex` (e.g. from `scan_folder`), or a sequence of image paths.
+            X: an `ImageIndex` (e.g. from `open_dataset`), a sequence of image paths, or a
+                uint8 image array (N, H, W) or (N, H, W, C), C in 1, 3, 4 (each image is
+                stored once as a PNG in the cache; then it is a file like any other).
             y: class names for paths; for an `ImageIndex` X, may be the validation
                 `ImageIndex` (so `fit(train, val)` works).
             val: validation `ImageIndex`; default: split off `val_fraction` of X.
@@ -251,10 +254,14 @@ class ImageClassifier(BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated class probabilities, shape (n_images, n_classes), columns in `classes_`.
 
+        Args:
+            X: image paths, an `ImageIndex`, or a uint8 array (N, H, W) or (N, H, W, C) of any
+                image size (each image is stored once as a PNG in the cache, as in `fit`).
+
         Raises:
             ImageLoadError: a file cannot be decoded (use `predict_files` to get error rows).
         """
-        preds = self.predict_files(X.paths if isinstance(X, ImageIndex) else X)
+        preds = self.predict_files(self._index(X).paths)
         raise_first_failure(preds.failures, preds.paths)
         return preds.proba
 
@@ -265,13 +272,20 @@ class ImageClassifier(BaseEstimator):
         return np.array(self.classes_, dtype=object)[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X, y=None) -> float:
-        """Balanced accuracy on an `ImageIndex` (or paths with class names `y`)."""
+        """Balanced accuracy on an `ImageIndex` (or paths or an image array, with labels `y`)."""
         check_is_fitted(self)
-        index = X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y, self.classes_)
-        index = index.with_classes(self.classes_)
+        index = self._index(X, y).with_classes(self.classes_)
         pred = self.predict_proba(index).argmax(axis=1)
         recalls = [(pred[index.labels == c] == c).mean() for c in np.unique(index.labels)]
         return float(np.mean(recalls))
+
+    def _index(self, X, y=None) -> ImageIndex:
+        """`X` (an `ImageIndex`, paths, or a uint8 image array) as an `ImageIndex`."""
+        if isinstance(X, ImageIndex):
+            return X
+        if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind != "U":
+            return from_arrays(X, y, folder=cache_folder(self.cache_dir))
+        return ImageIndex.from_paths(X, y, None if y is None else self.classes_)
 
     def _get_runner(self) -> BackboneRunner:
         if self._runner is None:

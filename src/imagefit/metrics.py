@@ -46,7 +46,10 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
     """The metrics of `imagefit evaluate --json` (keys are a contract).
 
     Balanced accuracy is the mean recall over classes present in `y_true`; macro-F1 averages F1
-    over those classes too (scikit-learn's conventions with labels=present classes).
+    over those classes too (scikit-learn's conventions with labels=present classes). When class
+    names are folder paths (`animals/domestic/cat`), `hierarchy_accuracy` holds the accuracy at
+    each upper level: `{"level_1": ...}` counts a prediction right when its first folder
+    matches the truth's.
 
     Example:
         >>> m = classification_metrics(np.array([0, 1]), np.array([[.9, .1], [.2, .8]]), ["a", "b"])
@@ -67,7 +70,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     present = support > 0
     n = len(y_true)
-    return {
+    metrics = {
         "n": int(n),
         "classes": list(classes),
         "accuracy": float((y_pred == y_true).mean()) if n else float("nan"),
@@ -80,6 +83,27 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
                              "f1": float(f1[i]), "support": int(support[i])}
                       for i, name in enumerate(classes)},
     }
+    levels = hierarchy_accuracy(y_true, y_pred, classes)
+    if levels:
+        metrics["hierarchy_accuracy"] = levels
+    return metrics
+
+
+def hierarchy_accuracy(y_true: np.ndarray, y_pred: np.ndarray,
+                       classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy at each upper level of `/`-separated class paths ({} for flat names).
+
+    Example:
+        >>> hierarchy_accuracy(np.array([0]), np.array([1]), ["pets/cat", "pets/dog"])
+        {'level_1': 1.0}
+    """
+    depth = max(len(c.split("/")) for c in classes) if len(classes) else 1
+    out = {}
+    for level in range(1, depth):
+        prefix = np.array(["/".join(c.split("/")[:level]) for c in classes])
+        right = prefix[y_pred] == prefix[y_true]
+        out[f"level_{level}"] = float(right.mean()) if len(right) else float("nan")
+    return out
 
 
 def format_per_class_table(metrics: dict) -> str:
@@ -93,4 +117,8 @@ def format_per_class_table(metrics: dict) -> str:
                  f"{metrics['balanced_accuracy']:.3f} | macro-F1 {metrics['macro_f1']:.3f} | "
                  f"log loss {metrics['log_loss']:.3f} | ECE {metrics['ece']:.3f} | "
                  f"n={metrics['n']}")
+    if metrics.get("hierarchy_accuracy"):
+        lines.append("accuracy by level of the class path: " + " | ".join(
+            f"{name.replace('_', ' ')} {value:.3f}"
+            for name, value in metrics["hierarchy_accuracy"].items()))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.cli.source import add_source_options, open_data
 from imagefit._fileio import check_output_file
 from imagefit.errors import ConfigError
 from imagefit.progress import printable
@@ -27,7 +28,7 @@ def add_parser(sub, common) -> None:
                        "is there. --preview draws a grid (one row per image: the original, "
                        "then 7 versions) to check the settings.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", metavar="DATA", help="dataset folder or CSV")
+    p.add_argument("data", metavar="DATA", help="dataset folder or table")
     p.add_argument("--out", metavar="DIR", help="output folder (new, empty, or an earlier "
                    "augment output)")
     how = p.add_mutually_exclusive_group()
@@ -39,6 +40,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--augment", default="keras", metavar="keras|light|strong|FILE.yaml",
                    help="augmentation preset or YAML file (default: keras)")
     p.add_argument("--seed", type=int, default=0, metavar="N")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
@@ -54,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out needs --per-image N or --balance (how many copies to write).")
     if args.preview is not None:
         check_output_file(args.preview, "--preview")
+    data = open_data(args, args.data)
     if args.out is not None:
-        result = augment_folder(args.data, args.out, augment=args.augment,
+        result = augment_folder(data, args.out, augment=args.augment,
                                 per_image=args.per_image, balance=args.balance, seed=args.seed,
                                 progress=not args.quiet)
         if not args.quiet:
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"Originals are not copied: train on {printable(args.data)} plus "
                   f"{printable(args.out)}. Manifest: {printable(result.manifest)}")
     if args.preview is not None:
-        path = preview_grid(args.data, args.preview, augment=args.augment, seed=args.seed)
+        path = preview_grid(data, args.preview, augment=args.augment, seed=args.seed)
         if not args.quiet:
             print(f"Preview: {printable(path)}")
     return 0

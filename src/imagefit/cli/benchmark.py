@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imagefit.cli.source import add_source_options, open_data
 from imagefit.errors import ConfigError
 from imagefit.progress import printable
 
@@ -28,7 +29,7 @@ def add_parser(sub, common) -> None:
         "(filled first, not timed, in a temporary folder unless --cache-dir is given). With "
         "--workers 0 it runs on one core. Bad files are skipped and counted. Nothing is written "
         "to the dataset.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    loader.add_argument("data", help="dataset folder or CSV")
+    loader.add_argument("data", help="dataset folder or table")
     loader.add_argument("--augment", default="keras", metavar="PRESET",
                         help="none, light, keras, strong or FILE.yaml (default: keras)")
     loader.add_argument("--image-size", type=int, default=224, metavar="N")
@@ -40,6 +41,7 @@ def add_parser(sub, common) -> None:
     loader.add_argument("--batch-size", type=int, default=64, metavar="N")
     loader.add_argument("--cache-dir", metavar="DIR", help="keep the decoded-image cache here")
     loader.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    add_source_options(loader)
     loader.set_defaults(handler=run)
 
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         refuse_output_inside(args.cache_dir, [args.data])
     if args.json and Path(args.json).is_dir():
         raise ConfigError(f"--json must name a file; {args.json} is a folder.")
-    result = benchmark_loader(args.data, augment=args.augment, image_size=args.image_size,
+    data = open_data(args, args.data, min_classes=2)
+    result = benchmark_loader(data, augment=args.augment, image_size=args.image_size,
                               workers=args.workers, epochs=args.epochs, limit=args.limit,
                               cache_dir=args.cache_dir, batch_size=args.batch_size,
                               progress=not args.quiet)

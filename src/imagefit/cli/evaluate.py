@@ -9,6 +9,7 @@ from pathlib import Path
 from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
 from imagefit.bundle import resolve_model_dir
+from imagefit.cli.source import DATA_HELP, add_source_options, open_data
 from imagefit.data.index import refuse_output_inside
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import evaluate
@@ -19,21 +20,23 @@ from imagefit.workflows.run_folder import RunFolder
 EXAMPLES = """examples:
   imagefit evaluate runs/cats data/test
   imagefit evaluate runs/cats/model data/test --json test-metrics.json
+  imagefit evaluate runs/scans held-out.csv --path-col file --label-col diagnosis
 """
 
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="metrics of a model on labelled data",
-                       description="Predict every image of DATA (class sub-folders or a CSV) "
+                       description="Predict every image of DATA (" + DATA_HELP + ") "
                        "and print per-class precision, recall and F1.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
-    p.add_argument("data", metavar="DATA", help="labelled dataset folder or CSV")
+    p.add_argument("data", metavar="DATA", help="labelled dataset folder or table")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
                    "the cap the model was trained with, from model.json)")
     p.add_argument("--report", metavar="DIR", help="also build the HTML report of RUN on DATA "
                    "into DIR (a run folder's report includes label issues and duplicates)")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
@@ -46,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.run)
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
-    result = evaluate(model, args.data, progress=not args.quiet)
+    data = open_data(args, args.data)
+    if len(data.test_part()):  # a table's split column: the rest was trained or validated on
+        data = data.test_part()
+        if not args.quiet:
+            print(f"Evaluating the {len(data):,} rows the split column marks 'test'.")
+    result = evaluate(model, data, progress=not args.quiet)
     if not args.quiet:
         print(format_per_class_table(result.metrics))
         if result.bad_files:
@@ -54,21 +62,21 @@ def run(args: argparse.Namespace) -> int:
                   f"(first: {printable(result.bad_files[0].path)}: "
                   f"{result.bad_files[0].reason}).")
     if args.report:
-        _report(args)
+        _report(args, data)
     if args.json:
         Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=True),
                                    encoding="utf-8")
     return 0
 
 
-def _report(args: argparse.Namespace) -> None:
+def _report(args: argparse.Namespace, data) -> None:
     from imagefit.workflows.report import build_run_report
 
     if RunFolder.of_model(resolve_model_dir(args.run)).split.is_file():
-        result = build_run_report(args.run, data=args.data, out=args.report,
+        result = build_run_report(args.run, data=data, out=args.report,
                                   progress=not args.quiet)
         index = result.index_html
     else:  # a bare model folder: report on the evaluated data only
-        index = evaluate(load_model(args.run), args.data).save_report(args.report)
+        index = evaluate(load_model(args.run), data).save_report(args.report)
     if not args.quiet:
         print(f"Report: {index}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.cli.source import add_source_options, open_data
 from imagefit.data.index import refuse_output_inside
 from imagefit._fileio import check_output_folder
 from imagefit.errors import ConfigError
@@ -23,7 +24,7 @@ def add_parser(sub, common) -> None:
                        "and DIR/index.csv (path,label, same row order). Stored features are "
                        "reused by later runs.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="dataset folder or CSV")
+    p.add_argument("data", help="dataset folder or table")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--backbone", default="efficientnet_lite0", metavar="NAME")
     p.add_argument("--weights", metavar="FILE", help=".safetensors backbone weights")
@@ -31,6 +32,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, metavar="N", help="image-decoding processes")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_output_inside(args.out, [args.data])
     check_output_folder(args.out, "--out")
     result = extract_dataset_features(
-        args.data, args.out, backbone=args.backbone, image_size=args.image_size,
+        open_data(args, args.data, min_classes=2), args.out, backbone=args.backbone,
+        image_size=args.image_size,
         weights=args.weights, batch_size=args.batch_size, workers=args.workers,
         device=args.device, progress=not args.quiet)
     if not args.quiet:

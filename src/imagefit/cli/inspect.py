@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imagefit.cli.source import add_source_options, open_data
 from imagefit.progress import printable
 
 EXAMPLES = """examples:
@@ -22,7 +23,7 @@ def add_parser(sub, common) -> None:
                        "and train/val leakage, with suggested settings. Nothing is written to "
                        "the dataset.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="dataset folder or CSV")
+    p.add_argument("data", help="dataset folder or table")
     p.add_argument("--json", metavar="FILE", help="write the audit as JSON")
     p.add_argument("--no-near", dest="near", action="store_false",
                    help="skip near-duplicate search (no backbone run)")
@@ -30,6 +31,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--image-size", type=int, metavar="N")
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images, as "
                    "train --max-pixels does (default 89,478,485)")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         options["threshold"] = args.threshold
     if args.max_pixels is not None:
         options["max_pixels"] = args.max_pixels
-    result = inspect_dataset(args.data, **options)
+    result = inspect_dataset(open_data(args, args.data, min_classes=2), **options)
     if not args.quiet:
         for line in result.lines:
             print(printable(line) if "\n" not in line else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imagefit.data.index import expand_paths
+from imagefit.data.sources import is_table, table_files
 from imagefit._fileio import check_output_file
 from imagefit._validation import check_int
 from imagefit.errors import ConfigError
@@ -15,16 +16,24 @@ from imagefit.progress import printable
 EXAMPLES = """examples:
   imagefit predict runs/cats new_photos/ --out predictions.csv
   imagefit predict runs/cats/model a.jpg b.png --top-k 3
+  imagefit predict runs/scans new-scans.csv --path-col file --out predictions.csv
 """
 
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser("predict", parents=[common], help="predict images or folders to CSV",
-                       description="Predict files and folders (expanded recursively). Rows keep "
-                       "input order; unreadable files get a row with the error column filled.",
+                       description="Predict files and folders (expanded recursively), or the "
+                       "files a table (CSV, TSV, Parquet) lists: its columns are kept in front of "
+                       "the predictions. Rows keep input order; unreadable or missing files get "
+                       "a row with the error column filled.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
-    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders, or one "
+                   "table")
+    p.add_argument("--path-col", metavar="NAME", help="table: the column of image paths "
+                   "(default: path, filename, file, image...)")
+    p.add_argument("--root", metavar="DIR", help="table: the folder relative paths start from "
+                   "(default: the table's folder)")
     p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
@@ -43,13 +52,21 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
         raise ConfigError(f"The 'top_k' parameter must be an int in [1, {len(model.classes_)}]. "
                           f"Got {args.top_k} instead.")
-    paths = expand_paths(args.paths)
+    leading = None
+    if len(args.paths) == 1 and is_table(args.paths[0]):
+        table = table_files(args.paths[0], root=args.root, path_col=args.path_col)
+        paths, leading = table.paths, table.columns
+    elif args.path_col or args.root:
+        raise ConfigError("--path-col and --root apply to a table (CSV, TSV, Parquet) of paths.")
+    else:
+        paths = expand_paths(args.paths)
     if not paths:
         raise ConfigError(f"No image files found in {args.paths}.")
     errors = []  # per chunk, counted as the chunks stream past
     chunks = model.iter_predict_files(paths, progress=not args.quiet, tta=args.tta)
     if args.out:
-        write_predictions_csv(_counting(chunks, errors), args.out, top_k=args.top_k)
+        write_predictions_csv(_counting(chunks, errors), args.out, top_k=args.top_k,
+                              leading=leading)
         n_errors = sum(errors)
         if not args.quiet:
             print(f"Wrote {len(paths):,} predictions to {args.out}"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.data.index import refuse_output_inside
+from imagefit.cli.source import add_source_options, open_data
 from imagefit.workflows.report import build_run_report
 
 EXAMPLES = """examples:
   imagefit report runs/cats                      # on the run's validation split
   imagefit report runs/cats --data data/test     # on a labelled test folder
+  imagefit report runs/scans --data test.csv --path-col file --label-col diagnosis
 """
 
 
@@ -21,14 +24,18 @@ def add_parser(sub, common) -> None:
                        "label_issues.csv.", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run folder written by 'imagefit train'")
-    p.add_argument("--data", metavar="DIR", help="labelled test folder to evaluate instead of "
-                   "the validation split")
+    p.add_argument("--data", metavar="DATA", help="labelled test folder or table to evaluate "
+                   "instead of the validation split")
     p.add_argument("--out", metavar="DIR", help="report folder (default RUN/report)")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = build_run_report(args.run, data=args.data, out=args.out, progress=not args.quiet)
+    data = None if args.data is None else open_data(args, args.data)
+    if data is not None and args.out is not None:
+        refuse_output_inside(args.out, [args.data])
+    result = build_run_report(args.run, data=data, out=args.out, progress=not args.quiet)
     if not args.quiet:
         print(f"Report: {result.index_html} ({result.n_evaluated:,} images evaluated, "
               f"{result.n_label_issues} likely label issues).")

@@ -9,6 +9,7 @@ import sys
 
 from imagefit.config import TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
+from imagefit.cli.source import DATA_HELP, add_source_options, source_values
 from imagefit.errors import TrainingInterrupted
 from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
@@ -18,10 +19,13 @@ from imagefit.train.settings import MODES
 from imagefit.workflows.run_folder import RunFolder, default_run_dir
 from imagefit.workflows.train import load_config_file, train_run
 
-EXAMPLES = """examples:
+EXAMPLES = r"""examples:
   imagefit train data/ --out runs/cats
   imagefit train data/train --val data/val --image-size 160 --out runs/cats
   imagefit train labels.csv --mode scratch --epochs 30 --out runs/scratch
+  imagefit train dogs-vs-cats/train --label-regex '^(cat|dog)\.' --out runs/dvc
+  imagefit train scans.csv --path-col file --label-col diagnosis --group-col patient
+  imagefit train imagenet/ --label-depth leaf --out runs/leaves
   imagefit train data/ --strict          # stop (exit 3) if any file is unreadable
   imagefit train data/ --augment keras --balance sampler --time-budget 15 --out runs/x
   imagefit train data/ --out runs/x --resume   # continue an interrupted run
@@ -29,14 +33,13 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train a classifier from a folder or CSV",
-                       description="Train, calibrate, save and evaluate a classifier. DATA is a "
-                       "folder of class sub-folders, a folder holding train/ and val/, or a CSV "
-                       "with columns path,label.", epilog=EXAMPLES,
+    p = sub.add_parser("train", parents=[common], help="train a classifier from a folder or table",
+                       description="Train, calibrate, save and evaluate a classifier. DATA is "
+                       + DATA_HELP + ".", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="dataset folder or CSV")
+    p.add_argument("data", help="dataset folder or table")
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--val", metavar="DIR", help="separate validation folder")
+    split.add_argument("--val", metavar="DATA", help="separate validation folder or table")
     split.add_argument("--val-fraction", type=float, metavar="F",
                        help="share of each class held out for validation (default 0.2)")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<timestamp>)")
@@ -82,6 +85,7 @@ def add_parser(sub, common) -> None:
                    help="skip building RUN/report/index.html")
     p.add_argument("--strict", action="store_true", default=None,
                    help="stop before training (exit 3) if any file cannot be used")
+    add_source_options(p)
     p.set_defaults(handler=run)
 
 
@@ -94,6 +98,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, key)
         if value is not None:
             values[key] = value
+    values.update(source_values(args))
     return TrainConfig.from_mapping(values)
 
 

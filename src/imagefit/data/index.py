@@ -1,12 +1,12 @@
-"""Indexing a dataset: a folder of class sub-folders, a `train/` + `val/` pair, or a CSV of
-`path,label`. The result, `ImageIndex`, holds NumPy arrays (never one Python object per image, so
-DataLoader workers do not copy it page by page) and a `ScanReport` of everything skipped or ignored.
+"""Indexing a folder of class sub-folders or a `train/` + `val/` pair (other shapes, tables
+among them, are read by `sources.py` into the same `ImageIndex`). The result, `ImageIndex`,
+holds NumPy arrays (never one Python object per image, so DataLoader workers do not copy it
+page by page) and a `ScanReport` of everything skipped or ignored.
 This module reads only the first bytes of each file; decoding is the pre-flight's job (audit.py).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import os
@@ -23,6 +23,8 @@ from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
+# Files that hold their images (arrays.py): nothing around them is part of the dataset.
+ARRAY_SUFFIXES = (".npz", ".mat")
 _IGNORED_FILE_NAMES = {".ds_store": ".DS_Store", "thumbs.db": "Thumbs.db",
                        "desktop.ini": "desktop.ini"}
 _IGNORED_DIR_NAMES = {"__macosx": "__MACOSX", ".ipynb_checkpoints": ".ipynb_checkpoints"}
@@ -48,6 +50,7 @@ class ScanReport:
     ignored: Counter = field(default_factory=Counter)
     bad_files: list[BadFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was chosen (columns, label rules)
     extension_mismatch: int = 0
     # The scan's `min_classes`: the pre-flight holds the classes that survive decoding to it.
     min_classes: int = 1
@@ -69,8 +72,11 @@ class ImageIndex:
         paths: str array of file paths.
         labels: int64 array; -1 where unknown.
         classes: class names; `labels` index into it.
-        subsets: optional str array ("train", "val") from a `train/` + `val/` layout.
+        subsets: optional str array ("train", "val", "test") from a `train/` + `val/` layout or
+            a table's split column.
         sha256: optional str array of content hashes (filled by the pre-flight).
+        groups: optional str array: images of one group (patient, specimen...) are never
+            split between training and validation.
         report: what the scan skipped, ignored or warned about.
         checked: whether every file went through the pre-flight (`data.audit.preflight`);
             `fit` runs it on an index that did not.
@@ -89,10 +95,11 @@ class ImageIndex:
     report: ScanReport = field(default_factory=ScanReport)
     root: str | None = None
     checked: bool = False
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        for name in ("labels", "subsets", "sha256"):
+        for name in ("labels", "subsets", "sha256", "groups"):
             column = getattr(self, name)
             if column is not None and len(column) != n:
                 raise ValueError(f"column {name!r} has {len(column)} rows, paths has {n}")
@@ -131,7 +138,14 @@ class ImageIndex:
         """A new index with the given rows (an index array or boolean mask)."""
         pick = (lambda a: None if a is None else a[rows])
         return dataclasses.replace(self, paths=self.paths[rows], labels=self.labels[rows],
-                                   subsets=pick(self.subsets), sha256=pick(self.sha256))
+                                   subsets=pick(self.subsets), sha256=pick(self.sha256),
+                                   groups=pick(self.groups))
+
+    def test_part(self) -> "ImageIndex":
+        """The rows a table's split column marks `test` (held out of training; may be empty)."""
+        if self.subsets is None:
+            return self.take(np.zeros(len(self), bool))
+        return self.take(self.subsets == "test")
 
     def with_classes(self, classes: Sequence[str]) -> "ImageIndex":
         """This index with labels re-expressed against `classes` (matched by name).
@@ -160,57 +174,125 @@ class ImageIndex:
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple["ImageIndex", "ImageIndex"]:
         """Split into (train, validation), stratified by class and seeded.
 
-        A `train/` + `val/` folder layout is kept as it is. Otherwise each class sends about
-        `val_fraction` of its images to validation, at least one where the class has two or more
-        distinct images. Files with the same bytes always land on the same side, and the choice
-        depends only on each file's content and the seed, so adding files later leaves the
-        existing assignments almost unchanged.
+        Rows marked `test` (a table's split column) are in neither part. A `train/` + `val/`
+        folder layout, or a split column with train and val rows, is kept as it is. Otherwise
+        each class sends about `val_fraction` of its images to validation, at least one where
+        the class has two or more distinct images. Files with the same bytes, and images of
+        the same group (`groups`), always land on the same side; with groups, how far the class
+        proportions moved is reported. The choice depends only on each file's content (or
+        group) and the seed, so adding files later leaves the existing assignments almost
+        unchanged.
 
         Raises:
             ConfigError: if `val_fraction` is not in (0, 1).
         """
-        if self.subsets is not None and {"train", "val"} <= set(self.subsets.tolist()):
-            return self.take(self.subsets == "train"), self.take(self.subsets == "val")
+        index = self
+        if self.subsets is not None:
+            index = self.take(self.subsets != "test")
+            if {"train", "val"} <= set(index.subsets.tolist()):
+                return index.take(index.subsets == "train"), index.take(index.subsets == "val")
         if not isinstance(val_fraction, (float, int)) or not 0 < val_fraction < 1:
             raise ConfigError(f"The 'val_fraction' parameter must be a float in (0, 1). "
                               f"Got {val_fraction!r} instead.")
-        index = self.with_hashes()
-        is_val = assign_validation(index.sha256, index.labels, val_fraction, seed)
+        index = index.with_hashes()
+        is_val = assign_validation(index.sha256, index.labels, val_fraction, seed,
+                                   groups=index.groups)
         for c, name in enumerate(index.classes):
             members = index.labels == c
             if members.any() and not (is_val & members).any():
+                unit = "group" if index.groups is not None else "distinct image"
                 index.report.warnings.append(
-                    f"Class '{name}' has no validation image (only one distinct image); its "
+                    f"Class '{name}' has no validation image (only one {unit}); its "
                     f"validation metrics will be missing.")
-        return index.take(~is_val), index.take(is_val)
+        train, val = index.take(~is_val), index.take(is_val)
+        if index.groups is not None and len(val):
+            shares = _validation_shares(index.labels, is_val, len(index.classes))
+            overall = is_val.mean()
+            worst = int(np.nanargmax(np.abs(shares - overall)))
+            index.report.warnings.append(
+                f"Grouped split: {len(np.unique(val.groups))} of "
+                f"{len(np.unique(index.groups))} groups in validation; class shares in "
+                f"validation moved by up to {abs(shares[worst] - overall) * 100:.1f} points "
+                f"('{index.classes[worst]}': {shares[worst]:.0%} vs {overall:.0%} overall).")
+        return train, val
+
+
+def _validation_shares(labels: np.ndarray, is_val: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each class's share of its images in validation (NaN for a class with none)."""
+    total = np.bincount(labels[labels >= 0], minlength=n_classes).astype(float)
+    in_val = np.bincount(labels[is_val & (labels >= 0)], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, in_val / total, np.nan)
 
 
 def assign_validation(hashes: np.ndarray, labels: np.ndarray, val_fraction: float,
-                      seed: int) -> np.ndarray:
-    """Boolean mask of validation rows: per class, content groups in a seeded hash order."""
-    keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{h}".encode(), digest_size=8)
-                                    .digest(), "big") for h in hashes], dtype=np.uint64)
-    # A group is all rows sharing bytes; it follows the label of its first row.
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    group_label = labels[first]
-    group_size = np.bincount(inverse, minlength=len(first))
-    group_key = keys[first]
-    val_group = np.zeros(len(first), bool)
-    for c in np.unique(group_label):
-        groups = np.flatnonzero(group_label == c)
-        if len(groups) < 2:
+                      seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of validation rows, moved in units: rows that share bytes or a group.
+
+    Per class (a unit counts for the most common label of its rows), units are taken in a
+    seeded hash order until about `val_fraction` of the class's images are in; each class
+    keeps at least one unit for training."""
+    unit, unit_key = _units(hashes, groups)
+    n_units = len(unit_key)
+    keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8)
+                                    .digest(), "big") for k in unit_key], dtype=np.uint64)
+    known = labels >= 0
+    n_classes = int(labels.max()) + 1 if known.any() else 1
+    votes = np.zeros((n_units, n_classes), np.int64)
+    np.add.at(votes, (unit[known], labels[known]), 1)
+    if groups is None:  # a content group follows the label of its first row
+        first = np.unique(unit, return_index=True)[1]
+        unit_label = labels[first]
+    else:
+        unit_label = np.where(votes.sum(1) > 0, votes.argmax(1), -1)
+    unit_size = np.bincount(unit, minlength=n_units)
+    val_unit = np.zeros(n_units, bool)
+    for c in np.unique(unit_label[unit_label >= 0]):
+        members = np.flatnonzero(unit_label == c)
+        if len(members) < 2:
             continue
-        order = groups[np.argsort(group_key[groups], kind="stable")]
-        want = max(1, round(val_fraction * group_size[groups].sum()))
-        taken = np.cumsum(group_size[order])
+        order = members[np.argsort(keys[members], kind="stable")]
+        want = max(1, round(val_fraction * unit_size[members].sum()))
+        taken = np.cumsum(unit_size[order])
         n_val = min(int(np.searchsorted(taken, want) + 1), len(order) - 1)
-        val_group[order[:n_val]] = True
-    return val_group[inverse]
+        val_unit[order[:n_val]] = True
+    return val_unit[unit]
 
 
-def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
-                min_classes: int = 2) -> ImageIndex:
-    """Index a dataset: class sub-folders, a `train/` + `val/` pair, or a `path,label` CSV.
+def _units(hashes: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """(unit of each row, a stable key per unit): rows joined by equal bytes, and by equal
+    group where groups are given (a union-find over both)."""
+    n = len(hashes)
+    if groups is None:
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        return inverse.reshape(-1), [str(hashes[i]) for i in first]
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for column in (hashes, groups):
+        first_row: dict[str, int] = {}
+        for row, value in enumerate(column.tolist()):
+            other = first_row.setdefault(value, row)
+            if other != row:
+                parent[find(row)] = find(other)
+    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
+    _, inverse = np.unique(roots, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    key: dict[int, str] = {}
+    for row, u in enumerate(inverse.tolist()):  # a unit's key: its smallest group name
+        name = f"g:{groups[row]}"
+        key[u] = min(key.get(u, name), name)
+    return inverse, [key[u] for u in range(len(key))]
+
+
+def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
+                       min_classes: int = 2) -> ImageIndex:
+    """Index a folder of class sub-folders, or a folder holding `train/` + `val/` ones.
 
     Class names are the first-level folder names, sorted; images in deeper sub-folders belong to
     their first-level class. Formats are decided by content, not by name. Clutter
@@ -225,18 +307,12 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
     Raises:
         DatasetError: no such folder, no class folders, fewer than `min_classes` usable
             classes, or class names that collide (case or Unicode normalisation).
-
-    Example:
-        >>> index = imagefit.scan_folder("data/")          # doctest: +SKIP
-        >>> index.classes, index.counts()                   # doctest: +SKIP
-        (('cat', 'dog'), array([120, 45]))
     """
     root_path = Path(root)
-    if root_path.is_file() and root_path.suffix.lower() == ".csv":
-        return read_csv_index(root_path, min_classes=min_classes)
     if not root_path.is_dir():
         raise DatasetError(f"Dataset folder {str(root_path)!r} does not exist or is not a folder. "
-                           f"Pass a folder of class sub-folders or a CSV of path,label.")
+                           f"Pass a folder of class sub-folders, or a table (CSV, TSV, Parquet) "
+                           f"of paths and labels.")
     walker = _Walker(follow_links, root_path)
     subdirs = {d.name.lower(): d for d in walker.child_dirs(root_path)}
     val_name = next((n for n in VAL_DIR_NAMES if n in subdirs), None)
@@ -261,42 +337,6 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
                       walker.report, str(root_path))
 
 
-def read_csv_index(csv_path: str | os.PathLike, *, min_classes: int = 2) -> ImageIndex:
-    """Index a CSV with columns `path,label` (paths relative to the CSV's folder)."""
-    csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-            if "path" not in fields or "label" not in fields:
-                raise DatasetError(f"{csv_path} must have a header with columns 'path' and "
-                                   f"'label'; found {list(fields)}.")
-            records = [(row[fields["path"]] or "", row[fields["label"]] or "") for row in reader]
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                           f"save it as UTF-8 CSV.") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{csv_path} is not a readable CSV: {exc}") from None
-    walker = _Walker(follow_links=True)
-    paths, names = [], []
-    for raw_path, label in records:
-        path = csv_path.parent / raw_path.strip()
-        label = label.strip()
-        if not label or not raw_path.strip():
-            walker.report.bad_files.append(BadFile(str(path), "io_error",
-                                                   "row has no label" if not label
-                                                   else "row has no path"))
-            continue
-        if walker.classify_file(path, path.name, path.name) is not None:
-            paths.append(str(path))
-            names.append(label)
-    classes = _check_classes(names, walker, csv_path, min_classes)
-    walker.report.min_classes = min_classes
-    index = ImageIndex.from_paths(paths, names, classes)
-    return ImageIndex(index.paths, index.labels, index.classes, None, None, walker.report,
-                      str(csv_path.parent))
-
-
 def refuse_output_inside(out: str | os.PathLike, data_paths: Sequence[str | os.PathLike]
                          ) -> None:
     """ConfigError if `out` is, or is inside, one of the dataset folders: imagefit never writes
@@ -304,7 +344,9 @@ def refuse_output_inside(out: str | os.PathLike, data_paths: Sequence[str | os.P
     target = Path(out).resolve()
     for data in data_paths:
         root = Path(data).resolve()
-        root = root.parent if root.is_file() else root
+        if root.is_file() and root.suffix.lower() in ARRAY_SUFFIXES:
+            continue
+        root = root.parent if root.is_file() else root  # a table: its images lie around it
         if target == root or root in target.parents:
             raise ConfigError(f"The output folder {out} is inside the dataset {data}; imagefit "
                               f"never writes into your data. Choose an output folder elsewhere.")
@@ -489,6 +531,13 @@ class _Walker:
                 self._seen_dirs[key] = (subset, label)
                 for found in self._walk_files(Path(path), label, subset, top or name):
                     yield found, label, subset
+
+    def walk_tree(self, folder: Path) -> Iterable[str]:
+        """Every usable image under `folder`, at any depth (labels are the caller's job)."""
+        self._seen_dirs.setdefault(self._dir_key(folder), ("", None))
+        yield from self._walk_files(folder, "", "")
+        for path, _, _ in self.walk_deferred():
+            yield path
 
     def finish(self) -> None:
         """Report, per class, the images found in sub-folders (after links are resolved)."""

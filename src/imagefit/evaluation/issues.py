@@ -57,16 +57,21 @@ class LabelIssues:
 
 # -- label errors -------------------------------------------------------------------------------
 
-def stratified_fold_ids(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+def stratified_fold_ids(labels: np.ndarray, n_folds: int = 5, seed: int = 0,
+                        groups: np.ndarray | None = None) -> np.ndarray:
     """Assign every row to one of `n_folds` folds, stratified by label and seeded.
 
     Each class's rows are shuffled and dealt round-robin starting at fold 0, so every fold gets
     a near-equal share of every class; a class smaller than `n_folds` fills the first folds.
+    With `groups`, whole groups are dealt instead (largest first, in a seeded order within a
+    size), each to the fold holding the fewest rows of its most common class: no group is in
+    two folds, and classes spread as evenly as the groups allow.
 
     Args:
         labels: (n,) class of each row (any sortable values).
         n_folds: number of folds, at least 2.
         seed: seeds the shuffles.
+        groups: (n,) group of each row (patient, specimen...), or None.
 
     Returns:
         (n,) int64 fold number of each row.
@@ -82,6 +87,8 @@ def stratified_fold_ids(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> 
         raise ConfigError(f"The 'labels' parameter must be a 1-D array. "
                           f"Got shape {labels.shape} instead.")
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        return _group_fold_ids(labels, np.asarray(groups), n_folds, rng)
     folds = np.empty(len(labels), np.int64)
     for value in np.unique(labels):
         members = np.flatnonzero(labels == value)
@@ -90,11 +97,33 @@ def stratified_fold_ids(labels: np.ndarray, n_folds: int = 5, seed: int = 0) -> 
     return folds
 
 
+def _group_fold_ids(labels: np.ndarray, groups: np.ndarray, n_folds: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    _, y = np.unique(labels, return_inverse=True)
+    _, g = np.unique(groups, return_inverse=True)
+    y, g = y.reshape(-1), g.reshape(-1)
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    votes = np.zeros((n_groups, int(y.max()) + 1 if len(y) else 1), np.int64)
+    np.add.at(votes, (g, y), 1)
+    sizes = votes.sum(1)
+    order = rng.permutation(n_groups)
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    per_fold = np.zeros((n_folds, votes.shape[1]), np.int64)
+    group_fold = np.empty(n_groups, np.int64)
+    for group in order:
+        main = votes[group].argmax()
+        fold = int(np.lexsort((per_fold.sum(1), per_fold[:, main]))[0])
+        group_fold[group] = fold
+        per_fold[fold] += votes[group]
+    return group_fold[g]
+
+
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, *,
                               n_folds: int = 5, seed: int = 0,
                               class_weight: np.ndarray | None = None, epochs: int = 60,
                               lr: float = 1e-3, dropout: float = 0.2,
-                              batch_size: int = 64) -> np.ndarray:
+                              batch_size: int = 64,
+                              groups: np.ndarray | None = None) -> np.ndarray:
     """Cross-validated class probabilities: each row is predicted by a head that never saw it.
 
     Stratified K-fold (`stratified_fold_ids`) over imagefit's head (dropout + linear), trained
@@ -105,6 +134,8 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     Args:
         features: (n, d) float features (e.g. bottleneck features of a frozen backbone).
         labels: (n,) int class of each row, in [0, n_classes).
+        groups: (n,) group of each row, or None: a group's rows are predicted by a head that
+            saw none of them (images of one patient teach each other their labels).
         n_classes: number of classes (columns of the result).
         n_folds: folds, at least 2.
         seed: seeds the folds, each fold's initialisation and dropout, and the batch order.
@@ -134,12 +165,15 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     check_scalar("dropout", dropout, 0, 1, high_open=True)
     x = _check_matrix("features", features)
     y = _check_labels(labels, len(x), n_classes)
+    if groups is not None and len(groups) != len(y):
+        raise ConfigError(f"The 'groups' parameter must have one value per row ({len(y)}). "
+                          f"Got {len(groups)} instead.")
     if class_weight is not None:
         class_weight = np.asarray(class_weight, dtype=np.float64)
         if class_weight.shape != (n_classes,):
             raise ConfigError(f"The 'class_weight' parameter must have shape ({n_classes},). "
                               f"Got shape {class_weight.shape} instead.")
-    folds = stratified_fold_ids(y, n_folds, seed)
+    folds = stratified_fold_ids(y, n_folds, seed, groups=groups)
     if len(np.unique(folds)) == 1:
         # Every class has one row, so all rows sit in fold 0 and nothing is left to train on.
         raise DatasetError("Cross-validation needs rows outside each fold, but every class has "

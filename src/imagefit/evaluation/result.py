@@ -14,7 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
-from imagefit.data.index import BadFile, ImageIndex, scan_folder
+from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.sources import scan_folder
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.ranking import Rankings, rank_per_class
 from imagefit.features.extract import Predictions
@@ -92,12 +93,15 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
 
 
 def write_predictions_csv(preds: Predictions | Iterable[Predictions], path: str | os.PathLike,
-                          *, y_true: np.ndarray | None = None, top_k: int | None = None) -> int:
+                          *, y_true: np.ndarray | None = None, top_k: int | None = None,
+                          leading: dict[str, list[str]] | None = None) -> int:
     """`path,label,confidence,prob_<class>...,error` rows in input order (a contract); returns
     the number of rows. `preds` may be an iterable of chunks, written as they come.
 
     With `y_true`, a `true_label` column follows `path`; with `top_k`, a `top_k` column lists the
-    k most likely classes as `class:probability` separated by `;`.
+    k most likely classes as `class:probability` separated by `;`. `leading` columns (a
+    table's own, one value per row) come first; a name they share with a prediction column is
+    prefixed with `input_`.
     """
     chunks = iter([preds] if isinstance(preds, Predictions) else preds)
     first = next(chunks, None)
@@ -106,19 +110,23 @@ def write_predictions_csv(preds: Predictions | Iterable[Predictions], path: str 
     classes = list(first.classes)
     header = ["path"] + (["true_label"] if y_true is not None else []) + ["label", "confidence"]
     header += [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"]
+    leading = leading or {}
+    names = [f"input_{k}" if k in header else k for k in leading]
     n_rows = 0
     with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow(names + header)
         for chunk in itertools.chain([first], chunks):
-            n_rows += _write_rows(writer, chunk, classes, y_true, top_k, n_rows)
+            rows = range(n_rows, n_rows + len(chunk.paths))
+            before = [[leading[k][i] for k in leading] for i in rows]
+            n_rows += _write_rows(writer, chunk, classes, y_true, top_k, n_rows, before)
     return n_rows
 
 
 def _write_rows(writer, preds: Predictions, classes: list[str], y_true: np.ndarray | None,
-                top_k: int | None, offset: int) -> int:
+                top_k: int | None, offset: int, before: list[list[str]]) -> int:
     for i, file_path in enumerate(preds.paths):
-        row = [file_path]
+        row = before[i] + [file_path]
         if y_true is not None:
             truth = y_true[offset + i]
             row.append(classes[truth] if truth >= 0 else "")

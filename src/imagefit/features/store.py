@@ -27,21 +27,6 @@ CHUNK_BYTES = 64 << 20
 _FORMAT = 1
 
 
-def default_cache_dir() -> Path:
-    """`$IMAGEFIT_CACHE`, else `$XDG_CACHE_HOME/imagefit`, else `~/.cache/imagefit`."""
-    if os.environ.get("IMAGEFIT_CACHE"):
-        return Path(os.environ["IMAGEFIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imagefit"
-
-
-def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder (`cache_dir`, else `default_cache_dir()`), created if missing."""
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 class FeatureStore:
     """Content-keyed feature rows for one (backbone weights, preprocessing) key.
 

@@ -105,6 +105,8 @@ def _cards(m: dict) -> list[dict]:
     cards = [("Accuracy", m["accuracy"]), ("Balanced accuracy", m["balanced_accuracy"]),
              ("Macro-F1", m["macro_f1"]), ("Log loss", m["log_loss"]), ("ECE", m["ece"]),
              ("Images", m["n"])]
+    cards += [(f"Accuracy at {name.replace('_', ' ')}", value)  # class paths: upper levels
+              for name, value in m.get("hierarchy_accuracy", {}).items()]
     return [{"label": k, "value": _fmt(v)} for k, v in cards]
 
 

@@ -21,7 +21,7 @@ from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.sampling import (BALANCE_CHOICES, class_weights, logit_adjustment,
                                     resolve_balance, stacked_correction_warning)
 from imagefit.errors import ConfigError
-from imagefit.features.store import cache_folder
+from imagefit._fileio import cache_folder
 from imagefit.models.backbones import Preprocessing, get_spec, preprocessing_for, resolve_device
 
 MODES = ("auto", "probe", "finetune", "scratch")

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from imagefit._fileio import cache_folder
+from imagefit.data.arrays import from_arrays
 from imagefit.data.audit import preflight
 from imagefit.data.augment import Augmenter
 from imagefit.data.index import BadFile, ImageIndex
@@ -158,8 +160,10 @@ def training_data(X, y, val: ImageIndex | None,
     if isinstance(y, ImageIndex):
         val, y = y, None
     if not isinstance(X, ImageIndex) and y is None:
-        raise ConfigError("fit() got image paths without labels: pass the class names as y, "
+        raise ConfigError("fit() got images without labels: pass the class names as y, "
                           "or an ImageIndex from imagefit.scan_folder().")
+    if isinstance(X, np.ndarray):  # pixels: stored once as PNG files in the cache
+        X = from_arrays(X, y, folder=cache_folder(params["cache_dir"]))
     train = _checked(X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y), params)
     if val is None:
         train, val = train.split(params["val_fraction"], params["seed"])

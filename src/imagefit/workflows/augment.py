@@ -25,7 +25,8 @@ from imagefit._validation import check_int
 from imagefit.data.audit import preflight
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import decode_image, sniff_format
-from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
+from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside
+from imagefit.data.sources import open_dataset
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 from imagefit.progress import printable, progress_bar
 
@@ -111,7 +112,7 @@ def augment_folder(index_or_data: "ImageIndex | str | os.PathLike", out_dir: str
     differ from one already there is an error: nothing is ever overwritten.
 
     Args:
-        index_or_data: an `ImageIndex`, or a dataset folder or CSV (scanned with `scan_folder`).
+        index_or_data: an `ImageIndex`, or a dataset folder or table (read by `open_dataset`).
             In a `train/` + `val/` layout only `train/` is augmented.
         out_dir: the output folder: new, empty, or written by an earlier `augment_folder`
             (it holds `manifest.csv`). It may not be inside the dataset.
@@ -152,7 +153,8 @@ def augment_folder(index_or_data: "ImageIndex | str | os.PathLike", out_dir: str
     counts = index.counts()
     jobs: list[_Job] = []
     for c, cls in enumerate(index.classes):
-        _check_class_name(cls)
+        for part in cls.split("/"):  # a tree label (--label-depth) is nested folders
+            _check_class_name(part)
         rows = np.flatnonzero(index.labels == c)
         paths = [str(index.paths[r]) for r in rows]
         keys = [_image_key(p, root) for p in paths]
@@ -179,7 +181,7 @@ def augment_folder(index_or_data: "ImageIndex | str | os.PathLike", out_dir: str
     _check_previous(previous, jobs, seed, out)
     out.mkdir(parents=True, exist_ok=True)
     for cls in sorted({job.cls for job in jobs}):
-        (out / cls).mkdir(exist_ok=True)
+        (out / cls).mkdir(parents=True, exist_ok=True)  # a/b for tree labels
         refuse_output_inside(out / cls, roots)  # a class folder that is a link into the data
     rows = dict(previous)
     # The manifest exists from the start, so a stopped run's folder is recognised and resumed.
@@ -296,12 +298,13 @@ def _usable_index(index_or_data) -> tuple[ImageIndex, list[str], list[str]]:
         index = index_or_data
         roots = [index.root] if index.root else []
     else:
-        index = scan_folder(index_or_data, min_classes=1)
+        index = open_dataset(index_or_data, min_classes=1)
         roots = [os.fspath(index_or_data)]
     warnings = list(index.report.warnings)
-    if index.subsets is not None and (index.subsets == "val").any():
-        # Augmented validation images would leak into training data.
-        warnings.append("Only the train/ images are augmented; validation images never are.")
+    if index.subsets is not None and (index.subsets != "train").any():
+        # Augmented validation or test images would leak into training data.
+        warnings.append("Only the training images are augmented; validation and test images "
+                        "never are.")
         index = index.take(index.subsets == "train")
     index = index.take(index.labels >= 0)
     # Images may lie outside the root (a CSV can point anywhere): their folders are data too.

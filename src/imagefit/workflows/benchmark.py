@@ -19,7 +19,7 @@ import torch
 
 from imagefit._validation import check_int
 from imagefit.data.augment import AugmentConfig, Augmenter
-from imagefit.data.index import scan_folder
+from imagefit.data.sources import open_dataset
 from imagefit.errors import DatasetError
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.models.backbones import preprocessing_for
@@ -82,7 +82,7 @@ def benchmark_loader(data: str | os.PathLike, *,
         check_int("limit", limit, 1)
     prep = preprocessing_for(_BACKBONE, image_size)  # validates image_size
     augmenter = Augmenter(augment)
-    index = scan_folder(data)
+    index = open_dataset(data)
     if limit is not None and limit < len(index):
         pick = np.sort(np.random.default_rng(seed).choice(len(index), limit, replace=False))
         index = index.take(pick)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from imagefit.data.audit import preflight
-from imagefit.data.index import scan_folder
+from imagefit.data.sources import open_dataset
 from imagefit.features.extract import BackboneRunner, compute_features
-from imagefit.features.store import cache_folder
+from imagefit._fileio import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
 from imagefit.workflows.run_folder import write_bad_files
 
@@ -45,7 +45,7 @@ def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
         (1000, 1280)
     """
     prep = preprocessing_for(backbone, image_size)
-    checked = preflight(scan_folder(data), image_size=prep.image_size, workers=workers,
+    checked = preflight(open_dataset(data), image_size=prep.image_size, workers=workers,
                         progress=progress)
     index = checked.index
     runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size, weights=weights),

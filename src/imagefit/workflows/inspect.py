@@ -13,7 +13,7 @@ import numpy as np
 
 from imagefit.data.audit import preflight
 from imagefit.data.images import DEFAULT_MAX_PIXELS
-from imagefit.data.index import scan_folder
+from imagefit.data.sources import UNGROUPED, groups_per_class, open_dataset
 from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
 from imagefit.evaluation.issues import (
     NEAR_DUPLICATE_THRESHOLD,
@@ -22,7 +22,7 @@ from imagefit.evaluation.issues import (
     near_duplicate_pairs,
 )
 from imagefit.features.extract import BackboneRunner, compute_features
-from imagefit.features.store import cache_folder
+from imagefit._fileio import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
 
 SMALL_CLASS = 20
@@ -51,7 +51,7 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
         >>> result.summary["classes"], result.summary["imbalance_ratio"]  # doctest: +SKIP
         ({'cat': 120, 'dog': 12}, 10.0)
     """
-    index = scan_folder(data)
+    index = open_dataset(data)
     prep = preprocessing_for(backbone, image_size)
     checked = preflight(index, image_size=prep.image_size, workers=workers,
                         max_pixels=max_pixels, progress=progress)
@@ -77,8 +77,11 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
             near_pairs = near_pairs[~same_bytes]
     paths, labels = good.paths, good.labels
     conflicts = [g for g in exact if len(set(labels[g].tolist())) > 1]
-    leak_groups = [g for g in exact + group_pairs(near_pairs, len(good))
-                   if len(set(subsets[g].tolist()) - {""}) > 1]
+    similar = exact + group_pairs(near_pairs, len(good))
+    leak_groups = [g for g in similar if len(set(subsets[g].tolist()) - {""}) > 1]
+    # With groups (patients...), copies in two groups can land on both sides of any split.
+    across_groups = ([g for g in similar if len(set(good.groups[g].tolist())) > 1]
+                     if good.groups is not None else [])
     summary = {
         "n_images": int(len(good)),
         "classes": {c: int(n) for c, n in zip(good.classes, counts)},
@@ -100,6 +103,17 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
         "median_size": _median_size(checked.sizes),
         "warnings": list(index.report.warnings),
     }
+    if good.groups is not None:
+        named = good.groups[~np.char.startswith(good.groups, UNGROUPED)]
+        summary["n_groups"] = int(len(np.unique(named)))
+        summary["groups_per_class"] = groups_per_class(good)
+        summary["duplicates_across_groups"] = [[str(paths[i]) for i in g]
+                                               for g in across_groups]
+        for name, n in summary["groups_per_class"].items():
+            if n == 1:
+                summary["warnings"].append(
+                    f"Class '{name}' comes from a single group: a split keeps it on one side, "
+                    f"so no honest validation exists for it. Add images from other groups.")
     summary["suggestions"] = _suggestions(summary, good.classes, counts)
     return InspectionResult(summary, _lines(summary, threshold))
 
@@ -131,6 +145,10 @@ def _suggestions(s: dict, classes, counts) -> list[str]:
         tips.append(f"{len(s['leakage'])} groups of (near-)identical images straddle train and "
                     f"validation: remove the copies from val/, or validation scores will be "
                     f"too optimistic.")
+    if s.get("duplicates_across_groups"):
+        tips.append(f"{len(s['duplicates_across_groups'])} sets of (near-)identical images "
+                    f"belong to different groups: a group split can put them on both sides. "
+                    f"Check their group names (the same patient under two IDs?).")
     if s["bad_files"]:
         tips.append(f"{len(s['bad_files'])} files cannot be used; training skips them "
                     f"(--strict stops instead).")
@@ -158,6 +176,10 @@ def _lines(s: dict, threshold: float) -> list[str]:
                  + "".join(f"\n  {b['path']}: {b['reason']}" for b in s["bad_files"][:10]))
     lines.append(f"Exact duplicate groups: {len(s['duplicates'])}; label conflicts: "
                  f"{len(s['label_conflicts'])}; groups straddling train/val: {len(s['leakage'])}")
+    if "groups_per_class" in s:
+        lines.append(f"Groups: {s['n_groups']:,}; per class: " + ", ".join(
+            f"{c} {n}" for c, n in s["groups_per_class"].items())
+            + f"; (near-)duplicates across groups: {len(s['duplicates_across_groups'])}")
     if s["near_duplicates"] is not None:
         lines.append(f"Near-duplicate pairs (cosine >= {threshold:g}): {len(s['near_duplicates'])}"
                      + "".join(f"\n  {a}  ~  {b}  ({sim:.3f})"

@@ -15,7 +15,8 @@ import numpy as np
 from imagefit.bundle import resolve_model_dir
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
-from imagefit.data.index import ImageIndex, refuse_output_inside, scan_folder
+from imagefit.data.index import ImageIndex, refuse_output_inside
+from imagefit.data.sources import open_dataset
 from imagefit.errors import ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
@@ -46,13 +47,14 @@ class ReportResult:
     evaluation: EvaluationResult   # metrics and predictions of the evaluated set
 
 
-def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None = None,
+def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageIndex | None = None,
                      out: str | os.PathLike | None = None, progress: bool = False) -> ReportResult:
     """(Re)build `RUN/report/` (or `out`): index.html, rankings.csv, label_issues.csv.
 
     Args:
         run: a run folder written by `imagefit train`.
-        data: a labelled test folder to evaluate instead of the run's validation split.
+        data: labelled test data to evaluate instead of the run's validation split: a folder
+            or table, or an `ImageIndex` (`open_dataset` reads other shapes).
         out: the report folder (default `RUN/report`).
 
     Example:
@@ -62,13 +64,15 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     model_dir = resolve_model_dir(run)
     run_folder = RunFolder.of_model(model_dir)
     run_dir = run_folder.path
-    if data is not None and out is not None:
-        refuse_output_inside(Path(out), [str(data)])
+    where = data.root if isinstance(data, ImageIndex) else data
+    if where is not None and out is not None:
+        refuse_output_inside(Path(out), [str(where)])
     clf = load_model(model_dir)
     train, val = run_folder.read_split(clf.classes_)
     parts = {"train": train, "val": val}
     if data is not None:
-        test = preflight(scan_folder(data, min_classes=1), image_size=clf.preprocessing_.image_size,
+        test = preflight(open_dataset(data, min_classes=1),
+                         image_size=clf.preprocessing_.image_size,
                          max_pixels=clf.max_pixels, progress=progress).index
         test = test.with_classes(clf.classes_)
         parts["test"] = test
@@ -92,7 +96,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | None =
     report = ReportData(
         title=f"imagefit report: {run_dir.name}",
         subtitle=f"{clf.backbone_name_} at {clf.preprocessing_.image_size}px · evaluated on the "
-                 f"{'test folder ' + str(data) if data is not None else 'validation split'} · "
+                 f"{'test data ' + str(where) if data is not None else 'validation split'} · "
                  f"temperature {clf.temperature_:.3f}",
         metrics=metrics, classes=clf.classes_, paths=evaluated.paths, y_true=y_eval,
         proba=proba, rankings=rankings, temperature=clf.temperature_,
@@ -121,7 +125,8 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
         return []
     oof = out_of_fold_probabilities(x[ok], labels, len(clf.classes_), seed=clf.seed,
                                     class_weight=clf.class_weight_,
-                                    dropout=float(clf.net_.head[0].p))
+                                    dropout=float(clf.net_.head[0].p),
+                                    groups=None if train.groups is None else train.groups[ok])
     found = find_label_issues(labels, oof)
     paths = train.paths[ok]
     return [(str(paths[i]), clf.classes_[labels[i]], clf.classes_[s], float(score))

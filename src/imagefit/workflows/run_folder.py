@@ -18,6 +18,7 @@ import yaml
 
 from imagefit._fileio import check_output_folder
 from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.sources import UNGROUPED
 from imagefit.errors import DatasetError
 
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
@@ -53,6 +54,11 @@ class RunFolder:
         return self.path / "eval"
 
     @property
+    def test_eval(self) -> Path:
+        """Metrics on the rows a table's split column marks `test`."""
+        return self.path / "test"
+
+    @property
     def report(self) -> Path:
         return self.path / "report"
 
@@ -84,17 +90,24 @@ class RunFolder:
         """
         check_output_folder(self.path, "the run folder", "Choose another --out.")
 
-    def write_split(self, train: ImageIndex, val: ImageIndex) -> None:
-        """`path,label,split,sha256` for every image used. Names that are not valid UTF-8 on
-        disk are written byte for byte (surrogateescape), so `read_split` reads them back."""
+    def write_split(self, train: ImageIndex, val: ImageIndex,
+                    test: ImageIndex | None = None) -> None:
+        """`path,label,split,sha256` for every image used, and a `group` column when the data
+        has groups. Names that are not valid UTF-8 on disk are written byte for byte
+        (surrogateescape), so `read_split` reads them back."""
+        parts = [("train", train), ("val", val)] + ([("test", test)] if test else [])
+        grouped = any(part.groups is not None for _, part in parts)
         with open(self.split, "w", newline="", encoding="utf-8",
                   errors="surrogateescape") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label", "split", "sha256"])
-            for name, part in (("train", train), ("val", val)):
+            writer.writerow(["path", "label", "split", "sha256"] + (["group"] if grouped else []))
+            for name, part in parts:
                 hashes = part.sha256 if part.sha256 is not None else [""] * len(part)
-                for p, label, digest in zip(part.paths, part.label_names(), hashes):
-                    writer.writerow([p, label, name, digest])
+                groups = part.groups if part.groups is not None else [""] * len(part)
+                for p, label, digest, group in zip(part.paths, part.label_names(), hashes,
+                                                   groups):
+                    group = "" if group.startswith(UNGROUPED) else group
+                    writer.writerow([p, label, name, digest] + ([group] if grouped else []))
 
     def read_split(self, classes: tuple[str, ...]) -> tuple[ImageIndex, ImageIndex]:
         """(train, validation) indexes of `split.csv`, labels against `classes`."""
@@ -108,8 +121,12 @@ class RunFolder:
             chosen = [r for r in rows if r["split"] == name]
             index = ImageIndex.from_paths([r["path"] for r in chosen],
                                           [r["label"] for r in chosen], classes)
+            groups = None
+            if "group" in (rows[0] if rows else {}):
+                groups = np.array([r["group"] or UNGROUPED + r["path"] for r in chosen], dtype=str)
             parts.append(ImageIndex(index.paths, index.labels, index.classes, None,
-                                    np.array([r["sha256"] for r in chosen], dtype="<U64")))
+                                    np.array([r["sha256"] for r in chosen], dtype="<U64"),
+                                    groups=groups))
         return parts[0], parts[1]
 
     def validation_paths(self) -> list[str]:

@@ -16,10 +16,11 @@ import yaml
 
 from imagefit.config import TrainConfig
 from imagefit.data.audit import PreflightResult, preflight
-from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside, scan_folder
+from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside
+from imagefit.data.sources import open_dataset
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier
-from imagefit.evaluation.result import EvaluationResult
+from imagefit.evaluation.result import EvaluationResult, evaluate
 from imagefit.metrics import classification_metrics
 from imagefit.progress import printable
 from imagefit.train import distributed
@@ -40,6 +41,7 @@ class TrainResult:
     evaluation: EvaluationResult
     bad_files: list[BadFile]
     report: Path | None = None
+    test: EvaluationResult | None = None  # the rows a table's split column marks `test`
 
 
 def train_run(config: TrainConfig, *, progress: bool = True,
@@ -59,7 +61,8 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         echo, progress = (lambda line: None), False
     run = RunFolder(Path(config.out or default_run_dir()))
     run_dir = run.path
-    refuse_output_inside(run_dir, [config.data] + ([config.val] if config.val else []))
+    refuse_output_inside(run_dir, [d for d in (config.data, config.val, config.root) if d])
+    source = config.source()
     if distributed.current().is_main:
         run.check_writable()
     params = config.estimator_params()
@@ -68,7 +71,9 @@ def train_run(config: TrainConfig, *, progress: bool = True,
                           verbose=progress)
     size = input_size(clf.get_params())
 
-    index = scan_folder(config.data)
+    index = open_dataset(config.data, source, cache_dir=config.cache_dir)
+    for line in index.report.notes:
+        echo(printable(line))
     echo(f"Found {len(index):,} images in {len(index.classes)} classes: "
          + ", ".join(f"{printable(c)} ({n})" for c, n in zip(index.classes, index.counts())))
     for line in [index.report.ignored_summary()] + index.report.warnings:
@@ -78,12 +83,13 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     checked = _preflight(index, config, size, progress)
     bad_files = list(checked.bad_files)
     if config.val:
-        val_index = scan_folder(config.val)
+        val_index = open_dataset(config.val, source, cache_dir=config.cache_dir)
         val_checked = _preflight(val_index, config, size, progress)
         bad_files += val_checked.bad_files
         train, val = checked.index, val_checked.index.with_classes(checked.index.classes)
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
+    test = checked.index.test_part()
     echo(checked.summary() + (f" Details: {run.bad_files}" if bad_files else ""))
     for line in checked.index.report.warnings[n_scan_warnings:]:
         echo(printable(line))  # warnings the split added
@@ -102,8 +108,9 @@ def train_run(config: TrainConfig, *, progress: bool = True,
                               f"trained. Fix or remove them, or run without --strict to skip "
                               f"them:\n{listing}")
     if main:
-        run.write_split(train, val)
-    echo(f"Training on {len(train):,} images, validating on {len(val):,}.")
+        run.write_split(train, val, test)
+    echo(f"Training on {len(train):,} images, validating on {len(val):,}"
+         + (f"; {len(test):,} test images are held out until the end." if len(test) else "."))
     if resume:
         found = sorted(p.stem for p in run.checkpoints.glob("*.pt"))
         echo(f"Resuming from the checkpoints of stages {', '.join(found)}." if found else
@@ -126,12 +133,20 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     run.write_history(clf.history_)
     evaluation = _validation_result(clf)
     evaluation.save(run.eval)
+    test_evaluation = None
+    if len(test):
+        test_evaluation = evaluate(clf, test)
+        test_evaluation.save(run.test_eval)
+        m = test_evaluation.metrics
+        echo(f"Test ({len(test):,} images held out of training): accuracy "
+             f"{m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}; "
+             f"{run.test_eval / 'metrics.json'}")
     report = None
     if config.report:
         from imagefit.workflows.report import build_run_report
 
         report = build_run_report(run_dir, progress=progress).index_html
-    return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report)
+    return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report, test_evaluation)
 
 
 def _choices(clf: ImageClassifier) -> str:
