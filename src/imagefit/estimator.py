@@ -17,7 +17,7 @@ from imagefit._validation import check_is_fitted
 from imagefit.base import BaseEstimator
 from imagefit.bundle import read_model_folder, write_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
-from imagefit.data.arrays import from_arrays
+from imagefit.data.arrays import as_index
 from imagefit.data.index import ImageIndex
 from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
@@ -64,8 +64,7 @@ class ImageClassifier(BaseEstimator):
         device, workers: "auto", "cpu" or "cuda"; decoding processes (default by job size).
         weights: a `.safetensors` file of backbone weights (for timm models offline).
         cache_dir: feature and image cache (default `$IMAGEFIT_CACHE` or ~/.cache/imagefit).
-        max_pixels: decompression-bomb limit per image.
-        verbose: show progress bars.
+        max_pixels, verbose: decompression-bomb limit per image; show progress bars.
 
     Fitted attributes: `classes_`, `settings_` (every resolved setting; `mode_`, `balance_`,
     `augment_`, `device_`, `preprocessing_`, `backbone_name_`, `class_weight_` and
@@ -102,9 +101,8 @@ class ImageClassifier(BaseEstimator):
         """Train on `X` and calibrate on the validation set; returns self.
 
         Args:
-            X: an `ImageIndex` (e.g. from `open_dataset`), a sequence of image paths, or a
-                uint8 image array (N, H, W) or (N, H, W, C), C in 1, 3, 4 (each image is
-                stored once as a PNG in the cache; then it is a file like any other).
+            X: an `ImageIndex` (e.g. from `open_dataset`), image paths, or a uint8 array
+                (N, H, W[, C]) (its images are stored once as PNG files in the cache).
             y: class names for paths; for an `ImageIndex` X, may be the validation
                 `ImageIndex` (so `fit(train, val)` works).
             val: validation `ImageIndex`; default: split off `val_fraction` of X.
@@ -252,16 +250,13 @@ class ImageClassifier(BaseEstimator):
             return self.net_.calibrated_proba(logits).numpy()
 
     def predict_proba(self, X) -> np.ndarray:
-        """Calibrated class probabilities, shape (n_images, n_classes), columns in `classes_`.
-
-        Args:
-            X: image paths, an `ImageIndex`, or a uint8 array (N, H, W) or (N, H, W, C) of any
-                image size (each image is stored once as a PNG in the cache, as in `fit`).
+        """Calibrated class probabilities, shape (n_images, n_classes), columns in `classes_`;
+        `X` is what `fit` takes, without labels.
 
         Raises:
             ImageLoadError: a file cannot be decoded (use `predict_files` to get error rows).
         """
-        preds = self.predict_files(self._index(X).paths)
+        preds = self.predict_files(as_index(X, folder=cache_folder(self.cache_dir)).paths)
         raise_first_failure(preds.failures, preds.paths)
         return preds.proba
 
@@ -274,18 +269,11 @@ class ImageClassifier(BaseEstimator):
     def score(self, X, y=None) -> float:
         """Balanced accuracy on an `ImageIndex` (or paths or an image array, with labels `y`)."""
         check_is_fitted(self)
-        index = self._index(X, y).with_classes(self.classes_)
+        index = as_index(X, y, folder=cache_folder(self.cache_dir), classes=self.classes_)
+        index = index.with_classes(self.classes_)
         pred = self.predict_proba(index).argmax(axis=1)
         recalls = [(pred[index.labels == c] == c).mean() for c in np.unique(index.labels)]
         return float(np.mean(recalls))
-
-    def _index(self, X, y=None) -> ImageIndex:
-        """`X` (an `ImageIndex`, paths, or a uint8 image array) as an `ImageIndex`."""
-        if isinstance(X, ImageIndex):
-            return X
-        if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind != "U":
-            return from_arrays(X, y, folder=cache_folder(self.cache_dir))
-        return ImageIndex.from_paths(X, y, None if y is None else self.classes_)
 
     def _get_runner(self) -> BackboneRunner:
         if self._runner is None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from imagefit._fileio import cache_folder
-from imagefit.data.arrays import from_arrays
+from imagefit.data.arrays import as_index
 from imagefit.data.audit import preflight
 from imagefit.data.augment import Augmenter
 from imagefit.data.index import BadFile, ImageIndex
@@ -162,9 +162,8 @@ def training_data(X, y, val: ImageIndex | None,
     if not isinstance(X, ImageIndex) and y is None:
         raise ConfigError("fit() got images without labels: pass the class names as y, "
                           "or an ImageIndex from imagefit.scan_folder().")
-    if isinstance(X, np.ndarray):  # pixels: stored once as PNG files in the cache
-        X = from_arrays(X, y, folder=cache_folder(params["cache_dir"]))
-    train = _checked(X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X, y), params)
+    # Pixels are stored once as PNG files in the cache: from there on they are files.
+    train = _checked(as_index(X, y, folder=cache_folder(params["cache_dir"])), params)
     if val is None:
         train, val = train.split(params["val_fraction"], params["seed"])
     else:
