@@ -325,7 +325,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     if label_depth is not None:
         raise ConfigError("--label-depth applies to folders; a table names its labels in a "
                           "column (or use --label-regex on its paths).")
-    name, header, columns, base = _read_table(table, root)
+    name, header, columns, base, lines = _read_table(table, root)
     report_notes: list[str] = []
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
     label_name = None
@@ -338,7 +338,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     raw_paths = columns[path_name]
     n = len(raw_paths)
     labels = columns[label_name] if label_name else [""] * n
-    splits = _split_values(name, columns[split_name]) if split_name else None
+    splits = _split_values(name, columns[split_name], lines) if split_name else None
     groups = columns[group_name] if group_name else None
 
     walker = _Walker(follow_links=True)
@@ -350,7 +350,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     for row in range(n):
         raw = raw_paths[row].strip()
         label = labels[row].strip()
-        line = row + 2  # the header is line 1
+        line = lines[row]
         if not raw:
             walker.report.bad_files.append(BadFile(f"{name}:{line}", "io_error",
                                                    "row has no path"))
@@ -358,7 +358,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
         if label_name and not label:
             walker.report.bad_files.append(BadFile(raw, "io_error", f"row {line} has no label"))
             continue
-        path = resolver.resolve(raw) if check_files else str(base / raw)
+        path = resolver.resolve(raw) if check_files else os.path.join(base, raw)
         if isinstance(path, BadFile):
             walker.report.bad_files.append(path)
             continue
@@ -395,7 +395,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
         index, report=walker.report, root=str(base),
         subsets=np.array([splits[r] for r in rows], dtype=str) if splits else None)
     if groups is not None:
-        empty = [r + 2 for r in rows if not groups[r].strip()]
+        empty = [lines[r] for r in rows if not groups[r].strip()]
         if empty:
             index.report.warnings.append(
                 f"{len(empty)} rows have an empty '{group_name}' (lines "
@@ -422,7 +422,7 @@ def table_files(table: Any, *, root: str | os.PathLike | None = None,
     Raises:
         DatasetError: unreadable table, or no (or an ambiguous) path column.
     """
-    name, header, columns, base = _read_table(table, root)
+    name, header, columns, base, _ = _read_table(table, root)
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", [])
     resolver = _PathResolver(base)
     paths = []
@@ -470,14 +470,16 @@ class _PathResolver:
 
 
 def _read_table(table: Any, root: str | os.PathLike | None
-                ) -> tuple[str, list[str], dict[str, list[str]], Path]:
-    """(display name, header, {column: str values}, base folder) of a table."""
+                ) -> tuple[str, list[str], dict[str, list[str]], Path, list[int]]:
+    """(display name, header, {column: str values}, base folder, the line each row starts on)
+    of a table; rows are streamed into the columns (a file of millions of rows is never held
+    as row lists too). Blank lines are skipped."""
     if type(table).__name__ == "DataFrame":
         base = Path(root) if root is not None else Path.cwd()
         header = [str(c) for c in table.columns]
         columns = {str(c): ["" if _is_missing(v) else str(v) for v in table[c].tolist()]
                    for c in table.columns}
-        return "the DataFrame", header, columns, base
+        return "the DataFrame", header, columns, base, list(range(2, len(table) + 2))
     path = Path(table)
     base = Path(root) if root is not None else path.parent
     if not path.is_file():
@@ -496,34 +498,40 @@ def _read_table(table: Any, root: str | os.PathLike | None
             raise DatasetError(f"Reading Parquet needs pyarrow: {_TABLES_EXTRA}.") from None
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors have no common base
             raise DatasetError(f"{path} is not a readable Parquet file: {exc}") from None
-        name, header, columns, _ = _read_table(frame, base)
-        return str(path), header, columns, base
+        name, header, columns, _, lines = _read_table(frame, base)
+        return str(path), header, columns, base, lines
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    lines: list[int] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter)
             header = [h.strip() for h in next(reader, [])]
-            records = list(reader)
+            if not header:
+                raise DatasetError(f"{path} is empty; expected a header row, e.g. path,label.")
+            cells: list[list[str]] = [[] for _ in header]
+            line = reader.line_num + 1
+            for record in reader:
+                start, line = line, reader.line_num + 1
+                if not any(cell.strip() for cell in record):
+                    continue
+                if len(record) > len(header):
+                    raise DatasetError(f"{path} line {start} has {len(record)} fields, the "
+                                       f"header has {len(header)}; quote fields that contain "
+                                       f"{'tabs' if delimiter == chr(9) else 'commas'}.")
+                record += [""] * (len(header) - len(record))  # a short row: the rest empty
+                for column, cell in zip(cells, record):
+                    column.append(cell)
+                lines.append(start)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                            f"save it as UTF-8 (in Excel: CSV UTF-8).") from None
     except csv.Error as exc:
         raise DatasetError(f"{path} is not a readable table: {exc}") from None
-    if not header:
-        raise DatasetError(f"{path} is empty; expected a header row, e.g. path,label.")
-    columns: dict[str, list[str]] = {h: [] for h in header}
-    for line, record in enumerate(records, start=2):
-        if not any(cell.strip() for cell in record):
-            continue
-        if len(record) < len(header):  # a short row: its missing fields are empty
-            record = record + [""] * (len(header) - len(record))
-        if len(record) > len(header):
-            raise DatasetError(f"{path} line {line} has {len(record)} fields, the header has "
-                               f"{len(header)}; quote fields that contain "
-                               f"{'tabs' if delimiter == chr(9) else 'commas'}.")
-        for h, cell in zip(header, record):
-            columns[h].append(cell)
-    return str(path), header, columns, base
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: the header names {repeated} more than once; give every "
+                           f"column its own name.")
+    return str(path), header, dict(zip(header, cells)), base, lines
 
 
 def _is_missing(value: Any) -> bool:
@@ -559,9 +567,9 @@ def _pick_column(table: str, header: list[str], given: str | None, candidates: t
                        f"columns are {header}.{hint}")
 
 
-def _split_values(table: str, values: list[str]) -> list[str]:
+def _split_values(table: str, values: list[str], lines: list[int]) -> list[str]:
     out = []
-    for line, value in enumerate(values, start=2):
+    for line, value in zip(lines, values):
         split = SPLIT_VALUES.get(value.strip().lower())
         if split is None:
             raise DatasetError(f"{table} line {line}: split value {value!r} is not one of "
