@@ -355,7 +355,16 @@ def test_a_csv_with_its_own_column_names_and_a_patient_column(tmp_path, scans, c
     run = tmp_path / "run"
     table_options = ["--path-col", "file", "--label-col", "diagnosis", "--group-col",
                      "patient", "--split-col", "fold"]
-    assert cli(["train", scans, "--out", run, *table_options, *FAST]) == 0
+    assert cli(["train", scans, "--out", tmp_path / "strict", *table_options, "--strict",
+                *FAST]) == 0                          # every row's file is there
+    rows = list(csv.reader(open(scans))) + [["img/gone", "cat", "P99", "train", ""]]
+    missing = write_csv(scans.parent / "missing.csv", rows)
+    assert cli(["train", missing, "--out", tmp_path / "s2", *table_options, "--strict",
+                *FAST]) == 3
+    assert "missing" in capsys.readouterr().err
+    fast = [a for a in FAST if a != "--no-report"]   # the report too: groups in its folds
+    assert cli(["train", scans, "--out", run, *table_options, *fast]) == 0
+    assert (run / "report" / "index.html").is_file()
     with open(run / "split.csv") as f:
         split = list(csv.DictReader(f))
     sides: dict[str, set] = {}
@@ -400,3 +409,16 @@ def test_inspect_reports_groups_and_a_class_with_a_single_group(tmp_path, scans,
     summary = json.loads((tmp_path / "a.json").read_text())
     assert summary["groups_per_class"]["owl"] == 1
     assert any("'owl' comes from a single group" in w for w in summary["warnings"])
+
+
+def test_a_dataframe_is_accepted_wherever_a_table_path_is(tmp_path, scans):
+    pd = pytest.importorskip("pandas")
+    import imagefit
+
+    frame = pd.read_csv(scans).rename(columns={"diagnosis": "label", "file": "path"})
+    frame["path"] = [str(scans.parent / p) for p in frame["path"]]
+    clf = ImageClassifier(mode="probe", image_size=TEST_IMAGE_SIZE, epochs=20,
+                          verbose=False).fit(frame)
+    assert clf.classes_ == ("cat", "dog", "owl") and len(clf.predict(frame)) == 36
+    result = imagefit.evaluate(clf, frame)
+    assert result.metrics["n"] == 36 and result.metrics["accuracy"] > 0.8

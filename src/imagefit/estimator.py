@@ -17,8 +17,8 @@ from imagefit._validation import check_is_fitted
 from imagefit.base import BaseEstimator
 from imagefit.bundle import read_model_folder, write_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
-from imagefit.data.arrays import as_index
 from imagefit.data.index import ImageIndex
+from imagefit.data.sources import as_index
 from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
                                        compute_features, raise_first_failure)

@@ -9,7 +9,7 @@ from pathlib import Path
 from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
 from imagefit.bundle import resolve_model_dir
-from imagefit.cli.source import DATA_HELP, add_source_options, open_data
+from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
 from imagefit.data.index import refuse_output_inside
 from imagefit.estimator import load_model
 from imagefit.evaluation.result import evaluate
@@ -49,11 +49,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.run)
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
-    data = open_data(args, args.data)
-    if len(data.test_part()):  # a table's split column: the rest was trained or validated on
-        data = data.test_part()
-        if not args.quiet:
-            print(f"Evaluating the {len(data):,} rows the split column marks 'test'.")
+    data = open_test_data(args, args.data)
     result = evaluate(model, data, progress=not args.quiet)
     if not args.quiet:
         print(format_per_class_table(result.metrics))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imagefit.data.index import refuse_output_inside
-from imagefit.cli.source import add_source_options, open_data
+from imagefit.cli.source import add_source_options, open_test_data
 from imagefit.workflows.report import build_run_report
 
 EXAMPLES = """examples:
@@ -32,7 +32,7 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = None if args.data is None else open_data(args, args.data)
+    data = None if args.data is None else open_test_data(args, args.data)
     if data is not None and args.out is not None:
         refuse_output_inside(args.out, [args.data])
     result = build_run_report(args.run, data=data, out=args.out, progress=not args.quiet)

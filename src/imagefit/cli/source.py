@@ -44,3 +44,14 @@ def source_values(args: argparse.Namespace) -> dict:
 def open_data(args: argparse.Namespace, data: str, *, min_classes: int = 1) -> ImageIndex:
     """`data` read with the command line's data-shape options."""
     return open_dataset(data, SourceOptions(**source_values(args)), min_classes=min_classes)
+
+
+def open_test_data(args: argparse.Namespace, data: str) -> ImageIndex:
+    """`data` to evaluate: only its test rows when a split column marks some (the others
+    were trained or validated on), said unless --quiet."""
+    index = open_data(args, data)
+    if len(index.test_part()):
+        index = index.test_part()
+        if not args.quiet:
+            print(f"Evaluating the {len(index):,} rows the split column marks 'test'.")
+    return index

@@ -112,17 +112,6 @@ def from_arrays(x: Any, y: Any = None, *, folder: str | os.PathLike,
     return ImageIndex.from_paths(paths, labels, classes or found)
 
 
-def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
-             classes: Sequence[str] | None = None) -> ImageIndex:
-    """What the estimator's methods take, as an `ImageIndex`: an `ImageIndex` as it is, a
-    uint8 image array (stored under `folder`), or image paths with optional labels `y`."""
-    if isinstance(X, ImageIndex):
-        return X
-    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
-        return from_arrays(X, y, folder=folder, classes=None if y is None else classes)
-    return ImageIndex.from_paths(X, y, None if y is None else classes)
-
-
 def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> ImageIndex:
     """Index an `.npz` (arrays `x`/`x_train`, `y`/`y_train`, optional `x_test`, `y_test`) or an
     SVHN-style `.mat` (`X` as H x W x C x N, `y`); test images get subset `test`.

@@ -21,12 +21,12 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from imagefit._fileio import cache_folder
-from imagefit.data.arrays import read_array_file
+from imagefit.data.arrays import from_arrays, read_array_file
 from imagefit.data.images import IMAGE_SUFFIXES
 from imagefit.data.index import (ARRAY_SUFFIXES, BadFile, ImageIndex, _check_classes, _Walker,
                                  scan_class_folders)
@@ -157,6 +157,20 @@ def scan_folder(root: str | os.PathLike, *, follow_links: bool = True,
         (('cat', 'dog'), array([120, 45]))
     """
     return open_dataset(root, min_classes=min_classes, follow_links=follow_links)
+
+
+def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
+             classes: Sequence[str] | None = None) -> ImageIndex:
+    """What the estimator's methods take, as an `ImageIndex`: an `ImageIndex` as it is, a
+    pandas DataFrame (`from_table`), a uint8 image array (stored under `folder`), or image
+    paths with optional labels `y`."""
+    if isinstance(X, ImageIndex):
+        return X
+    if is_table(X) and not isinstance(X, (str, os.PathLike)):
+        return from_table(X, min_classes=1)
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
+        return from_arrays(X, y, folder=folder, classes=None if y is None else classes)
+    return ImageIndex.from_paths(X, y, None if y is None else classes)
 
 
 def _compile(pattern: str | None, name: str) -> re.Pattern | None:
@@ -599,6 +613,6 @@ def groups_per_class(index: ImageIndex) -> dict[str, int]:
     return {name: per_class.get(c, 0) for c, name in enumerate(index.classes)}
 
 
-__all__ = ["SourceOptions", "open_dataset", "scan_folder", "from_table", "table_files",
+__all__ = ["SourceOptions", "open_dataset", "scan_folder", "from_table", "as_index", "table_files",
            "TableFiles", "is_table", "group_balance",
            "groups_per_class"]

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from imagefit._fileio import cache_folder
-from imagefit.data.arrays import as_index
 from imagefit.data.audit import preflight
 from imagefit.data.augment import Augmenter
 from imagefit.data.index import BadFile, ImageIndex
 from imagefit.data.sampling import BalancedSampler
+from imagefit.data.sources import as_index, is_table
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore
@@ -159,7 +159,7 @@ def training_data(X, y, val: ImageIndex | None,
     went through it already; without `val`, the seeded stratified split of X."""
     if isinstance(y, ImageIndex):
         val, y = y, None
-    if not isinstance(X, ImageIndex) and y is None:
+    if y is None and not isinstance(X, ImageIndex) and not is_table(X):
         raise ConfigError("fit() got images without labels: pass the class names as y, "
                           "or an ImageIndex from imagefit.scan_folder().")
     # Pixels are stored once as PNG files in the cache: from there on they are files.
