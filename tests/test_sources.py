@@ -105,6 +105,27 @@ def test_label_depth_levels_and_leaf(tree):
     assert any("1 images are not at least 2 folders deep" in w for w in index.report.warnings)
     with pytest.raises(ConfigError, match="'label_depth' parameter"):
         SourceOptions(label_depth=0)
+    with pytest.raises(DatasetError, match="No image is at least 5 folders deep"):
+        open_dataset(tree, SourceOptions(label_depth=5))
+    for one, other in (({"label_regex": "x"}, {"label_depth": 1}),
+                       ({"label_regex": "x"}, {"label_col": "c"}),
+                       ({"group_regex": "x"}, {"group_col": "g"})):
+        with pytest.raises(ConfigError, match="Give either"):
+            SourceOptions(**one, **other)
+
+
+def test_a_train_val_tree_keeps_its_split_under_depth_and_regex(tmp_path):
+    for part, n in (("train", 6), ("val", 2)):
+        for label in ("cat", "dog"):
+            for i in range(n):
+                make_image(tmp_path / "t" / part / "animals" / label / f"{label}.{i}.png",
+                           COLOURS[label], seed=i + 10 * (part == "val"))
+    for options in (SourceOptions(label_depth="leaf"), SourceOptions(label_regex=r"^(\w+)\.")):
+        index = open_dataset(tmp_path / "t", options)
+        assert index.classes == ("cat", "dog")
+        train, val = index.split()
+        assert len(train) == 12 and len(val) == 4
+        assert all("/val/" in p for p in val.paths.tolist())
 
 
 def test_two_leaves_with_one_name_are_an_error_that_suggests_a_depth(tree):
@@ -169,6 +190,27 @@ def test_table_bad_rows_are_bad_files_never_a_crash(tmp_path):
     assert any("1 rows repeat an earlier row" in w for w in index.report.warnings)
 
 
+def test_tables_from_other_tools(tmp_path):
+    pd = pytest.importorskip("pandas")
+    make_image(tmp_path / "img" / "a.png", COLOURS["cat"], seed=1)
+    make_image(tmp_path / "img" / "b.png", COLOURS["dog"], seed=2)
+    make_image(tmp_path / "img" / "c.png", COLOURS["dog"], seed=3)
+    frame = pd.DataFrame({"path": ["img/a.png", "img/b.png", "img\\c.png"],  # Windows
+                          "label": [0, 1, 1], "group": [7, None, 7]})
+    index = from_table(frame, root=tmp_path, group_col="group")
+    assert index.classes == ("0", "1") and len(index) == 3   # not '0.0', '1.0'
+    assert index.groups[0] == index.groups[2] == "7"
+    with pytest.raises(DatasetError, match=r"names \['label'\] more than once"):
+        from_table(pd.concat([frame, frame[["label"]]], axis=1), root=tmp_path)
+    long_name = pd.DataFrame({"path": ["x" * 5000, "img/a.png", "img/b.png"],
+                              "label": ["cat", "cat", "dog"]})
+    index = from_table(long_name, root=tmp_path)             # a cell of bytes, say
+    assert [b.reason for b in index.report.bad_files] == ["io_error"] and len(index) == 2
+    with pytest.raises(DatasetError, match=r"None of the files .* exists: 3 are missing .*"
+                                           r"--root"):
+        from_table(frame, root=tmp_path / "img")
+
+
 def test_table_errors_name_the_problem(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("path,label\ncaf\xe9.png,cat\n".encode("latin-1"))
     with pytest.raises(DatasetError, match="not UTF-8 text"):
@@ -226,6 +268,14 @@ def test_split_column_is_honoured_and_test_rows_never_train(tmp_path, scans):
         from_table(write_csv(scans.parent / "s.csv", rows), min_classes=1)
     fixed = from_table(write_csv(scans.parent / "s2.csv", rows[:3]), min_classes=1)
     assert fixed.subsets.tolist() == ["train", "val"]
+    all_test = [[r[0], r[1], "test"] for r in list(csv.reader(open(scans)))[1:]]
+    with pytest.raises(DatasetError, match="marks every row 'test'"):
+        from_table(write_csv(scans.parent / "t.csv", [["file", "label", "split"]] + all_test)
+                   ).split()
+    owl_test = [[p, label, "test" if label == "owl" else "train"] for p, label, _ in all_test]
+    with pytest.raises(DatasetError, match=r"\['owl'\] have only test rows"):
+        from_table(write_csv(scans.parent / "o.csv", [["file", "label", "split"]] + owl_test)
+                   ).split()
 
 
 def test_empty_group_cells_become_groups_of_their_own(tmp_path, scans):
@@ -285,6 +335,8 @@ def test_image_arrays_are_checked_with_a_hint():
     assert label_names(np.array([[10], [2], [10]]), 3)[1] == ("2", "10")  # numeric order
     with pytest.raises(ConfigError, match="one label per image"):
         label_names([1, 2], 3)
+    with pytest.raises(ConfigError, match=r"one H x W x C image.*x\[None\]"):
+        check_image_array(np.zeros((32, 32, 3), np.uint8))
 
 
 def test_arrays_are_stored_once_by_content(tmp_path):
@@ -295,6 +347,11 @@ def test_arrays_are_stored_once_by_content(tmp_path):
     assert len(list((tmp_path / "arrays").rglob("*.png"))) == 6
     from imagefit import load_image
     assert np.array_equal(load_image(first.paths[2]), x[2])
+    twice = from_arrays(np.concatenate([x, x[:2], x[3:4]]), np.concatenate([y, y[:2], [9]]),
+                        folder=tmp_path)               # x[3] also labelled 9: a conflict
+    assert len(twice) == 5 and [b.reason for b in twice.report.bad_files] == \
+        ["conflicting_labels"]
+    assert any("2 images repeat an earlier one" in w for w in twice.report.warnings)
 
 
 def test_fit_and_predict_on_arrays(tmp_path):
@@ -313,6 +370,9 @@ def test_npz_and_svhn_mat_train_with_one_command(tmp_path, capsys):
     x, y = coloured_arrays(45, 0)
     x_test, y_test = coloured_arrays(15, 1)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    np.savez(tmp_path / "capital.npz", X_train=x, Y_train=y, X_test=x_test, Y_test=y_test)
+    capital = open_dataset(tmp_path / "capital.npz", cache_dir=tmp_path / "cache")
+    assert len(capital.test_part()) == 15 and len(capital) == 60
     assert cli(["train", tmp_path / "d.npz", "--out", tmp_path / "run", *FAST]) == 0
     metrics = json.loads((tmp_path / "run" / "test" / "metrics.json").read_text())
     assert metrics["n"] == 15 and metrics["accuracy"] > 0.8
@@ -326,6 +386,9 @@ def test_array_files_that_cannot_be_read_safely_are_refused(tmp_path, capsys):
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object), y=np.array([0]))
     assert cli(["inspect", tmp_path / "obj.npz", "--no-near"]) == 1
     assert "need unpickling" in capsys.readouterr().err
+    (tmp_path / "text.npz").write_text("x,y\n")
+    with pytest.raises(DatasetError, match="not a zip archive"):
+        open_dataset(tmp_path / "text.npz")
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ."
     (tmp_path / "v73.mat").write_bytes(header.ljust(116) + b"\0" * 8 + b"\0\2IM" + b"\0" * 64)
     pytest.importorskip("scipy.io")
@@ -407,7 +470,7 @@ def test_inspect_reports_groups_and_a_class_with_a_single_group(tmp_path, scans,
     assert cli(["inspect", table, "--label-col", "diagnosis", "--group-col", "patient",
                 "--no-near", "--json", tmp_path / "a.json"]) == 0
     summary = json.loads((tmp_path / "a.json").read_text())
-    assert summary["groups_per_class"]["owl"] == 1
+    assert summary["n_groups"] == 13 and summary["groups_per_class"]["owl"] == 1
     assert any("'owl' comes from a single group" in w for w in summary["warnings"])
 
 
@@ -422,3 +485,32 @@ def test_a_dataframe_is_accepted_wherever_a_table_path_is(tmp_path, scans):
     assert clf.classes_ == ("cat", "dog", "owl") and len(clf.predict(frame)) == 36
     result = imagefit.evaluate(clf, frame)
     assert result.metrics["n"] == 36 and result.metrics["accuracy"] > 0.8
+
+
+def test_test_rows_never_train_beside_a_val_folder_and_runs_go_beside_the_table(
+        tmp_path, scans, monkeypatch):
+    val = tmp_path / "val"
+    for label in ("cat", "dog", "owl"):
+        for i in range(3):
+            make_image(val / label / f"{label}{i}.png", COLOURS[label], seed=700 + i)
+    monkeypatch.chdir(scans.parent)               # runs/ beside the table, as in the README
+    assert cli(["train", "scans.csv", "--val", val, "--path-col", "file", "--label-col",
+                "diagnosis", "--group-col", "patient", "--split-col", "fold",
+                "--out", "runs/x", *FAST]) == 0
+    with open(scans.parent / "runs" / "x" / "split.csv") as f:
+        split = list(csv.DictReader(f))
+    test_paths = {r["path"] for r in split if r["split"] == "test"}
+    assert len(test_paths) == 6
+    assert not test_paths & {r["path"] for r in split if r["split"] != "test"}
+    assert sum(r["split"] == "train" for r in split) == 30
+    assert cli(["train", "scans.csv", "--label-col", "diagnosis", "--out", "img/run",
+                *FAST]) == 2                     # but never among its images
+
+
+def test_fit_takes_a_table_path(tmp_path, scans):
+    clf = ImageClassifier(mode="probe", image_size=TEST_IMAGE_SIZE, epochs=10, verbose=False)
+    with pytest.raises(DatasetError, match="no label column"):
+        clf.fit(str(scans))                        # read as a table, not as characters
+    rows = [["file", "label"]] + [r[:2] for r in list(csv.reader(open(scans)))[1:]]
+    assert clf.fit(str(write_csv(scans.parent / "l.csv", rows))).classes_ == \
+        ("cat", "dog", "owl")

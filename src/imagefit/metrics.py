@@ -91,13 +91,15 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
 
 def hierarchy_accuracy(y_true: np.ndarray, y_pred: np.ndarray,
                        classes: Sequence[str]) -> dict[str, float]:
-    """Accuracy at each upper level of `/`-separated class paths ({} for flat names).
+    """Accuracy at each upper level of `/`-separated class paths, when every class is a path
+    of the same depth (as `--label-depth N` makes them); {} otherwise (`n/a` is no hierarchy).
 
     Example:
         >>> hierarchy_accuracy(np.array([0]), np.array([1]), ["pets/cat", "pets/dog"])
         {'level_1': 1.0}
     """
-    depth = max(len(c.split("/")) for c in classes) if len(classes) else 1
+    depths = {len(c.split("/")) for c in classes}
+    depth = depths.pop() if len(depths) == 1 else 1
     out = {}
     for level in range(1, depth):
         prefix = np.array(["/".join(c.split("/")[:level]) for c in classes])

@@ -49,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from imagefit.data.index import refuse_output_inside
     from imagefit.workflows.benchmark import benchmark_loader, format_table
 
-    if args.cache_dir:
-        refuse_output_inside(args.cache_dir, [args.data])
     if args.json and Path(args.json).is_dir():
         raise ConfigError(f"--json must name a file; {args.json} is a folder.")
     data = open_data(args, args.data, min_classes=2)
+    if args.cache_dir:
+        refuse_output_inside(args.cache_dir, [args.data, data])
     result = benchmark_loader(data, augment=args.augment, image_size=args.image_size,
                               workers=args.workers, epochs=args.epochs, limit=args.limit,
                               cache_dir=args.cache_dir, batch_size=args.batch_size,

@@ -39,10 +39,11 @@ def add_parser(sub, common) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0.")
-    refuse_output_inside(args.out, [args.data])
+    data = open_data(args, args.data, min_classes=2)
+    refuse_output_inside(args.out, [args.data, data])
     check_output_folder(args.out, "--out")
     result = extract_dataset_features(
-        open_data(args, args.data, min_classes=2), args.out, backbone=args.backbone,
+        data, args.out, backbone=args.backbone,
         image_size=args.image_size,
         weights=args.weights, batch_size=args.batch_size, workers=args.workers,
         device=args.device, progress=not args.quiet)

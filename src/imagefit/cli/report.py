@@ -34,7 +34,7 @@ def add_parser(sub, common) -> None:
 def run(args: argparse.Namespace) -> int:
     data = None if args.data is None else open_test_data(args, args.data)
     if data is not None and args.out is not None:
-        refuse_output_inside(args.out, [args.data])
+        refuse_output_inside(args.out, [args.data, data])
     result = build_run_report(args.run, data=data, out=args.out, progress=not args.quiet)
     if not args.quiet:
         print(f"Report: {result.index_html} ({result.n_evaluated:,} images evaluated, "

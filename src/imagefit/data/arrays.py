@@ -8,9 +8,11 @@ Loading never unpickles (`np.load(allow_pickle=False)`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from imagefit._fileio import atomic_write_bytes
-from imagefit.data.index import ImageIndex
+from imagefit.data.index import BadFile, ImageIndex
 from imagefit.errors import ConfigError, DatasetError
 
 ARRAY_FOLDER = "arrays"
@@ -37,6 +39,10 @@ def check_image_array(x: Any, name: str = "X") -> np.ndarray:
                 if x.dtype.kind == "f" else "")
         raise ConfigError(f"The {name!r} parameter must be a uint8 image array (values 0-255). "
                           f"Got dtype {x.dtype} instead.{hint}")
+    if x.ndim == 3 and x.shape[-1] in (3, 4):
+        raise ConfigError(f"The {name!r} parameter has shape {x.shape}: one H x W x C image, or "
+                          f"N images {x.shape[2]} pixels wide? Pass one image as x[None] "
+                          f"(shape (1, H, W, C)); N greyscale images must be over 4 pixels wide.")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in _MODES or 0 in x.shape[1:3]:
@@ -109,7 +115,30 @@ def from_arrays(x: Any, y: Any = None, *, folder: str | os.PathLike,
     if y is None:
         return ImageIndex.from_paths(paths, classes=classes)
     labels, found = label_names(y, len(x), names[1])
-    return ImageIndex.from_paths(paths, labels, classes or found)
+    index = ImageIndex.from_paths(paths, labels, classes or found)
+    return _once_per_image(index)
+
+
+def _once_per_image(index: ImageIndex) -> ImageIndex:
+    """Identical images are one file: keep one row per (file, label); a file with two labels
+    is a bad file (`conflicting_labels`), as in a table."""
+    _, first = np.unique(np.char.add(index.paths, index.labels.astype(str)), return_index=True)
+    keep = np.zeros(len(index), bool)
+    keep[first] = True
+    kept = index.take(keep)
+    paths, counts = np.unique(kept.paths, return_counts=True)
+    clashing = set(paths[counts > 1].tolist())
+    if keep.all() and not clashing:
+        return index
+    if not keep.all():
+        kept.report.warnings.append(f"{int((~keep).sum())} images repeat an earlier one with "
+                                    f"the same label and are used once.")
+    if clashing:
+        kept.report.bad_files.extend(
+            BadFile(p, "conflicting_labels", "the same pixels appear with different labels")
+            for p in sorted(clashing))
+        kept = kept.take(~np.isin(kept.paths, list(clashing)))
+    return kept
 
 
 def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> ImageIndex:
@@ -127,23 +156,27 @@ def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> Im
         raise DatasetError(f"Array file {str(path)!r} does not exist or is not a file.")
     arrays = _load_mat(path) if path.suffix.lower() == ".mat" else _load_npz(path)
     x = _pick(arrays, ("x", "x_train", "X", "X_train", "images"), path)
-    y = _pick(arrays, ("y", "y_train", "Y", "labels"), path)
+    y = _pick(arrays, ("y", "y_train", "Y", "Y_train", "labels"), path)
+    x_test = next((arrays[k] for k in ("x_test", "X_test") if k in arrays), None)
     if path.suffix.lower() == ".mat" and x.ndim == 4:
         x = np.moveaxis(x, -1, 0)  # MATLAB's H x W x C x N
     try:
         train = from_arrays(x, y, folder=folder)
-        if "x_test" not in arrays:
-            return ImageIndex(train.paths, train.labels, train.classes, root=str(path.parent))
-        test = from_arrays(arrays["x_test"], _pick(arrays, ("y_test",), path), folder=folder,
+        if x_test is None:
+            return dataclasses.replace(train, root=str(path.parent))
+        test = from_arrays(x_test, _pick(arrays, ("y_test", "Y_test"), path), folder=folder,
                            names=("x_test", "y_test"))
     except ConfigError as exc:
         raise DatasetError(f"{path}: {exc}") from None
     classes = class_order(train.classes + test.classes)
     train, test = train.with_classes(classes), test.with_classes(classes)
     subsets = np.array(["train"] * len(train) + ["test"] * len(test))
+    report = train.report
+    report.warnings += test.report.warnings
+    report.bad_files += test.report.bad_files
     return ImageIndex(np.concatenate([train.paths, test.paths]),
                       np.concatenate([train.labels, test.labels]), classes, subsets,
-                      root=str(path.parent))
+                      report=report, root=str(path.parent))
 
 
 def _pick(arrays: dict, names: tuple[str, ...], path: Path) -> np.ndarray:
@@ -155,6 +188,9 @@ def _pick(arrays: dict, names: tuple[str, ...], path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path} is not a readable .npz file (not a zip archive): save it "
+                           f"with numpy.savez.")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}

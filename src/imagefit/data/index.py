@@ -23,8 +23,7 @@ from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
-# Files that hold their images (arrays.py): nothing around them is part of the dataset.
-ARRAY_SUFFIXES = (".npz", ".mat")
+ARRAY_SUFFIXES = (".npz", ".mat")  # files that hold their images (arrays.py)
 _IGNORED_FILE_NAMES = {".ds_store": ".DS_Store", "thumbs.db": "Thumbs.db",
                        "desktop.ini": "desktop.ini"}
 _IGNORED_DIR_NAMES = {"__macosx": "__MACOSX", ".ipynb_checkpoints": ".ipynb_checkpoints"}
@@ -141,6 +140,27 @@ class ImageIndex:
                                    subsets=pick(self.subsets), sha256=pick(self.sha256),
                                    groups=pick(self.groups))
 
+    def without_test(self) -> "ImageIndex":
+        """The rows for training and validation: all but those marked `test`.
+
+        Raises:
+            DatasetError: every row is marked test, or a class has only test rows (a model
+                cannot learn it).
+        """
+        if self.subsets is None or not (self.subsets == "test").any():
+            return self
+        kept = self.take(self.subsets != "test")
+        if not len(kept):
+            raise DatasetError("The split column marks every row 'test': nothing is left to "
+                               "train on. Mark some rows train (and val, or let imagefit "
+                               "split them).")
+        only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
+                     if n == 0 and all_n > 0]
+        if only_test:
+            raise DatasetError(f"Classes {only_test} have only test rows: a model cannot learn "
+                               f"them. Mark some of their rows train.")
+        return kept
+
     def test_part(self) -> "ImageIndex":
         """The rows a table's split column marks `test` (held out of training; may be empty)."""
         if self.subsets is None:
@@ -186,9 +206,8 @@ class ImageIndex:
         Raises:
             ConfigError: if `val_fraction` is not in (0, 1).
         """
-        index = self
-        if self.subsets is not None:
-            index = self.take(self.subsets != "test")
+        index = self.without_test()
+        if index.subsets is not None:
             if {"train", "val"} <= set(index.subsets.tolist()):
                 return index.take(index.subsets == "train"), index.take(index.subsets == "val")
         if not isinstance(val_fraction, (float, int)) or not 0 < val_fraction < 1:
@@ -314,15 +333,7 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
                            f"Pass a folder of class sub-folders, or a table (CSV, TSV, Parquet) "
                            f"of paths and labels.")
     walker = _Walker(follow_links, root_path)
-    subdirs = {d.name.lower(): d for d in walker.child_dirs(root_path)}
-    val_name = next((n for n in VAL_DIR_NAMES if n in subdirs), None)
-    if "train" in subdirs and val_name and walker.child_dirs(subdirs["train"]):
-        parts = [("train", subdirs["train"]), ("val", subdirs[val_name])]
-        for other in sorted(set(subdirs) - {"train", val_name}):
-            walker.report.warnings.append(f"Folder '{subdirs[other].name}/' is not used for "
-                                          f"training (only train/ and {val_name}/ are).")
-    else:
-        parts = [("", root_path)]
+    parts = walker.split_folders(root_path, classes_below=True)
     rows: list[tuple[str, str, str]] = []
     for subset, folder in parts:
         rows.extend(walker.walk_classes(folder, subset))
@@ -337,18 +348,26 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
                       walker.report, str(root_path))
 
 
-def refuse_output_inside(out: str | os.PathLike, data_paths: Sequence[str | os.PathLike]
-                         ) -> None:
-    """ConfigError if `out` is, or is inside, one of the dataset folders: imagefit never writes
-    into user data (a report folder there would even become a new class)."""
+def refuse_output_inside(out: str | os.PathLike,
+                         data: Sequence["str | os.PathLike | ImageIndex"]) -> None:
+    """ConfigError if `out` is, or is inside, a dataset folder: imagefit never writes into user
+    data (a report folder there would even become a new class).
+
+    Each entry of `data` is a dataset folder, or an `ImageIndex`, whose images' folders are
+    protected (for a table, those, not the table's own folder, where `runs/` may well go).
+    A file entry (a table, an array file) protects nothing by itself: pass its index too.
+    """
     target = Path(out).resolve()
-    for data in data_paths:
-        root = Path(data).resolve()
-        if root.is_file() and root.suffix.lower() in ARRAY_SUFFIXES:
-            continue
-        root = root.parent if root.is_file() else root  # a table: its images lie around it
+    folders: list[str | os.PathLike] = []
+    for entry in data:
+        if isinstance(entry, ImageIndex):
+            folders += sorted({os.path.dirname(p) for p in entry.paths.tolist()})
+        elif not Path(entry).is_file():
+            folders.append(entry)
+    for folder in folders:
+        root = Path(folder).resolve()
         if target == root or root in target.parents:
-            raise ConfigError(f"The output folder {out} is inside the dataset {data}; imagefit "
+            raise ConfigError(f"The output folder {out} is inside the dataset {folder}; imagefit "
                               f"never writes into your data. Choose an output folder elsewhere.")
 
 
@@ -475,6 +494,21 @@ class _Walker:
                 self._seen_dirs[self._dir_key(Path(root))] = ("", None)
             except OSError:
                 pass
+
+    def split_folders(self, root: Path, *, classes_below: bool
+                      ) -> list[tuple[str, Path | os.DirEntry]]:
+        """[("train", train/), ("val", val/)] when `root` holds both (and, with
+        `classes_below`, train/ holds class folders); else [("", root)]. Other folders beside
+        them are reported as unused."""
+        subdirs = {d.name.lower(): d for d in self.child_dirs(root)}
+        val_name = next((n for n in VAL_DIR_NAMES if n in subdirs), None)
+        if "train" not in subdirs or not val_name or (
+                classes_below and not self.child_dirs(subdirs["train"])):
+            return [("", root)]
+        for other in sorted(set(subdirs) - {"train", val_name}):
+            self.report.warnings.append(f"Folder '{subdirs[other].name}/' is not used for "
+                                        f"training (only train/ and {val_name}/ are).")
+        return [("train", subdirs["train"]), ("val", subdirs[val_name])]
 
     def child_dirs(self, folder: Path) -> list[os.DirEntry]:
         """Sub-folders that would be walked (for layout detection: counts nothing)."""

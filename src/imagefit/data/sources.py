@@ -33,15 +33,17 @@ from imagefit.data.index import (ARRAY_SUFFIXES, BadFile, ImageIndex, _check_cla
 from imagefit.errors import ConfigError, DatasetError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+TABLE_ONLY = ("root", "path_col", "label_col", "split_col", "group_col")
 PATH_COLUMNS = ("path", "filename", "file", "image", "file_name", "filepath", "image_path",
                 "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "category")
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test"}
 _TABLES_EXTRA = "pip install 'imagefit[tables]' (pandas and pyarrow)"
-# The group of an image that has none (empty group cell, unmatched --group-regex): a name no
-# real group has, unique per image, so that it is a group of its own.
-UNGROUPED = "\x00"
+# The group of an image that has none (empty group cell, unmatched --group-regex): this prefix
+# and the image's path, unique per image, so that it is a group of its own. (Not a NUL: NumPy's
+# string functions read a leading NUL as an empty string.)
+UNGROUPED = "<no group>:"
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,22 @@ class SourceOptions:
             object.__setattr__(self, "label_depth", depth)
         for name in ("label_regex", "group_regex"):
             _compile(getattr(self, name), name)
+        for one, other in (("label_regex", "label_depth"), ("label_regex", "label_col"),
+                           ("group_regex", "group_col")):
+            if getattr(self, one) is not None and getattr(self, other) is not None:
+                raise ConfigError(f"Give either --{one.replace('_', '-')} or "
+                                  f"--{other.replace('_', '-')}, not both.")
 
     @property
     def is_default(self) -> bool:
         return self == SourceOptions()
+
+    def for_data(self, data: Any) -> "SourceOptions":
+        """These options without the table-only ones when `data` is not a table (a `--val`
+        folder beside a training table)."""
+        if is_table(data):
+            return self
+        return dataclasses.replace(self, **dict.fromkeys(TABLE_ONLY))
 
 
 def is_table(data: Any) -> bool:
@@ -132,13 +146,11 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
             raise DatasetError(f"{data} has {len(index.classes)} class; a classifier needs at "
                                f"least {min_classes}.")
         return index
-    table_only = [f"--{name.replace('_', '-')}" for name in ("path_col", "label_col",
-                  "split_col", "group_col", "root") if getattr(options, name)]
+    table_only = [f"--{name.replace('_', '-')}" for name in TABLE_ONLY
+                  if getattr(options, name)]
     if table_only:
         raise ConfigError(f"{', '.join(table_only)} apply to tables (CSV, TSV, Parquet); "
                           f"{data} is not one.")
-    if options.label_regex and options.label_depth:
-        raise ConfigError("Give either --label-regex or --label-depth, not both.")
     if options.label_regex or options.label_depth:
         index = _scan_tree(Path(data), options, min_classes, follow_links)
     else:
@@ -166,8 +178,8 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
     paths with optional labels `y`."""
     if isinstance(X, ImageIndex):
         return X
-    if is_table(X) and not isinstance(X, (str, os.PathLike)):
-        return from_table(X, min_classes=1)
+    if isinstance(X, (str, os.PathLike)) or is_table(X):  # a folder, table or array file
+        return open_dataset(X, min_classes=1, cache_dir=folder)
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
         return from_arrays(X, y, folder=folder, classes=None if y is None else classes)
     return ImageIndex.from_paths(X, y, None if y is None else classes)
@@ -193,15 +205,19 @@ def _scan_tree(root: Path, options: SourceOptions, min_classes: int,
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {str(root)!r} does not exist or is not a folder.")
     walker = _Walker(follow_links, root)
-    found = list(walker.walk_tree(root))
+    parts = walker.split_folders(root, classes_below=False)  # train/ + val/: kept as a split
+    found = [(path, Path(folder), subset) for subset, folder in parts
+             for path in walker.walk_tree(Path(folder))]
     if options.label_regex:
-        paths, names = _labels_from_names(found, options.label_regex, walker)
+        paths, names = _labels_from_names([f[0] for f in found], options.label_regex, walker)
     else:
-        paths, names = _labels_from_folders(found, root, options.label_depth, walker)
+        paths, names = _labels_from_folders(found, options.label_depth, walker)
     classes = _check_classes(names, walker, root, min_classes)
     walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
-    return dataclasses.replace(index, report=walker.report, root=str(root))
+    subset_of = {path: subset for path, _, subset in found}
+    subsets = np.array([subset_of[p] for p in paths], dtype=str) if parts[0][0] else None
+    return dataclasses.replace(index, report=walker.report, root=str(root), subsets=subsets)
 
 
 def _labels_from_names(paths: Iterable[str], pattern: str, walker: _Walker
@@ -234,13 +250,14 @@ def _labels_from_names(paths: Iterable[str], pattern: str, walker: _Walker
     return kept, names
 
 
-def _labels_from_folders(paths: Iterable[str], root: Path, depth: int | str, walker: _Walker
-                         ) -> tuple[list[str], list[str]]:
-    """(paths, labels): the first `depth` folder levels, or the holding folder ("leaf")."""
+def _labels_from_folders(found: Iterable[tuple[str, Path, str]], depth: int | str,
+                         walker: _Walker) -> tuple[list[str], list[str]]:
+    """(paths, labels) of (path, the folder its label starts from, subset) rows: the first
+    `depth` folder levels, or the holding folder ("leaf")."""
     kept, names = [], []
     shallow = 0
     leaf_parents: dict[str, set[str]] = defaultdict(set)
-    for path in paths:
+    for path, root, _ in found:
         folders = Path(os.path.relpath(path, root)).parts[:-1]
         if depth == "leaf":
             if not folders:
@@ -262,10 +279,12 @@ def _labels_from_folders(paths: Iterable[str], root: Path, depth: int | str, wal
         raise DatasetError(f"--label-depth leaf: {len(clashes)} folder names hold images under "
                            f"different parents, e.g. '{leaf}' in {', '.join(where[:4])}. Rename "
                            f"them, or label by path with --label-depth {deepest}.")
+    need = "inside a folder" if depth == "leaf" else f"at least {depth} folders deep"
+    if shallow and not kept:
+        raise DatasetError(f"No image is {need} (--label-depth {depth}); {shallow} are "
+                           f"shallower. Choose a smaller depth.")
     if shallow:
-        need = "inside a folder" if depth == "leaf" else f"at least {depth} folders deep"
-        walker.report.warnings.append(f"{shallow} images are not {need} under {root} and are "
-                                      f"not used.")
+        walker.report.warnings.append(f"{shallow} images are not {need} and are not used.")
     how = ("the folder holding each image" if depth == "leaf" else "the top folder" if depth == 1
            else f"the first {depth} folder levels")
     walker.report.notes.append(f"Classes are {how} (--label-depth {depth}).")
@@ -402,6 +421,11 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
         rows = [seen[p] for p in paths]
     else:
         names = [labels[r].strip() for r in rows]
+    missing = [b for b in walker.report.bad_files if b.reason == "missing"]
+    if not names and missing:  # usually a table whose paths start elsewhere
+        raise DatasetError(f"None of the files {name} names exists: {len(missing)} are missing "
+                           f"under {base} (e.g. {missing[0].path}). Set --root to the folder "
+                           f"its paths start from.")
     classes = _check_classes(names, walker, Path(name), min_classes)
     walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
@@ -456,8 +480,13 @@ class _PathResolver:
 
     def resolve(self, raw: str) -> str | BadFile:
         path = self.base / raw  # an absolute raw path replaces base
-        if path.exists():
-            return str(path)
+        try:
+            if path.exists():
+                return str(path)
+            if "\\" in raw and os.sep == "/" and (self.base / raw.replace("\\", "/")).exists():
+                return str(self.base / raw.replace("\\", "/"))  # written on Windows
+        except (OSError, ValueError) as exc:  # a name too long, a NUL: not a file name
+            return BadFile(raw[:200], "io_error", f"not a usable file name ({exc})")
         if not path.suffix or path.suffix.lower() not in IMAGE_SUFFIXES:
             matches = self._stem_matches(path)
             if len(matches) == 1:
@@ -491,8 +520,8 @@ def _read_table(table: Any, root: str | os.PathLike | None
     if type(table).__name__ == "DataFrame":
         base = Path(root) if root is not None else Path.cwd()
         header = [str(c) for c in table.columns]
-        columns = {str(c): ["" if _is_missing(v) else str(v) for v in table[c].tolist()]
-                   for c in table.columns}
+        _check_header(header, "the DataFrame")
+        columns = {str(c): [_cell(v) for v in table[c].tolist()] for c in table.columns}
         return "the DataFrame", header, columns, base, list(range(2, len(table) + 2))
     path = Path(table)
     base = Path(root) if root is not None else path.parent
@@ -541,15 +570,25 @@ def _read_table(table: Any, root: str | os.PathLike | None
                            f"save it as UTF-8 (in Excel: CSV UTF-8).") from None
     except csv.Error as exc:
         raise DatasetError(f"{path} is not a readable table: {exc}") from None
-    repeated = sorted({h for h in header if header.count(h) > 1})
-    if repeated:
-        raise DatasetError(f"{path}: the header names {repeated} more than once; give every "
-                           f"column its own name.")
+    _check_header(header, str(path))
     return str(path), header, dict(zip(header, cells)), base, lines
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+def _check_header(header: list[str], table: str) -> None:
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DatasetError(f"{table}: the header names {repeated} more than once; give every "
+                           f"column its own name.")
+
+
+def _cell(value: Any) -> str:
+    """A DataFrame cell as a table's text: missing is empty, 3.0 is "3" (a label or group
+    column with a missing value turns pandas' integers into floats)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _pick_column(table: str, header: list[str], given: str | None, candidates: tuple[str, ...],
@@ -592,18 +631,6 @@ def _split_values(table: str, values: list[str], lines: list[int]) -> list[str]:
     return out
 
 
-def group_balance(train: ImageIndex, val: ImageIndex) -> tuple[str, float]:
-    """How far a grouped split moved each class's validation share from the overall one:
-    (the class that moved most, its distance in percentage points)."""
-    counts_t, counts_v = train.counts(), val.counts()
-    total = counts_t + counts_v
-    overall = counts_v.sum() / max(total.sum(), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, counts_v / np.maximum(total, 1), overall)
-    worst = int(np.argmax(np.abs(share - overall)))
-    return train.classes[worst], float(abs(share[worst] - overall) * 100)
-
-
 def groups_per_class(index: ImageIndex) -> dict[str, int]:
     """Distinct groups holding each class's images (empty without groups)."""
     if index.groups is None:
@@ -614,5 +641,4 @@ def groups_per_class(index: ImageIndex) -> dict[str, int]:
 
 
 __all__ = ["SourceOptions", "open_dataset", "scan_folder", "from_table", "as_index", "table_files",
-           "TableFiles", "is_table", "group_balance",
-           "groups_per_class"]
+           "TableFiles", "is_table", "groups_per_class", "TABLE_ONLY"]

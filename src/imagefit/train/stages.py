@@ -20,7 +20,7 @@ from imagefit.data.audit import preflight
 from imagefit.data.augment import Augmenter
 from imagefit.data.index import BadFile, ImageIndex
 from imagefit.data.sampling import BalancedSampler
-from imagefit.data.sources import as_index, is_table
+from imagefit.data.sources import as_index
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore
@@ -159,11 +159,13 @@ def training_data(X, y, val: ImageIndex | None,
     went through it already; without `val`, the seeded stratified split of X."""
     if isinstance(y, ImageIndex):
         val, y = y, None
-    if y is None and not isinstance(X, ImageIndex) and not is_table(X):
+    if y is None and isinstance(X, (list, tuple, np.ndarray)):  # paths or pixels need labels
         raise ConfigError("fit() got images without labels: pass the class names as y, "
-                          "or an ImageIndex from imagefit.scan_folder().")
-    # Pixels are stored once as PNG files in the cache: from there on they are files.
-    train = _checked(as_index(X, y, folder=cache_folder(params["cache_dir"])), params)
+                          "or an ImageIndex from imagefit.open_dataset().")
+    # Pixels are stored once as PNG files in the cache: from there on they are files. Rows a
+    # split column marks test are never trained or validated on.
+    index = as_index(X, y, folder=cache_folder(params["cache_dir"]))
+    train = _checked(index.without_test() if val is not None else index, params)
     if val is None:
         train, val = train.split(params["val_fraction"], params["seed"])
     else:

@@ -65,8 +65,6 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     run_folder = RunFolder.of_model(model_dir)
     run_dir = run_folder.path
     where = data.root if isinstance(data, ImageIndex) else data
-    if where is not None and out is not None:
-        refuse_output_inside(Path(out), [str(where)])
     clf = load_model(model_dir)
     train, val = run_folder.read_split(clf.classes_)
     parts = {"train": train, "val": val}
@@ -76,6 +74,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
                          max_pixels=clf.max_pixels, progress=progress).index
         test = test.with_classes(clf.classes_)
         parts["test"] = test
+        if out is not None:  # before anything is written: a table's images may lie anywhere
+            refuse_output_inside(Path(out), [data, test])
     features = {name: clf.embed_index(index, progress=progress) for name, index in parts.items()}
     eval_name = "test" if data is not None else "val"
     evaluated, extracted = parts[eval_name], features[eval_name]

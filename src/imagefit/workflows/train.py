@@ -63,8 +63,6 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     run_dir = run.path
     refuse_output_inside(run_dir, [d for d in (config.data, config.val, config.root) if d])
     source = config.source()
-    if distributed.current().is_main:
-        run.check_writable()
     params = config.estimator_params()
     resume = params.pop("resume")
     clf = ImageClassifier(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
@@ -72,6 +70,9 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     size = input_size(clf.get_params())
 
     index = open_dataset(config.data, source, cache_dir=config.cache_dir)
+    refuse_output_inside(run_dir, [index])  # a table's images may lie anywhere
+    if distributed.current().is_main:
+        run.check_writable()
     for line in index.report.notes:
         echo(printable(line))
     echo(f"Found {len(index):,} images in {len(index.classes)} classes: "
@@ -83,10 +84,13 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     checked = _preflight(index, config, size, progress)
     bad_files = list(checked.bad_files)
     if config.val:
-        val_index = open_dataset(config.val, source, cache_dir=config.cache_dir)
+        val_index = open_dataset(config.val, source.for_data(config.val),
+                                 cache_dir=config.cache_dir)
+        refuse_output_inside(run_dir, [val_index])
         val_checked = _preflight(val_index, config, size, progress)
         bad_files += val_checked.bad_files
-        train, val = checked.index, val_checked.index.with_classes(checked.index.classes)
+        train = checked.index.without_test()
+        val = val_checked.index.without_test().with_classes(train.classes)
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     test = checked.index.test_part()
