@@ -187,7 +187,7 @@ def test_table_bad_rows_are_bad_files_never_a_crash(tmp_path):
     reasons = {Path(b.path).name: b.reason for b in index.report.bad_files}
     assert reasons["gone.png"] == "missing" and reasons["c.png"] == "conflicting_labels"
     assert reasons["twin"] == "ambiguous" and "t.csv:10" in reasons
-    assert any("1 rows repeat an earlier row" in w for w in index.report.warnings)
+    assert any("1 rows repeat an earlier one" in w for w in index.report.warnings)
 
 
 def test_tables_from_other_tools(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from imagefit._fileio import atomic_write_bytes
-from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.index import ImageIndex
 from imagefit.errors import ConfigError, DatasetError
 
 ARRAY_FOLDER = "arrays"
@@ -130,15 +130,8 @@ def _once_per_image(index: ImageIndex) -> ImageIndex:
     clashing = set(paths[counts > 1].tolist())
     if keep.all() and not clashing:
         return index
-    if not keep.all():
-        kept.report.warnings.append(f"{int((~keep).sum())} images repeat an earlier one with "
-                                    f"the same label and are used once.")
-    if clashing:
-        kept.report.bad_files.extend(
-            BadFile(p, "conflicting_labels", "the same pixels appear with different labels")
-            for p in sorted(clashing))
-        kept = kept.take(~np.isin(kept.paths, list(clashing)))
-    return kept
+    kept.report.add_repeats(int((~keep).sum()), clashing, "images")
+    return kept.take(~np.isin(kept.paths, list(clashing))) if clashing else kept
 
 
 def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> ImageIndex:

@@ -54,6 +54,15 @@ class ScanReport:
     # The scan's `min_classes`: the pre-flight holds the classes that survive decoding to it.
     min_classes: int = 1
 
+    def add_repeats(self, repeats: int, conflicting: Iterable[str], what: str) -> None:
+        """Report rows that repeat an earlier (file, label), used once, and each file given
+        two labels: a bad file (`conflicting_labels`), used in neither class."""
+        if repeats:
+            self.warnings.append(f"{repeats} {what} repeat an earlier one (same file, same "
+                                 f"label) and are used once.")
+        self.bad_files.extend(BadFile(p, "conflicting_labels", f"{what} give it different "
+                                      f"labels") for p in sorted(conflicting))
+
     def ignored_summary(self) -> str:
         """One line such as `Ignored 5 non-image files (.DS_Store x2, .txt x3).`"""
         total = sum(self.ignored.values())

@@ -407,13 +407,8 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
             continue
         rows.append(row)
         paths.append(path)
-    if duplicates:
-        walker.report.warnings.append(f"{duplicates} rows repeat an earlier row (same file, "
-                                      f"same label) and are not used twice.")
+    walker.report.add_repeats(duplicates, conflicting, "rows")
     if conflicting:
-        walker.report.bad_files.extend(
-            BadFile(p, "conflicting_labels", "listed more than once with different labels")
-            for p in sorted(conflicting))
         keep = [i for i, p in enumerate(paths) if p not in conflicting]
         rows, paths = [rows[i] for i in keep], [paths[i] for i in keep]
     if label_regex:
