@@ -17,7 +17,7 @@ import yaml
 from imagefit.config import TrainConfig
 from imagefit.data.audit import PreflightResult, preflight
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside
-from imagefit.data.sources import open_dataset
+from imagefit.data.sources import is_table, open_dataset
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.result import EvaluationResult, evaluate
@@ -63,6 +63,11 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     run_dir = run.path
     refuse_output_inside(run_dir, [d for d in (config.data, config.val, config.root) if d])
     source = config.source()
+    # Checked before any work, not even the scan; for a table only once it is read, since the
+    # folders of its images, where nothing may be written, are known only then.
+    tables = [d for d in (config.data, config.val) if d and is_table(d)]
+    if not tables and distributed.current().is_main:
+        run.check_writable()
     params = config.estimator_params()
     resume = params.pop("resume")
     clf = ImageClassifier(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
@@ -70,8 +75,10 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     size = input_size(clf.get_params())
 
     index = open_dataset(config.data, source, cache_dir=config.cache_dir)
-    refuse_output_inside(run_dir, [index])  # a table's images may lie anywhere
-    if distributed.current().is_main:
+    val_index = (open_dataset(config.val, source.for_data(config.val), cache_dir=config.cache_dir)
+                 if config.val else None)
+    refuse_output_inside(run_dir, [index] + ([val_index] if val_index is not None else []))
+    if tables and distributed.current().is_main:
         run.check_writable()
     for line in index.report.notes:
         echo(printable(line))
@@ -83,10 +90,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     n_scan_warnings = len(index.report.warnings)
     checked = _preflight(index, config, size, progress)
     bad_files = list(checked.bad_files)
-    if config.val:
-        val_index = open_dataset(config.val, source.for_data(config.val),
-                                 cache_dir=config.cache_dir)
-        refuse_output_inside(run_dir, [val_index])
+    if val_index is not None:
         val_checked = _preflight(val_index, config, size, progress)
         bad_files += val_checked.bad_files
         train = checked.index.without_test()
