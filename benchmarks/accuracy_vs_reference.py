@@ -63,7 +63,7 @@ def main() -> None:
         config = imagefit.TrainConfig(data=str(train_dir), out=str(Path(tmp) / "run"), mode="probe",
                                       image_size=size, seed=args.seed,
                                       cache_dir=str(Path(tmp) / "cache"))
-        result = imagefit.train_run(config, progress=False, echo=lambda line: None)
+        result = imagefit.train_run(config, progress=False)
         ours = imagefit.evaluate(result.classifier, test).metrics
         ours_seconds = time.perf_counter() - started
 

@@ -63,7 +63,7 @@ def main() -> None:
             config = imagefit.TrainConfig(data=str(data), out=str(tmp / name[:3]), mode="probe",
                                           image_size=96, seed=args.seed, report=False,
                                           cache_dir=str(tmp / f"cache-{name[:3]}"))
-            result = imagefit.train_run(config, progress=False, echo=lambda line: None)
+            result = imagefit.train_run(config, progress=False)
             metrics = (result.test or imagefit.evaluate(result.classifier, str(test))).metrics
             figures[name] = (metrics, time.perf_counter() - started)
     print(f"{'':24}{'accuracy':>10}{'balanced':>10}{'ECE':>8}{'seconds':>9}")

@@ -46,7 +46,7 @@ def run(name: str, train: Path, test: Path, tmp: Path, **settings) -> dict:
     started = time.perf_counter()
     config = imagefit.TrainConfig(data=str(train), out=str(tmp / name), report=False,
                                   cache_dir=str(tmp / "cache"), **settings)
-    result = imagefit.train_run(config, progress=False, echo=lambda line: None)
+    result = imagefit.train_run(config, progress=False)
     train_seconds = time.perf_counter() - started
     metrics = imagefit.evaluate(result.classifier, imagefit.scan_folder(test)).metrics
     clf = result.classifier

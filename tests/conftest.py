@@ -88,5 +88,5 @@ def trained_run(tmp_path_factory, _session_cache):
     test = make_dataset(base / "test", {"cat": 5, "dog": 5, "owl": 5}, seed=1)
     result = train_run(TrainConfig(data=str(data), out=str(base / "run"),
                                    image_size=TEST_IMAGE_SIZE, epochs=30),
-                       progress=False, echo=lambda line: None)
+                       progress=False)
     return {"result": result, "data": data, "test": test, "run": base / "run"}

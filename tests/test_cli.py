@@ -406,3 +406,23 @@ def test_top_level_help_and_version(capsys):
     assert cli(["--version"]) == 0
     assert "imagefit 0.1.0" in capsys.readouterr().out
     assert cli([]) == 2  # a command is required
+
+
+def test_one_message_channel_info_to_stdout_warnings_to_stderr(dataset, tmp_path, capsys):
+    """What the library says goes through the `imagefit` logger, configured by the CLI for one
+    command: info lines on stdout, warnings on stderr (also with --quiet), then restored."""
+    import logging
+
+    logger = logging.getLogger("imagefit")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    argv = ["train", dataset, *SIZE, "--mode", "probe", "--augment", "keras", "--epochs", 3,
+            "--no-report"]
+    assert cli([*argv, "--out", tmp_path / "a"]) == 0
+    out, err = capsys.readouterr()
+    probe_warning = "warning: mode 'probe' trains on features computed once per image"
+    assert "Found 29 images in 3 classes" in out and "Trained with mode probe" in out
+    assert probe_warning in err and "warning:" not in out
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
+    assert cli([*argv, "--out", tmp_path / "b", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and probe_warning in err

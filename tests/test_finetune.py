@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +67,32 @@ def backbone() -> nn.Module:
     return fresh_backbone()
 
 
+class Collect(logging.Handler):
+    """The messages one `imagefit.*` logger says while it is attached."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.messages: list[str] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self.messages
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+
 @pytest.fixture(scope="module")
 def run_a(data, tmp_path_factory):
     """An uninterrupted fine-tuning run with checkpoints: (classifier, checkpoint folder,
-    messages of the UserWarnings it emitted)."""
+    the warnings its settings said)."""
     folder = tmp_path_factory.mktemp("run-a") / "checkpoints"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with Collect("imagefit.train.settings") as messages:
         clf = finetuner(checkpoint_dir=str(folder)).fit(scan_folder(data))
-    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     return clf, folder, messages
 
 
@@ -202,29 +218,19 @@ def test_resume_refuses_a_checkpoint_after_the_augment_file_changed(data, tmp_pa
 def budget_run(data):
     """One short run: a balanced sampler with balancing class weights on top (a stacked
     correction) and a time budget of 0. Returns (classifier, label arrays the sampler was built
-    with, UserWarning messages, engine log messages)."""
-    built, logged = [], []
+    with, the settings' warnings, engine log messages)."""
+    built = []
 
     class SpySampler(stages_module.BalancedSampler):
         def __init__(self, labels, **kwargs):
             super().__init__(labels, **kwargs)
             built.append(np.asarray(labels).copy())
 
-    class Collect(logging.Handler):
-        def emit(self, record):
-            logged.append(record.getMessage())
-
-    handler, logger = Collect(), logging.getLogger("imagefit.train.engine")
-    logger.addHandler(handler)
-    try:
-        with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            patch.setattr(stages_module, "BalancedSampler", SpySampler)
-            clf = finetuner(balance="sampler", class_weight="balanced",
-                            time_budget=0).fit(scan_folder(data))
-    finally:
-        logger.removeHandler(handler)
-    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    with pytest.MonkeyPatch.context() as patch, Collect("imagefit.train.engine") as logged, \
+            Collect("imagefit.train.settings") as messages:
+        patch.setattr(stages_module, "BalancedSampler", SpySampler)
+        clf = finetuner(balance="sampler", class_weight="balanced",
+                        time_budget=0).fit(scan_folder(data))
     return clf, built, messages, logged
 
 

@@ -192,8 +192,9 @@ def test_split_holds_exactly_the_usable_images_labelled_by_location(trained, mes
 def test_train_reports_ignored_clutter_and_link_warnings(trained, messy):
     lines = trained["out"].splitlines()
     assert ignored_line(messy.ignored) in lines
+    warned = trained["err"].splitlines()   # warnings go to stderr, info lines to stdout
     for warning in messy.warnings:
-        assert warning in lines
+        assert f"warning: {warning}" in warned
     scanned = _scanned_counts(messy)
     found = (f"Found {sum(scanned)} images in {len(messy.classes)} classes: "
              + ", ".join(f"{c} ({n})" for c, n in zip(messy.classes, scanned)))

@@ -27,7 +27,7 @@ def test_class_folder_name_that_is_not_utf8_trains_saves_and_reports(tmp_path):
     os.rename(data / "dog", data / latin1)
     result = train_run(TrainConfig(data=str(data), out=str(tmp_path / "run"),
                                    image_size=TEST_IMAGE_SIZE, epochs=3),
-                       progress=False, echo=lambda line: None)
+                       progress=False)
     assert latin1 in result.classifier.classes_
     loaded = imagefit.load_model(tmp_path / "run")
     assert loaded.classes_ == result.classifier.classes_
@@ -97,7 +97,7 @@ def test_train_prints_the_warnings_the_split_adds(tmp_path, capsys):
     source.unlink()
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--image-size",
                  str(TEST_IMAGE_SIZE), "--epochs", "2", "--no-report"]) == 0
-    assert "Class 'owl' has no validation image" in capsys.readouterr().out
+    assert "warning: Class 'owl' has no validation image" in capsys.readouterr().err
 
 
 def test_damaged_chunk_that_cannot_be_removed_is_an_error_not_a_hang(tmp_path, monkeypatch):

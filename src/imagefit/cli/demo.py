@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     data = demo_data(args.data)
     echo = (lambda line: None) if args.quiet else print
     echo(f"== imagefit demo: train on {data / 'train'}")
-    result = run_demo(data, args.out, progress=not args.quiet, echo=echo)
+    result = run_demo(data, args.out, progress=not args.quiet)
     report(result.train, echo)
     echo(f"\n== Held-out test set: {data / 'test'}")
     echo(format_per_class_table(result.test.evaluation.metrics))

@@ -1,17 +1,22 @@
 """The `imagefit` command: parses options, calls one public function per command, prints the
-result. Exit codes: 0 ok, 1 user error, 2 bad options, 3 `--strict` found bad files, 4 resume
-mismatch, 5 training diverged, 6 refused model file, 130/143 interrupted by SIGINT/SIGTERM
-(training saves first). `--debug` shows tracebacks.
+result. What the library says on its way (the `imagefit` logger: info lines, warnings) is
+configured here, once per command (`messages`): info to stdout as it is, warnings to stderr
+after "warning: ", info silenced by --quiet, all but errors silenced on torchrun ranks other
+than 0; every line terminal-safe (`printable`). Exit codes: 0 ok, 1 user error, 2 bad
+options, 3 `--strict` found bad files, 4 resume mismatch, 5 training diverged, 6 refused model
+file, 130/143 interrupted by SIGINT/SIGTERM (training saves first). `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import sys
 import traceback
+from typing import Iterator
 
 from imagefit._version import __version__
 from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, features, inspect,
@@ -47,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (and exits with it when run as a script)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume hint
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), messages(quiet=args.quiet):
             return int(args.handler(args) or 0)
     except TrainingInterrupted as exc:  # saved; not an error
         print(printable(str(exc)), file=sys.stderr)
@@ -76,6 +80,40 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
         return interrupt_exit_code(exc)
+
+
+class _Line(logging.Formatter):
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(self.prefix + printable(line)
+                         for line in record.getMessage().split("\n"))
+
+
+@contextlib.contextmanager
+def messages(*, quiet: bool) -> Iterator[None]:
+    """The `imagefit` logger, for the duration of one command (restored after: tests and
+    embedding applications call `main` more than once)."""
+    logger = logging.getLogger("imagefit")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    out.setFormatter(_Line())
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(_Line("warning: "))
+    logger.handlers[:] = [out, err]
+    logger.propagate = False
+    other_rank = os.environ.get("RANK", "0") != "0"  # torchrun: rank 0 speaks for all
+    logger.setLevel(logging.ERROR if other_rank else logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
 
 
 def _entry() -> None:

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or not distributed.current().is_main  # torchrun: rank 0 prints
     echo = (lambda line: None) if quiet else print
     try:
-        result = train_run(config, progress=not quiet, echo=echo)
+        result = train_run(config, progress=not quiet)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
         world = distributed.current()
         if world.is_main:

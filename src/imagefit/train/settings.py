@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ CONSTRAINTS = (("epochs", int, 1, 100_000), ("batch_size", int, 1, 65_536),
                ("lr", float, 1e-8, 10.0), ("dropout", float, 0.0, 0.95),
                ("seed", int, 0, 2**32 - 1), ("workers", int, 0, 256), ("unfreeze", int, 1, 100),
                ("max_per_class", int, 1, 2**40), ("time_budget", float, 0.0, 1e7))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         spec = "balanced" if balance == "weights" else "none"
     warning = stacked_correction_warning(balance, params["class_weight"])
     if warning:
-        warnings.warn(warning, stacklevel=4)
+        log.warning(warning)
     tau = params["logit_adjustment"]
     adjustment = (None if tau is False or tau is None
                   else logit_adjustment(counts, 1.0 if tau is True else tau))
@@ -186,9 +188,8 @@ def _augment_spec(augment, mode: str):
     if isinstance(augment, str) and augment == "auto":
         return "none" if mode == "probe" else "light"
     if mode == "probe" and not resolve_augment(augment).is_identity:
-        warnings.warn("mode 'probe' trains on features computed once per image, so the "
-                      "augmentation is not used; use mode 'finetune' to train with it.",
-                      stacklevel=5)
+        log.warning("mode 'probe' trains on features computed once per image, so the "
+                    "augmentation is not used; use mode 'finetune' to train with it.")
         return "none"
     return augment
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from imagefit.config import TrainConfig
 from imagefit.errors import DatasetError
@@ -40,11 +39,10 @@ def demo_data(data: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def run_demo(data: Path, out: str | os.PathLike, *, progress: bool = True,
-             echo: Callable[[str], None] = print) -> DemoResult:
+def run_demo(data: Path, out: str | os.PathLike, *, progress: bool = True) -> DemoResult:
     """Train on `data/train` into `out`, then report on and evaluate `data/test`."""
     result = train_run(TrainConfig(data=str(data / "train"), out=str(out), report=False),
-                       progress=progress, echo=echo)
+                       progress=progress)
     # The report evaluates the test folder; its predictions are the test metrics too.
     page = build_run_report(result.run_dir, data=data / "test", progress=progress)
     test_dir = page.evaluation.save(result.run_dir / "test-eval")

@@ -5,11 +5,10 @@ folder (`run_folder.py`). The CLI's `train` and `demo` are thin wrappers around 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml
@@ -26,6 +25,8 @@ from imagefit.progress import printable
 from imagefit.train import distributed
 from imagefit.train.settings import input_size
 from imagefit.workflows.run_folder import RunFolder, default_run_dir
+
+log = logging.getLogger(__name__)
 
 # Below this many usable images a class gets a warning (its validation share is 0 or 1 image).
 MIN_IMAGES_PER_CLASS = 5
@@ -44,9 +45,11 @@ class TrainResult:
     test: EvaluationResult | None = None  # the rows a table's split column marks `test`
 
 
-def train_run(config: TrainConfig, *, progress: bool = True,
-              echo: Callable[[str], None] = print) -> TrainResult:
+def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train a classifier from `config.data` and write the run folder.
+
+    What it finds and chooses is said on the `imagefit` logger (INFO), what needs attention
+    as warnings; the CLI prints both (`logging.basicConfig(level=logging.INFO)` in a script).
 
     Raises:
         DatasetError, ConfigError: the data or the settings cannot be used.
@@ -58,7 +61,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         0.93
     """
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
-        echo, progress = (lambda line: None), False
+        progress = False
     run = RunFolder(Path(config.out or default_run_dir()))
     run_dir = run.path
     refuse_output_inside(run_dir, [d for d in (config.data, config.val, config.root) if d])
@@ -81,12 +84,13 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     if tables and distributed.current().is_main:
         run.check_writable()
     for line in index.report.notes:
-        echo(printable(line))
-    echo(f"Found {len(index):,} images in {len(index.classes)} classes: "
-         + ", ".join(f"{printable(c)} ({n})" for c, n in zip(index.classes, index.counts())))
-    for line in [index.report.ignored_summary()] + index.report.warnings:
-        if line:
-            echo(printable(line))
+        log.info(line)
+    log.info(f"Found {len(index):,} images in {len(index.classes)} classes: "
+             + ", ".join(f"{c} ({n})" for c, n in zip(index.classes, index.counts())))
+    if index.report.ignored_summary():
+        log.info(index.report.ignored_summary())
+    for line in index.report.warnings:
+        log.warning(line)
     n_scan_warnings = len(index.report.warnings)
     checked = _preflight(index, config, size, progress)
     bad_files = list(checked.bad_files)
@@ -98,12 +102,12 @@ def train_run(config: TrainConfig, *, progress: bool = True,
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     test = checked.index.test_part()
-    echo(checked.summary() + (f" Details: {run.bad_files}" if bad_files else ""))
+    log.info(checked.summary() + (f" Details: {run.bad_files}" if bad_files else ""))
     for line in checked.index.report.warnings[n_scan_warnings:]:
-        echo(printable(line))  # warnings the split added
+        log.warning(line)  # warnings the split added
     for name, count in zip(train.classes, train.counts() + val.counts()):
         if count < MIN_IMAGES_PER_CLASS:
-            echo(f"warning: class '{printable(name)}' has only {count} usable images; its "
+            log.warning(f"class '{name}' has only {count} usable images; its "
                  f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
     main = distributed.current().is_main  # under torchrun, only rank 0 writes files
     if main:  # the run folder exists: check_writable made it
@@ -117,20 +121,16 @@ def train_run(config: TrainConfig, *, progress: bool = True,
                               f"them:\n{listing}")
     if main:
         run.write_split(train, val, test)
-    echo(f"Training on {len(train):,} images, validating on {len(val):,}"
+    log.info(f"Training on {len(train):,} images, validating on {len(val):,}"
          + (f"; {len(test):,} test images are held out until the end." if len(test) else "."))
     if resume:
         found = sorted(p.stem for p in run.checkpoints.glob("*.pt"))
-        echo(f"Resuming from the checkpoints of stages {', '.join(found)}." if found else
+        log.info(f"Resuming from the checkpoints of stages {', '.join(found)}." if found else
              f"--resume: no checkpoints in {run.checkpoints}; starting from the beginning.")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        clf.fit(train, val=val)
+    clf.fit(train, val=val)
     # Under torchrun every rank leaves the process group here; what follows is rank 0's alone.
     distributed.finish()
-    for warning in caught:
-        echo(f"warning: {warning.message}")
-    echo(_choices(clf))
+    log.info(_choices(clf))
     if not main:
         return TrainResult(run_dir, run.model, clf, _validation_result(clf), bad_files, None)
     runtime_bad = [b for b in clf.bad_files_ if b not in set(bad_files)]
@@ -146,7 +146,7 @@ def train_run(config: TrainConfig, *, progress: bool = True,
         test_evaluation = evaluate(clf, test)
         test_evaluation.save(run.test_eval)
         m = test_evaluation.metrics
-        echo(f"Test ({len(test):,} images held out of training): accuracy "
+        log.info(f"Test ({len(test):,} images held out of training): accuracy "
              f"{m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}; "
              f"{run.test_eval / 'metrics.json'}")
     report = None
