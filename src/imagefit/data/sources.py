@@ -1,6 +1,6 @@
 """Every dataset shape, one entry point: `open_dataset(data, SourceOptions(...))`.
 
-- a folder of class sub-folders, or `train/` + `val/` (`index.scan_folder`);
+- a folder of class sub-folders, or `train/` + `val/` (`index.scan_class_folders`);
 - a folder tree whose labels are a chosen depth of folders (`label_depth=N`) or the folder that
   holds each file (`label_depth="leaf"`);
 - a folder of files whose names carry the label (`label_regex`, e.g. Kaggle's `cat.0.jpg`);
@@ -376,41 +376,9 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
 
     walker = _Walker(follow_links=True)
     walker.report.notes.extend(report_notes)
-    rows, paths, seen = [], [], {}
-    duplicates = 0
-    conflicting: set[str] = set()
-    resolver = _PathResolver(base)
-    for row in range(n):
-        raw = raw_paths[row].strip()
-        label = labels[row].strip()
-        line = lines[row]
-        if not raw:
-            walker.report.bad_files.append(BadFile(f"{name}:{line}", "io_error",
-                                                   "row has no path"))
-            continue
-        if label_name and not label:
-            walker.report.bad_files.append(BadFile(raw, "io_error", f"row {line} has no label"))
-            continue
-        path = resolver.resolve(raw) if check_files else os.path.join(base, raw)
-        if isinstance(path, BadFile):
-            walker.report.bad_files.append(path)
-            continue
-        if path in seen:
-            first = seen[path]
-            if labels[first].strip() == label:
-                duplicates += 1
-            else:
-                conflicting.add(path)
-            continue
-        seen[path] = row
-        if check_files and walker.classify_file(Path(path), Path(path).name, label) is None:
-            continue
-        rows.append(row)
-        paths.append(path)
-    walker.report.add_repeats(duplicates, conflicting, "rows")
-    if conflicting:
-        keep = [i for i, p in enumerate(paths) if p not in conflicting]
-        rows, paths = [rows[i] for i in keep], [paths[i] for i in keep]
+    rows, paths = _usable_rows(name, raw_paths, labels, lines, base, walker,
+                               labelled=bool(label_name), check_files=check_files)
+    seen = dict(zip(paths, rows))
     if label_regex:
         paths, names = _labels_from_names(paths, label_regex, walker)
         rows = [seen[p] for p in paths]
@@ -463,6 +431,40 @@ def table_files(table: Any, *, root: str | os.PathLike | None = None,
         found = resolver.resolve(raw.strip()) if raw.strip() else f"{base}/"
         paths.append(found.path if isinstance(found, BadFile) else found)
     return TableFiles(header, columns, paths)
+
+
+def _usable_rows(name: str, raw_paths: list[str], labels: list[str], lines: list[int],
+                 base: Path, walker: _Walker, *, labelled: bool, check_files: bool
+                 ) -> tuple[list[int], list[str]]:
+    """(row numbers, resolved paths) of the rows that name a usable image once; the others
+    are reported on `walker.report` (bad files, repeats)."""
+    rows, paths, first_row = [], [], {}
+    repeats, conflicting = 0, set()
+    resolver = _PathResolver(base)
+    for row, (raw, label, line) in enumerate(zip(raw_paths, labels, lines)):
+        raw, label = raw.strip(), label.strip()
+        if not raw:
+            path = BadFile(f"{name}:{line}", "io_error", "row has no path")
+        elif labelled and not label:
+            path = BadFile(raw, "io_error", f"row {line} has no label")
+        else:
+            path = resolver.resolve(raw) if check_files else os.path.join(base, raw)
+        if isinstance(path, BadFile):
+            walker.report.bad_files.append(path)
+        elif path in first_row:
+            if labels[first_row[path]].strip() == label:
+                repeats += 1
+            else:
+                conflicting.add(path)
+        else:
+            first_row[path] = row
+            if not check_files or walker.classify_file(Path(path), Path(path).name,
+                                                       label) is not None:
+                rows.append(row)
+                paths.append(path)
+    walker.report.add_repeats(repeats, conflicting, "rows")
+    keep = [i for i, p in enumerate(paths) if p not in conflicting]
+    return [rows[i] for i in keep], [paths[i] for i in keep]
 
 
 class _PathResolver:
