@@ -341,7 +341,7 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
         raise DatasetError(f"Dataset folder {str(root_path)!r} does not exist or is not a folder. "
                            f"Pass a folder of class sub-folders, or a table (CSV, TSV, Parquet) "
                            f"of paths and labels.")
-    walker = _Walker(follow_links, root_path)
+    walker = Walker(follow_links, root_path)
     parts = walker.split_folders(root_path, classes_below=True)
     rows: list[tuple[str, str, str]] = []
     for subset, folder in parts:
@@ -349,7 +349,7 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
     rows.extend(walker.walk_deferred())
     walker.finish()
     paths, names, subsets = (list(col) for col in zip(*rows)) if rows else ([], [], [])
-    classes = _check_classes(names, walker, root_path, min_classes)
+    classes = check_classes(names, walker, root_path, min_classes)
     walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
     subset_array = np.array(subsets, dtype=str) if parts[0][0] else None
@@ -435,8 +435,15 @@ def _sniff_file(path: str) -> str | None:
         return None
 
 
-def _check_classes(names: list[str], walker: "_Walker", root: Path,
-                   min_classes: int = 2) -> tuple[str, ...]:
+def check_classes(names: list[str], walker: "Walker", root: Path,
+                  min_classes: int = 2) -> tuple[str, ...]:
+    """The sorted class names of an index being built, after the checks every source shares:
+    names that collide by case or Unicode form, no images, fewer than `min_classes`, class
+    folders left empty, split-like names, images outside any class (warnings on `walker`).
+
+    Raises:
+        DatasetError: colliding names, no images, or too few classes.
+    """
     present = set(names)
     for name in walker.class_dirs:
         if name not in present:
@@ -477,7 +484,7 @@ def _check_classes(names: list[str], walker: "_Walker", root: Path,
     return classes
 
 
-class _Walker:
+class Walker:
     """One recursive `os.scandir` pass with loop-safe link following and clutter accounting.
 
     Links that point inside the dataset are followed last, after every real file and folder:

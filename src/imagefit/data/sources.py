@@ -28,7 +28,7 @@ import numpy as np
 from imagefit._fileio import cache_folder
 from imagefit.data.arrays import from_arrays, read_array_file
 from imagefit.data.images import IMAGE_SUFFIXES
-from imagefit.data.index import (ARRAY_SUFFIXES, BadFile, ImageIndex, _check_classes, _Walker,
+from imagefit.data.index import (ARRAY_SUFFIXES, BadFile, ImageIndex, Walker, check_classes,
                                  scan_class_folders)
 from imagefit.errors import ConfigError, DatasetError
 
@@ -204,7 +204,7 @@ def _scan_tree(root: Path, options: SourceOptions, min_classes: int,
     """Every image under `root`, labelled by folder depth or by a file-name pattern."""
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {str(root)!r} does not exist or is not a folder.")
-    walker = _Walker(follow_links, root)
+    walker = Walker(follow_links, root)
     parts = walker.split_folders(root, classes_below=False)  # train/ + val/: kept as a split
     found = [(path, Path(folder), subset) for subset, folder in parts
              for path in walker.walk_tree(Path(folder))]
@@ -212,7 +212,7 @@ def _scan_tree(root: Path, options: SourceOptions, min_classes: int,
         paths, names = _labels_from_names([f[0] for f in found], options.label_regex, walker)
     else:
         paths, names = _labels_from_folders(found, options.label_depth, walker)
-    classes = _check_classes(names, walker, root, min_classes)
+    classes = check_classes(names, walker, root, min_classes)
     walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
     subset_of = {path: subset for path, _, subset in found}
@@ -220,7 +220,7 @@ def _scan_tree(root: Path, options: SourceOptions, min_classes: int,
     return dataclasses.replace(index, report=walker.report, root=str(root), subsets=subsets)
 
 
-def _labels_from_names(paths: Iterable[str], pattern: str, walker: _Walker
+def _labels_from_names(paths: Iterable[str], pattern: str, walker: Walker
                        ) -> tuple[list[str], list[str]]:
     """(paths, labels) of the files whose name matches `pattern`; the others are bad files
     (reason `no_label`); none matching is an error that shows example names."""
@@ -251,7 +251,7 @@ def _labels_from_names(paths: Iterable[str], pattern: str, walker: _Walker
 
 
 def _labels_from_folders(found: Iterable[tuple[str, Path, str]], depth: int | str,
-                         walker: _Walker) -> tuple[list[str], list[str]]:
+                         walker: Walker) -> tuple[list[str], list[str]]:
     """(paths, labels) of (path, the folder its label starts from, subset) rows: the first
     `depth` folder levels, or the holding folder ("leaf")."""
     kept, names = [], []
@@ -374,7 +374,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     splits = _split_values(name, columns[split_name], lines) if split_name else None
     groups = columns[group_name] if group_name else None
 
-    walker = _Walker(follow_links=True)
+    walker = Walker(follow_links=True)
     walker.report.notes.extend(report_notes)
     rows, paths = _usable_rows(name, raw_paths, labels, lines, base, walker,
                                labelled=bool(label_name), check_files=check_files)
@@ -389,7 +389,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
         raise DatasetError(f"None of the files {name} names exists: {len(missing)} are missing "
                            f"under {base} (e.g. {missing[0].path}). Set --root to the folder "
                            f"its paths start from.")
-    classes = _check_classes(names, walker, Path(name), min_classes)
+    classes = check_classes(names, walker, Path(name), min_classes)
     walker.report.min_classes = min_classes
     index = ImageIndex.from_paths(paths, names, classes)
     index = dataclasses.replace(
@@ -434,7 +434,7 @@ def table_files(table: Any, *, root: str | os.PathLike | None = None,
 
 
 def _usable_rows(name: str, raw_paths: list[str], labels: list[str], lines: list[int],
-                 base: Path, walker: _Walker, *, labelled: bool, check_files: bool
+                 base: Path, walker: Walker, *, labelled: bool, check_files: bool
                  ) -> tuple[list[int], list[str]]:
     """(row numbers, resolved paths) of the rows that name a usable image once; the others
     are reported on `walker.report` (bad files, repeats)."""
