@@ -27,7 +27,7 @@ CHILD = r"""
 import json, resource, sys, time
 what, table = sys.argv[1], sys.argv[2]
 if what == "imagefit":  # imports first: the figures are the table's, not torch's
-    from imagefit.data.sources import from_table
+    from imagefit.data.tables import from_table
 else:
     import pandas as pd
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

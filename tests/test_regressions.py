@@ -15,7 +15,7 @@ import imagefit
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.cli.main import main
 from imagefit.config import TrainConfig
-from imagefit.data.sources import from_table
+from imagefit.data.tables import from_table
 from imagefit.errors import ConfigError, DatasetError, ModelFormatError
 from imagefit.models.backbones import create_backbone
 from imagefit.workflows.train import train_run

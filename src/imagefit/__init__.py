@@ -10,7 +10,8 @@ from imagefit.data.audit import preflight
 from imagefit.data.augment import AugmentConfig, Augmenter
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex
-from imagefit.data.sources import SourceOptions, from_table, open_dataset, scan_folder
+from imagefit.data.sources import SourceOptions, open_dataset, scan_folder
+from imagefit.data.tables import from_table
 from imagefit.errors import (ConfigError, DatasetError, ImagefitError, ImageLoadError,
                              ModelFormatError, NotFittedError, OutputError, TrainingDivergedError,
                              TrainingInterrupted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imagefit.data.index import expand_paths
-from imagefit.data.sources import is_table, table_files
+from imagefit.data.tables import is_table, table_files
 from imagefit._fileio import check_output_file
 from imagefit._validation import check_int
 from imagefit.errors import ConfigError

@@ -13,7 +13,8 @@ import numpy as np
 
 from imagefit.data.audit import preflight
 from imagefit.data.images import DEFAULT_MAX_PIXELS
-from imagefit.data.sources import UNGROUPED, groups_per_class, open_dataset
+from imagefit.data.labels import UNGROUPED, groups_per_class
+from imagefit.data.sources import open_dataset
 from imagefit.data.sampling import AUTO_IMBALANCE_RATIO, AUTO_SAMPLER_RATIO, imbalance_ratio
 from imagefit.evaluation.issues import (
     NEAR_DUPLICATE_THRESHOLD,

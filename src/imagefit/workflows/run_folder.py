@@ -18,7 +18,7 @@ import yaml
 
 from imagefit._fileio import check_output_folder
 from imagefit.data.index import BadFile, ImageIndex
-from imagefit.data.sources import UNGROUPED
+from imagefit.data.labels import UNGROUPED
 from imagefit.errors import DatasetError
 
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",

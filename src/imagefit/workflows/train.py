@@ -16,7 +16,8 @@ import yaml
 from imagefit.config import TrainConfig
 from imagefit.data.audit import PreflightResult, preflight
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside
-from imagefit.data.sources import is_table, open_dataset
+from imagefit.data.sources import open_dataset
+from imagefit.data.tables import is_table
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.result import EvaluationResult, evaluate
