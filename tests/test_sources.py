@@ -376,6 +376,13 @@ def test_npz_and_svhn_mat_train_with_one_command(tmp_path, capsys):
     assert cli(["train", tmp_path / "d.npz", "--out", tmp_path / "run", *FAST]) == 0
     metrics = json.loads((tmp_path / "run" / "test" / "metrics.json").read_text())
     assert metrics["n"] == 15 and metrics["accuracy"] > 0.8
+    assert cli(["predict", tmp_path / "run", tmp_path / "d.npz", "--out", tmp_path / "p.csv",
+                "--quiet"]) == 0
+    with open(tmp_path / "p.csv") as f:
+        preds = list(csv.DictReader(f))
+    assert [(p["array"], p["row"]) for p in preds[44:46]] == [("x", "44"), ("x_test", "0")]
+    assert len(preds) == 60
+    assert np.mean([p["label"] == str(t) for p, t in zip(preds, np.concatenate([y, y_test]))]) > 0.8
     scipy_io = pytest.importorskip("scipy.io")
     scipy_io.savemat(tmp_path / "svhn.mat", {"X": np.moveaxis(x, 0, -1), "y": (y + 1)[:, None]})
     index = open_dataset(tmp_path / "svhn.mat", cache_dir=tmp_path / "cache")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from imagefit.data.index import expand_paths
+from imagefit._fileio import cache_folder
+from imagefit.data.arrays import array_file_images
+from imagefit.data.index import ARRAY_SUFFIXES
 from imagefit.data.tables import is_table, table_files
 from imagefit._fileio import check_output_file
 from imagefit._validation import check_int
@@ -17,6 +21,7 @@ EXAMPLES = """examples:
   imagefit predict runs/cats new_photos/ --out predictions.csv
   imagefit predict runs/cats/model a.jpg b.png --top-k 3
   imagefit predict runs/scans new-scans.csv --path-col file --out predictions.csv
+  imagefit predict runs/svhn test_32x32.mat --out predictions.csv   # x (and x_test) rows
 """
 
 
@@ -24,8 +29,9 @@ def add_parser(sub, common) -> None:
     p = sub.add_parser("predict", parents=[common], help="predict images or folders to CSV",
                        description="Predict files and folders (expanded recursively), or the "
                        "files a table (CSV, TSV, Parquet) lists: its columns are kept in front of "
-                       "the predictions. Rows keep input order; unreadable or missing files get "
-                       "a row with the error column filled.",
+                       "the predictions; or the images of an .npz / .mat file (its array and "
+                       "row first). Rows keep input order; unreadable or missing files get a row "
+                       "with the error column filled.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run folder or model folder")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders, or one "
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.paths) == 1 and is_table(args.paths[0]):
         table = table_files(args.paths[0], root=args.root, path_col=args.path_col)
         paths, leading = table.paths, table.columns
+    elif len(args.paths) == 1 and Path(args.paths[0]).suffix.lower() in ARRAY_SUFFIXES:
+        paths, leading = array_file_images(args.paths[0], folder=cache_folder(model.cache_dir))
     elif args.path_col or args.root:
         raise ConfigError("--path-col and --root apply to a table (CSV, TSV, Parquet) of paths.")
     else:

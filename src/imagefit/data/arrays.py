@@ -145,14 +145,8 @@ def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> Im
             MATLAB v7.3 (HDF5) file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"Array file {str(path)!r} does not exist or is not a file.")
-    arrays = _load_mat(path) if path.suffix.lower() == ".mat" else _load_npz(path)
-    x = _pick(arrays, ("x", "x_train", "X", "X_train", "images"), path)
+    arrays, x, x_test = _images_of(path)
     y = _pick(arrays, ("y", "y_train", "Y", "Y_train", "labels"), path)
-    x_test = next((arrays[k] for k in ("x_test", "X_test") if k in arrays), None)
-    if path.suffix.lower() == ".mat" and x.ndim == 4:
-        x = np.moveaxis(x, -1, 0)  # MATLAB's H x W x C x N
     try:
         train = from_arrays(x, y, folder=folder)
         if x_test is None:
@@ -170,6 +164,39 @@ def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> Im
     return ImageIndex(np.concatenate([train.paths, test.paths]),
                       np.concatenate([train.labels, test.labels]), classes, subsets,
                       report=report, root=str(path.parent))
+
+
+def array_file_images(path: str | os.PathLike, *, folder: str | os.PathLike
+                      ) -> tuple[list[str], dict[str, list[str]]]:
+    """For prediction: the image file of every image in an array file (its `x`, then its
+    `x_test`), labels or not, and the columns that say where each came from (`array`, `row`).
+
+    Raises:
+        DatasetError: as `read_array_file`.
+    """
+    path = Path(path)
+    _, x, x_test = _images_of(path)
+    parts = [("x", x)] + ([("x_test", x_test)] if x_test is not None else [])
+    paths, names, rows = [], [], []
+    try:
+        for name, images in parts:
+            paths += array_image_paths(check_image_array(images, name), folder)
+            names += [name] * len(images)
+            rows += [str(i) for i in range(len(images))]
+    except ConfigError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    return paths, {"array": names, "row": rows}
+
+
+def _images_of(path: Path) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """(every array in the file, the training images, the test images or None)."""
+    if not path.is_file():
+        raise DatasetError(f"Array file {str(path)!r} does not exist or is not a file.")
+    arrays = _load_mat(path) if path.suffix.lower() == ".mat" else _load_npz(path)
+    x = _pick(arrays, ("x", "x_train", "X", "X_train", "images"), path)
+    if path.suffix.lower() == ".mat" and x.ndim == 4:
+        x = np.moveaxis(x, -1, 0)  # MATLAB's H x W x C x N
+    return arrays, x, next((arrays[k] for k in ("x_test", "X_test") if k in arrays), None)
 
 
 def _pick(arrays: dict, names: tuple[str, ...], path: Path) -> np.ndarray:
