@@ -43,13 +43,13 @@ def add_parser(sub, common) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
+    model = load_model(args.run)  # a refused model file says so before anything else
+    if args.max_pixels is not None:
+        model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     data = open_test_data(args, args.data)
     if args.report:
         refuse_output_inside(args.report, [args.data, data])  # before anything is created
         check_output_folder(args.report, "--report")
-    model = load_model(args.run)
-    if args.max_pixels is not None:
-        model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     result = evaluate(model, data, progress=not args.quiet)
     if not args.quiet:
         print(format_per_class_table(result.metrics))
