@@ -264,14 +264,12 @@ def assign_validation(hashes: np.ndarray, labels: np.ndarray, val_fraction: floa
     n_units = len(unit_key)
     keys = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8)
                                     .digest(), "big") for k in unit_key], dtype=np.uint64)
-    known = labels >= 0
-    n_classes = int(labels.max()) + 1 if known.any() else 1
-    votes = np.zeros((n_units, n_classes), np.int64)
-    np.add.at(votes, (unit[known], labels[known]), 1)
     if groups is None:  # a content group follows the label of its first row
-        first = np.unique(unit, return_index=True)[1]
-        unit_label = labels[first]
-    else:
+        unit_label = labels[np.unique(unit, return_index=True)[1]]
+    else:  # a group follows its most common label
+        known = labels >= 0
+        votes = np.zeros((n_units, int(labels.max()) + 1 if known.any() else 1), np.int64)
+        np.add.at(votes, (unit[known], labels[known]), 1)
         unit_label = np.where(votes.sum(1) > 0, votes.argmax(1), -1)
     unit_size = np.bincount(unit, minlength=n_units)
     val_unit = np.zeros(n_units, bool)
