@@ -1,24 +1,45 @@
 """imagefit: a folder of images in; a trained, calibrated classifier out. Offline, on a CPU.
 
-Importing this package has no side effects and touches no network.
+Importing this package has no side effects and touches no network. Its names are imported when
+first used (PEP 562), so `import imagefit.keras` or `imagefit --help` does not load PyTorch.
 """
 
-from imagefit._validation import check_is_fitted
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from imagefit._version import __version__
-from imagefit.config import TrainConfig
-from imagefit.data.audit import preflight
-from imagefit.data.augment import AugmentConfig, Augmenter
-from imagefit.data.images import load_image
-from imagefit.data.index import ImageIndex
-from imagefit.data.sources import SourceOptions, open_dataset, scan_folder
-from imagefit.data.tables import from_table
-from imagefit.errors import (ConfigError, DatasetError, ImagefitError, ImageLoadError,
-                             ModelFormatError, NotFittedError, OutputError, TrainingDivergedError,
-                             TrainingInterrupted)
-from imagefit.estimator import ImageClassifier, load_model
-from imagefit.evaluation.result import EvaluationResult, evaluate
-from imagefit.features.extract import Predictions
-from imagefit.workflows.train import train_run
+
+# name -> module that defines it
+_EXPORTS = {
+    "check_is_fitted": "imagefit._validation",
+    "TrainConfig": "imagefit.config",
+    "preflight": "imagefit.data.audit",
+    "AugmentConfig": "imagefit.data.augment",
+    "Augmenter": "imagefit.data.augment",
+    "load_image": "imagefit.data.images",
+    "ImageIndex": "imagefit.data.index",
+    "SourceOptions": "imagefit.data.sources",
+    "open_dataset": "imagefit.data.sources",
+    "scan_folder": "imagefit.data.sources",
+    "from_table": "imagefit.data.tables",
+    "ConfigError": "imagefit.errors",
+    "DatasetError": "imagefit.errors",
+    "ImagefitError": "imagefit.errors",
+    "ImageLoadError": "imagefit.errors",
+    "ModelFormatError": "imagefit.errors",
+    "NotFittedError": "imagefit.errors",
+    "OutputError": "imagefit.errors",
+    "TrainingDivergedError": "imagefit.errors",
+    "TrainingInterrupted": "imagefit.errors",
+    "ImageClassifier": "imagefit.estimator",
+    "load_model": "imagefit.estimator",
+    "EvaluationResult": "imagefit.evaluation.result",
+    "evaluate": "imagefit.evaluation.result",
+    "Predictions": "imagefit.features.extract",
+    "train_run": "imagefit.workflows.train",
+}
 
 __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",
            "Predictions", "TrainConfig", "SourceOptions", "scan_folder", "open_dataset",
@@ -26,3 +47,16 @@ __all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "Evalu
            "evaluate", "train_run", "check_is_fitted", "ImagefitError", "ConfigError",
            "DatasetError", "ImageLoadError", "ModelFormatError", "NotFittedError", "OutputError",
            "TrainingDivergedError", "TrainingInterrupted", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagefit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -222,11 +222,8 @@ def _load_npz(path: Path) -> dict:
 
 
 def _load_mat(path: Path) -> dict:
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise DatasetError("Reading .mat files needs SciPy: pip install 'imagefit[arrays]'."
-                           ) from None
+    from scipy.io import loadmat  # a dependency; imported here only to keep startup light
+
     try:
         data = loadmat(path)
     except NotImplementedError:

@@ -327,7 +327,7 @@ def apply_params(image: np.ndarray, params: AugmentParams, *, fill_mode: str = "
         if fill_mode == "constant":
             # Keras (scipy "constant") gives pure cval wherever the source point is outside
             # the image; OpenCV would blend the edge pixels with cval over a 1-pixel band.
-            out[_outside(matrix, h, w)] = np.uint8(np.clip(round(cval), 0, 255))
+            out[outside_mask(matrix, h, w)] = np.uint8(np.clip(round(cval), 0, 255))
     if params.channel_shift:
         lo, hi = int(out.min()), int(out.max())
         out = np.clip(out.astype(np.int16) + int(round(params.channel_shift)), lo, hi)
@@ -349,7 +349,7 @@ def apply_params(image: np.ndarray, params: AugmentParams, *, fill_mode: str = "
     return out if out is not image else image.copy()
 
 
-def _outside(matrix: np.ndarray, h: int, w: int) -> np.ndarray:
+def outside_mask(matrix: np.ndarray, h: int, w: int) -> np.ndarray:
     """Mask of output pixels whose source point (x, y) lies outside [0, w-1] x [0, h-1]."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     sx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]

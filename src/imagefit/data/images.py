@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-import torch
 from PIL import EpsImagePlugin, Image, ImageOps, UnidentifiedImageError
 
 from imagefit.errors import ConfigError, ImageLoadError
@@ -27,8 +27,11 @@ EpsImagePlugin.gs_binary = False
 def _single_threaded_torch() -> None:
     # A process forked after PyTorch used its OpenMP pool hangs in its first parallel region
     # (GNU OpenMP is not fork-safe). Forked decoders (pre-flight pools, DataLoader workers) run
-    # one thread each anyway, as DataLoader's own workers do.
-    torch.set_num_threads(1)
+    # one thread each anyway, as DataLoader's own workers do. (PyTorch is imported only where
+    # it is used: `imagefit.keras` reads images without it.)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 os.register_at_fork(after_in_child=_single_threaded_torch)
@@ -255,6 +258,14 @@ def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: i
     return np.ascontiguousarray(array), info
 
 
+def is_decoder_failure(exc: BaseException) -> bool:
+    """Whether `exc`, raised while reading or decoding an image file, means a bad file (an
+    `ImageLoadError`, an OS error, Pillow refusing or failing on the content) rather than a bug
+    of the calling code."""
+    return isinstance(exc, (ImageLoadError, Image.DecompressionBombError, MemoryError)) \
+        or _decoder_failure(exc)
+
+
 def _decoder_failure(exc: BaseException) -> bool:
     """Whether `exc` is Pillow failing on bad input rather than a bug: an OSError (Pillow's own
     error type), or one of `_PILLOW_DECODER_ERRORS` raised inside Pillow's code."""
@@ -288,6 +299,8 @@ def resize_uint8(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image to (width, height) `size`: bilinear, antialiased when
     shrinking (the same filter as Pillow's BILINEAR resize, to within one grey level), computed
     on uint8 channels-last, which is about 5x faster than Pillow."""
+    import torch
+
     x = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)[None]
     x = x.contiguous(memory_format=torch.channels_last)
     out = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bilinear",

@@ -24,7 +24,8 @@ DEFAULT_HEADROOM_MB = 1024
 _CONTEXT = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux")
                                        else "spawn")
 if _CONTEXT.get_start_method() == "forkserver":  # workers fork from a server that has us loaded
-    _CONTEXT.set_forkserver_preload([__name__])
+    # (and PyTorch, the resizer's, so that a replacement worker starts in milliseconds)
+    _CONTEXT.set_forkserver_preload([__name__, "torch"])
 # A 1x1 PNG.
 _TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
                           "0000000c4944415408d763f8ffff3f0005fe02fea7d6a4b40000000049454e44ae"
@@ -43,7 +44,9 @@ def _decode_forever(conn, headroom_bytes: int, decode) -> None:
     """A worker: cap its own address space, then answer decode jobs until the pipe closes."""
     import resource
 
-    decode(_TINY_PNG)  # warm-up: codecs and plugins loaded before the cap
+    # Warm-up: codecs, plugins and the resizer (PyTorch, imported on first use) loaded before
+    # the cap.
+    decode(_TINY_PNG, size=2)
     current = _address_space_bytes()
     if current is not None and headroom_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (current + headroom_bytes,) * 2)
