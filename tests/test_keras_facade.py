@@ -570,6 +570,25 @@ def test_cache_keeps_decoded_images(tree, monkeypatch):
     np.testing.assert_array_equal(it[0][0], first)
 
 
+def test_draft_decodes_large_jpegs_at_reduced_scale(tmp_path):
+    from imagefit.keras import _files
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(_photo(rng, 300, 400)).save(path, quality=92)
+    exact = _files.read_pixels(str(path), "rgb", (60, 70), "nearest", False)
+    drafted = _files.read_pixels(str(path), "rgb", (60, 70), "nearest", False, draft=True)
+    assert drafted.shape == exact.shape == (60, 70, 3)
+    with Image.open(path) as im:  # Pillow's own draft mode: the same 1/4-scale decode
+        im.draft("RGB", (70, 60))
+        assert im.size == (100, 75)
+        reference = np.asarray(im.convert("RGB").resize((70, 60), Image.Resampling.NEAREST))
+    assert np.abs(drafted.astype(int) - reference).max() <= 1
+    assert np.abs(drafted.astype(int) - exact).mean() < 12  # the same picture, smoother
+    small = _files.read_pixels(str(path), "rgb", (200, 250), "nearest", False, draft=True)
+    full = _files.read_pixels(str(path), "rgb", (200, 250), "nearest", False)
+    np.testing.assert_array_equal(small, full)  # under 2x the target: decoded in full
+
+
 def test_iterators_are_keras_pydatasets_and_train(tree):
     it = I.ImageDataGenerator(**BLOG).flow_from_directory(
         str(tree), target_size=(16, 16), batch_size=8, class_mode="binary", seed=0)

@@ -131,8 +131,8 @@ class ImageDataGenerator:
                             ) -> DirectoryIterator:
         """Batches from a folder holding one subfolder of images per class.
 
-        Beyond Keras (keyword-only): `strict`, `cache`, `balance`, `max_per_class`, `split`;
-        see `DirectoryIterator`.
+        Beyond Keras (keyword-only): `strict`, `cache`, `draft`, `balance`, `max_per_class`,
+        `split`; see `imagefit.keras.iterators`.
         """
         return DirectoryIterator(directory, self, target_size=target_size,
                                  color_mode=color_mode, keep_aspect_ratio=keep_aspect_ratio,

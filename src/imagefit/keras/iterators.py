@@ -10,8 +10,9 @@ are plain Python objects.
 
 Beyond Keras (keyword-only, each documented in README's "Coming from Keras"): a file that
 cannot be read is skipped and listed in `bad_files` (`strict=True` raises instead);
-`cache=True` keeps decoded images in memory; `max_per_class` and `balance="sampler"` draw a
-bounded, balanced epoch; `split="random"` takes a stratified random validation subset.
+`cache=True` keeps decoded images in memory; `draft=True` decodes large JPEGs at reduced
+scale; `max_per_class` and `balance="sampler"` draw a bounded, balanced epoch;
+`split="random"` takes a stratified random validation subset.
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ class BatchFromFilesMixin:
         self.subset = subset
 
     def _set_extensions(self, strict: bool, cache: bool, balance: str | None,
-                        max_per_class: int | None) -> None:
+                        max_per_class: int | None, draft: bool) -> None:
         if balance not in BALANCES:
             raise ValueError(f'Invalid balance: {balance!r}; expected None or "sampler"')
         if max_per_class is not None and (isinstance(max_per_class, bool)
@@ -314,6 +315,7 @@ class BatchFromFilesMixin:
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
         self.balance = balance
         self.max_per_class = None if max_per_class is None else int(max_per_class)
+        self.draft = bool(draft)
 
     # --- the epoch's draws (extensions) ---
     def _sampling(self) -> bool:
@@ -356,7 +358,7 @@ class BatchFromFilesMixin:
             return None
         try:
             pixels = read_pixels(filepath, self.color_mode, self.target_size,
-                                 self.interpolation, self.keep_aspect_ratio)
+                                 self.interpolation, self.keep_aspect_ratio, self.draft)
         except Exception as exc:
             if self.strict or not is_decoder_failure(exc):
                 raise
@@ -469,12 +471,13 @@ class DirectoryIterator(BatchFromFilesMixin, Iterator):
                  subset: str | None = None, interpolation: str = "nearest",
                  keep_aspect_ratio: bool = False, dtype: Any = None, *, strict: bool = False,
                  cache: bool = False, balance: str | None = None,
-                 max_per_class: int | None = None, split: str = "first", **kwargs: Any):
+                 max_per_class: int | None = None, split: str = "first", draft: bool = False,
+                 **kwargs: Any):
         data_format = data_format_or_default(data_format)
         self.set_processing_attrs(image_data_generator, target_size, color_mode, data_format,
                                   save_to_dir, save_prefix, save_format, subset, interpolation,
                                   keep_aspect_ratio)
-        self._set_extensions(strict, cache, balance, max_per_class)
+        self._set_extensions(strict, cache, balance, max_per_class, draft)
         if split not in SPLITS:
             raise ValueError(f'Invalid split: {split!r}; expected "first" or "random"')
         self.directory = directory
@@ -522,12 +525,13 @@ class DataFrameIterator(BatchFromFilesMixin, Iterator):
                  interpolation: str = "nearest", keep_aspect_ratio: bool = False,
                  dtype: Any = "float32", validate_filenames: bool = True, *,
                  strict: bool = False, cache: bool = False, balance: str | None = None,
-                 max_per_class: int | None = None, split: str = "first", **kwargs: Any):
+                 max_per_class: int | None = None, split: str = "first", draft: bool = False,
+                 **kwargs: Any):
         data_format = data_format_or_default(data_format)
         self.set_processing_attrs(image_data_generator, target_size, color_mode, data_format,
                                   save_to_dir, save_prefix, save_format, subset, interpolation,
                                   keep_aspect_ratio)
-        self._set_extensions(strict, cache, balance, max_per_class)
+        self._set_extensions(strict, cache, balance, max_per_class, draft)
         if split not in SPLITS:
             raise ValueError(f'Invalid split: {split!r}; expected "first" or "random"')
         df = dataframe.copy()
