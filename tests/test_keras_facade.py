@@ -618,12 +618,23 @@ def test_import_needs_neither_keras_nor_torch():
     assert out.stdout.strip() == "Iterator"
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_as_torch_loader(tree, workers):
+def test_iterators_pickle(tree):
+    import pickle
+    it = I.ImageDataGenerator(**BLOG).flow_from_directory(str(tree), target_size=(8, 8),
+                                                          batch_size=4, seed=1)
+    it[0]
+    copy = pickle.loads(pickle.dumps(it))
+    assert type(copy) is type(it) and isinstance(copy, keras.utils.PyDataset)
+    _assert_batches_equal(it[1], copy[1])
+    assert next(copy)[0].shape == (4, 8, 8, 3)
+
+
+@pytest.mark.parametrize("workers,start", [(0, None), (2, None), (1, "spawn")])
+def test_as_torch_loader(tree, workers, start):
     torch = pytest.importorskip("torch")
     it = I.ImageDataGenerator(**BLOG).flow_from_directory(
         str(tree), target_size=(12, 12), batch_size=6, class_mode="sparse", seed=4)
-    loader = it.as_torch(num_workers=workers)
+    loader = it.as_torch(num_workers=workers, multiprocessing_context=start)
     epochs = [[(x.clone(), y.clone()) for x, y in loader] for _ in range(2)]
     assert len(epochs[0]) == len(it) == 4
     x, y = epochs[0][0]

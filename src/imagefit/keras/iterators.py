@@ -69,9 +69,23 @@ class Iterator:
             if cls not in _KERAS_VARIANTS:
                 _KERAS_VARIANTS[cls] = type(cls.__name__, (cls, base),
                                             {"__module__": cls.__module__,
-                                             "__qualname__": cls.__qualname__})
+                                             "__qualname__": cls.__qualname__,
+                                             "_plain_class": cls})
             cls = _KERAS_VARIANTS[cls]
         return object.__new__(cls)
+
+    _plain_class: type | None = None
+
+    def __reduce__(self):
+        """Picklable (spawned DataLoader workers, Keras' multiprocessing): the lock and the
+        batch generator are made anew; the PyDataset variant is chosen again on arrival."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("lock", "index_generator")}
+        return _new_iterator, (self._plain_class or type(self),), state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+        self.index_generator = self._flow_index()
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int | None,
                  **kwargs: Any):
@@ -162,6 +176,10 @@ class Iterator:
         """
         from imagefit.keras.torch import as_torch
         return as_torch(self, num_workers=num_workers, **loader_kwargs)
+
+
+def _new_iterator(cls: type) -> Iterator:
+    return cls.__new__(cls)
 
 
 def _save_batch(batch_x: np.ndarray, index_array: np.ndarray, data_format: str, save_to_dir: str,
