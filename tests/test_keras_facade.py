@@ -24,6 +24,8 @@ from keras.src.utils import image_utils as KU  # noqa: E402
 
 import imagefit.keras as I  # noqa: E402
 
+# Keras' legacy module calls a SciPy namespace SciPy has deprecated; that is Keras' business.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2,
             zoom_range=0.2, horizontal_flip=True, rescale=1 / 255)

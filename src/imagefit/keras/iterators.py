@@ -320,7 +320,9 @@ class BatchFromFilesMixin:
         self.subset = subset
 
     def _set_extensions(self, strict: bool, cache: bool, balance: str | None,
-                        max_per_class: int | None, draft: bool) -> None:
+                        max_per_class: int | None, draft: bool, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f'Invalid split: {split!r}; expected "first" or "random"')
         if balance not in BALANCES:
             raise ValueError(f'Invalid balance: {balance!r}; expected None or "sampler"')
         if max_per_class is not None and (isinstance(max_per_class, bool)
@@ -495,9 +497,7 @@ class DirectoryIterator(BatchFromFilesMixin, Iterator):
         self.set_processing_attrs(image_data_generator, target_size, color_mode, data_format,
                                   save_to_dir, save_prefix, save_format, subset, interpolation,
                                   keep_aspect_ratio)
-        self._set_extensions(strict, cache, balance, max_per_class, draft)
-        if split not in SPLITS:
-            raise ValueError(f'Invalid split: {split!r}; expected "first" or "random"')
+        self._set_extensions(strict, cache, balance, max_per_class, draft, split)
         self.directory = directory
         if class_mode not in self.allowed_class_modes:
             raise ValueError(f"Invalid class_mode: {class_mode}; expected one of: "
@@ -549,9 +549,7 @@ class DataFrameIterator(BatchFromFilesMixin, Iterator):
         self.set_processing_attrs(image_data_generator, target_size, color_mode, data_format,
                                   save_to_dir, save_prefix, save_format, subset, interpolation,
                                   keep_aspect_ratio)
-        self._set_extensions(strict, cache, balance, max_per_class, draft)
-        if split not in SPLITS:
-            raise ValueError(f'Invalid split: {split!r}; expected "first" or "random"')
+        self._set_extensions(strict, cache, balance, max_per_class, draft, split)
         df = dataframe.copy()
         self.directory = directory or ""
         self.class_mode = class_mode
