@@ -617,3 +617,36 @@ def test_sniff_format_none_on_text():
         assert sniff_format(text) is None
     assert sniff_format(b"") is None
     assert sniff_format(b"path,label\nimg.jpg,cat\n") is None
+
+
+# --- JPEGs by libjpeg-turbo straight into NumPy: Pillow's pixels, exactly ----------------------
+def _pillow_only(monkeypatch, data, size):
+    with monkeypatch.context() as m:
+        m.setattr(images, "simplejpeg", None)
+        return images.decode_image(data, size)
+
+
+@pytest.mark.parametrize("mode,options", [("RGB", {}), ("RGB", {"progressive": True}),
+                                          ("RGB", {"subsampling": 0}), ("L", {}),
+                                          ("CMYK", {})])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7, 8])
+def test_fast_jpeg_path_gives_pillows_pixels(monkeypatch, mode, options, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(smooth_rgb(410, 300).convert(mode), "JPEG", quality=88, exif=exif, **options)
+    for size in (None, 200, 100, 64, (90, 40)):
+        fast, fast_info = images.decode_image(data, size)
+        slow, slow_info = _pillow_only(monkeypatch, data, size)
+        np.testing.assert_array_equal(fast, slow)
+        assert fast_info == slow_info
+
+
+def test_fast_jpeg_path_leaves_damaged_files_to_pillow(monkeypatch):
+    data = encode(noise_rgb(300, 200), "JPEG", quality=90)
+    cut = data[: len(data) // 2]
+    for size in (None, 64):
+        fast = load_error(cut, size=size)
+        with monkeypatch.context() as m:
+            m.setattr(images, "simplejpeg", None)
+            slow = load_error(cut, size=size)
+        assert (fast.reason, fast.message) == (slow.reason, slow.message)
