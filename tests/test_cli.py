@@ -298,14 +298,13 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(trained_run, tmp
                                                                  monkeypatch, command):
     """evaluate --json / predict --out / augment --preview into a missing folder, or onto a
     folder: one line, exit 1, and the work never started (the model is not even loaded)."""
-    import imagefit.cli.evaluate
-    import imagefit.cli.predict
+    import imagefit.estimator
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started")
 
-    for module in (imagefit.cli.evaluate, imagefit.cli.predict):
-        monkeypatch.setattr(module, "load_model", no_work)
+    # (the commands import load_model when they run, from here)
+    monkeypatch.setattr(imagefit.estimator, "load_model", no_work)
     run, data = trained_run["run"], trained_run["test"]
     option = {"evaluate": "--json", "predict": "--out", "augment": "--preview"}[command]
     args = {"evaluate": [run, data], "predict": [run, data], "augment": [data]}[command]

@@ -12,6 +12,9 @@ from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.sources import SourceOptions
 from imagefit.errors import ConfigError
 
+# How `train` fits: `auto` chooses one of the others from the data (train/settings.py).
+MODES = ("auto", "probe", "finetune", "scratch")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

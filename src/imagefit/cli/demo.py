@@ -6,7 +6,6 @@ import argparse
 
 from imagefit.cli.train import report
 from imagefit.metrics import format_per_class_table
-from imagefit.workflows.demo import demo_data, run_demo
 
 
 def add_parser(sub, common) -> None:
@@ -23,6 +22,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.workflows.demo import demo_data, run_demo
+
     data = demo_data(args.data)
     echo = (lambda line: None) if args.quiet else print
     echo(f"== imagefit demo: train on {data / 'train'}")

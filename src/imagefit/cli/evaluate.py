@@ -8,11 +8,8 @@ from pathlib import Path
 
 from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
-from imagefit.bundle import resolve_model_dir
 from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
 from imagefit.data.index import refuse_output_inside
-from imagefit.estimator import load_model
-from imagefit.evaluation.result import evaluate
 from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
 from imagefit.workflows.run_folder import RunFolder
@@ -41,6 +38,9 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.estimator import load_model
+    from imagefit.evaluation.result import evaluate
+
     if args.json:
         check_output_file(args.json, "--json")
     model = load_model(args.run)  # a refused model file says so before anything else
@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, data) -> None:
     from imagefit.workflows.report import build_run_report
+    from imagefit.bundle import resolve_model_dir
+    from imagefit.estimator import load_model
+    from imagefit.evaluation.result import evaluate
 
     if RunFolder.of_model(resolve_model_dir(args.run)).split.is_file():
         result = build_run_report(args.run, data=data, out=args.report,

@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagefit.bundle import resolve_model_dir
-from imagefit.estimator import load_model
-from imagefit.explain import explain_image, safe_name
 from imagefit.progress import printable
 
 EXAMPLES = """examples:
@@ -38,6 +35,10 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.bundle import resolve_model_dir
+    from imagefit.estimator import load_model
+    from imagefit.explain import explain_image, safe_name
+
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
     out = (Path(args.out) if args.out

@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagefit.bundle import resolve_model_dir
-from imagefit.estimator import load_model
-from imagefit.export.onnx import FORMATS, TOLERANCE, export_model
 from imagefit.workflows.run_folder import RunFolder
+from imagefit.export import FORMATS, TOLERANCE
 
 EXAMPLES = """examples:
   imagefit export runs/cats --format onnx                  # -> runs/cats/export/model.onnx
@@ -34,6 +32,10 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.bundle import resolve_model_dir
+    from imagefit.estimator import load_model
+    from imagefit.export.onnx import export_model
+
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
     suffix = "onnx" if args.format == "onnx" else "pt"

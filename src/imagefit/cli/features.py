@@ -8,7 +8,6 @@ from imagefit.cli.source import add_source_options, open_data
 from imagefit.data.index import refuse_output_inside
 from imagefit._fileio import check_output_folder
 from imagefit.errors import ConfigError
-from imagefit.workflows.features import extract_dataset_features
 
 EXAMPLES = """examples:
   imagefit features data/ --out feats/
@@ -37,6 +36,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.workflows.features import extract_dataset_features
+
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0.")
     data = open_data(args, args.data, min_classes=2)

@@ -13,8 +13,6 @@ from imagefit.data.tables import is_table, table_files
 from imagefit._fileio import check_output_file
 from imagefit._validation import check_int
 from imagefit.errors import ConfigError
-from imagefit.estimator import load_model
-from imagefit.evaluation.result import write_predictions_csv
 from imagefit.progress import printable
 
 EXAMPLES = """examples:
@@ -50,6 +48,9 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.estimator import load_model
+    from imagefit.evaluation.result import write_predictions_csv
+
     if args.out:
         check_output_file(args.out, "--out")
     model = load_model(args.run)

@@ -6,7 +6,6 @@ import argparse
 
 from imagefit.data.index import refuse_output_inside
 from imagefit.cli.source import add_source_options, open_test_data
-from imagefit.workflows.report import build_run_report
 
 EXAMPLES = """examples:
   imagefit report runs/cats                      # on the run's validation split
@@ -32,6 +31,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.workflows.report import build_run_report
+
     data = None if args.data is None else open_test_data(args, args.data)
     if data is not None and args.out is not None:
         refuse_output_inside(args.out, [args.data, data])

@@ -7,17 +7,14 @@ import dataclasses
 import shlex
 import sys
 
-from imagefit.config import TrainConfig
+from imagefit.config import MODES, TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.cli.source import DATA_HELP, add_source_options, source_values
 from imagefit.errors import TrainingInterrupted
 from imagefit.metrics import format_per_class_table
 from imagefit.progress import printable
-from imagefit.train import distributed
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
-from imagefit.train.settings import MODES
 from imagefit.workflows.run_folder import RunFolder, default_run_dir
-from imagefit.workflows.train import load_config_file, train_run
 
 EXAMPLES = r"""examples:
   imagefit train data/ --out runs/cats
@@ -90,6 +87,8 @@ def add_parser(sub, common) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from imagefit.workflows.train import load_config_file
+
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
                 "augment", "balance", "class_weight", "max_per_class", "logit_adjustment",
@@ -103,6 +102,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.train import distributed
+    from imagefit.workflows.train import train_run
+
     config = config_from_args(args)
     if not config.out:  # named now, so that an interruption can say where to resume
         config = dataclasses.replace(config, out=default_run_dir())

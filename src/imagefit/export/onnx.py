@@ -23,10 +23,8 @@ from imagefit._version import __version__
 from imagefit.data.images import load_image
 from imagefit.errors import ExportError, ImageLoadError
 from imagefit.estimator import ImageClassifier
+from imagefit.export import FORMATS, TOLERANCE
 
-FORMATS = ("onnx", "torchscript")
-# Largest absolute difference in any probability between the export and PyTorch.
-TOLERANCE = 1e-4
 INPUT_DESCRIPTION = ("uint8 RGB images, shape (batch, {s}, {s}, 3), each decoded with EXIF "
                      "orientation applied, transparency composited over {bg}, and resized to "
                      "{s}x{s} ignoring aspect ratio (bilinear); the resize is not in the graph")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from imagefit._validation import check_choice, check_params
+from imagefit.config import MODES
 from imagefit.data.augment import AugmentConfig, resolve_augment
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.sampling import (BALANCE_CHOICES, class_weights, logit_adjustment,
@@ -24,7 +25,6 @@ from imagefit.errors import ConfigError
 from imagefit._fileio import cache_folder
 from imagefit.models.backbones import Preprocessing, get_spec, preprocessing_for, resolve_device
 
-MODES = ("auto", "probe", "finetune", "scratch")
 DEVICES = ("auto", "cpu", "cuda")
 # Per-mode defaults: (backbone, epochs, patience, lr, dropout). "finetune" first runs the probe
 # stage with the probe defaults, then its own stage with these.
