@@ -361,6 +361,61 @@ def test_load_with_hostile_uploads_gets_no_5xx_and_the_service_stays_up(clf, ima
     print(f"300 requests (30 hostile), 8 threads: {300 / seconds:.1f} req/s")
 
 
+# --- micro-batching ----------------------------------------------------------------------------
+
+def test_requests_arriving_together_share_a_batch_and_get_their_own_answers(clf, images,
+                                                                          monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = []
+    original = ImageClassifier.predict_proba_images
+
+    def recording(self, batch):
+        sizes.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(ImageClassifier, "predict_proba_images", recording)
+    app = create_app(clf, ServeSettings(max_concurrency=4, max_queue=64, max_batch=6,
+                                        max_wait_s=0.2))
+    names = [list(images)[i % len(images)] for i in range(18)]
+    sizes.clear()  # (create_app warms the model up)
+    with TestClient(app, base_url=BASE) as client, ThreadPoolExecutor(12) as pool:
+        bodies = list(pool.map(lambda n: client.post("/predict", **octet(images[n][1])).json(),
+                               names))
+    assert sum(sizes) == 18 and max(sizes) > 1 and max(sizes) <= 6, sizes
+    expected = {n: clf.predict_proba([str(images[n][0])])[0] for n in images}
+    for name, body in zip(names, bodies):
+        np.testing.assert_allclose([body["probabilities"][c] for c in clf.classes_],
+                                   expected[name], atol=1e-4)
+
+
+def test_batcher_keeps_order_bounds_batches_and_survives_a_cancelled_request():
+    from imagefit.serve.app import _Batcher
+
+    sizes = []
+
+    def predict(batch):
+        sizes.append(len(batch))
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True)
+
+    async def scenario():
+        batcher = _Batcher(predict, max_batch=4, max_wait_s=0.05)
+        tasks = [asyncio.ensure_future(batcher.submit(np.full((2, 2), i, np.float32)))
+                 for i in range(10)]
+        tasks[3].cancel()  # its request timed out: the others still get their answers
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        one_by_one = _Batcher(predict, max_batch=1, max_wait_s=0.05)
+        alone = await one_by_one.submit(np.ones((2, 2), np.float32))
+        return done, alone
+
+    done, alone = asyncio.run(scenario())
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert [float(d[0]) for i, d in enumerate(done) if i != 3] == [4.0 * i for i in range(10)
+                                                                   if i != 3]
+    assert sizes[:-1] and max(sizes[:-1]) <= 4 and sum(sizes[:-1]) == 9 and sizes[-1] == 1
+    assert float(alone[0]) == 4.0
+
+
 # --- API key -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

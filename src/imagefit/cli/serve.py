@@ -7,7 +7,6 @@ import argparse
 import sys
 
 from imagefit.errors import ConfigError
-from imagefit.estimator import load_model
 
 EXAMPLES = """examples:
   imagefit serve runs/cats                     # http://127.0.0.1:8000, this machine only
@@ -34,8 +33,12 @@ def add_parser(sub, common) -> None:
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="extra Host header value to accept (e.g. a DNS name); repeatable")
     p.add_argument("--max-body-mb", type=float, default=10.0, help="largest image (default 10)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="predictions at once "
-                   "(default 2)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="uploads decoded at once, "
+                   "each in its own worker process (default 2)")
+    p.add_argument("--max-batch", type=int, default=16, help="images the model runs at once: "
+                   "requests arriving together share one batch (default 16; 1 = one by one)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a decoded image "
+                   "waits for others to fill its batch (default 5)")
     p.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait "
                    "before 429 (default 16)")
     p.set_defaults(handler=run)
@@ -47,9 +50,10 @@ def settings_from_args(args: argparse.Namespace):
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"The 'port' parameter must be an int in [1, 65535]. "
                           f"Got {args.port} instead.")
-    if args.max_concurrency < 1 or args.max_queue < 0 or args.max_body_mb <= 0:
-        raise ConfigError("--max-concurrency must be >= 1, --max-queue >= 0 and "
-                          "--max-body-mb > 0.")
+    if (args.max_concurrency < 1 or args.max_queue < 0 or args.max_body_mb <= 0
+            or args.max_batch < 1 or not 0 <= args.max_wait_ms <= 1000):
+        raise ConfigError("--max-concurrency and --max-batch must be >= 1, --max-queue >= 0, "
+                          "--max-body-mb > 0 and --max-wait-ms in [0, 1000].")
     hosts = list(LOOPBACK_HOSTS) + list(args.allowed_host)
     if not is_loopback(args.host):
         if not args.api_key and not args.insecure:
@@ -60,12 +64,14 @@ def settings_from_args(args: argparse.Namespace):
         hosts = ["*"]
     return ServeSettings(api_key=args.api_key, allowed_hosts=tuple(hosts),
                          max_body_bytes=int(args.max_body_mb * 2**20),
-                         max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+                         max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                         max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from imagefit.estimator import load_model
     from imagefit.serve.app import create_app
 
     settings = settings_from_args(args)

@@ -4,6 +4,7 @@ Safe by default: no endpoint takes a path, URL or model; request bodies are capp
 are read; content is sniffed, never trusted; images go through the same decoder and pixel cap as
 training; concurrency is bounded (429 with Retry-After); the `Host` header is checked (DNS
 rebinding); an API key can be required; errors never carry stack traces or file paths.
+Requests that arrive together share one pass of the model (`_Batcher`, dynamic micro-batching).
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ class ServeSettings:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     max_body_bytes: int = 10 * 2**20
-    max_concurrency: int = 2        # predictions computed at once
+    max_concurrency: int = 2        # uploads decoded at once (each in a worker process)
     max_queue: int = 16             # requests allowed to wait; beyond that: 429
     timeout_s: float = 30.0         # per request (upload, queue, prediction): beyond that 503
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_memory_mb: int = DEFAULT_HEADROOM_MB  # per decoding process, beyond its start-up
+    max_batch: int = 16             # images the model runs at once (1: one request at a time)
+    max_wait_s: float = 0.005       # how long a decoded image waits for others to join it
 
 
 class _Limiter:
@@ -70,6 +73,63 @@ class _Limiter:
         self.admitted -= 1
 
 
+class _Batcher:
+    """Dynamic micro-batching: decoded images wait up to `max_wait_s` for others (at most
+    `max_batch` in all), then go through the model together, one batch at a time in a thread.
+    While the model is busy, arrivals gather for the next batch, so batches grow with the load.
+    Made inside the running event loop (its futures and lock belong to it)."""
+
+    def __init__(self, predict, max_batch: int, max_wait_s: float):
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.loop = asyncio.get_running_loop()
+        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.TimerHandle | None = None
+        self.scheduled = False  # a batch task is waiting for the model and will take `pending`
+
+    async def submit(self, image: np.ndarray) -> np.ndarray:
+        """The model's output for one image (cancelled with its request: a timed-out request
+        leaves the batch it was waiting for)."""
+        future = self.loop.create_future()
+        self.pending.append((image, future))
+        if len(self.pending) >= self.max_batch or self.max_wait_s == 0:
+            self._schedule()
+        elif self.timer is None and not self.scheduled:
+            self.timer = self.loop.call_later(self.max_wait_s, self._schedule)
+        return await future
+
+    def _schedule(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.create_task(self._run_batch())
+
+    async def _run_batch(self) -> None:
+        async with self.lock:  # one batch through the model at a time
+            self.scheduled = False
+            batch = [(im, f) for im, f in self.pending[:self.max_batch] if not f.done()]
+            del self.pending[:self.max_batch]
+            if self.pending:
+                self._schedule()  # the rest: a full batch waits for this one to finish
+            if not batch:
+                return
+            try:
+                out = await anyio.to_thread.run_sync(self.predict,
+                                                     np.stack([im for im, _ in batch]))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for (_, future), row in zip(batch, out):
+                if not future.done():
+                    future.set_result(row)
+
+
 def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()) -> Starlette:
     """The ASGI app serving `model`.
 
@@ -87,6 +147,7 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
     size = model.preprocessing_.image_size
     background = model.preprocessing_.background
     limiter_box: list[_Limiter] = []  # made inside the running event loop
+    batcher_box: list[_Batcher] = []  # (per loop: a test client may run each request in one)
     # Untrusted bytes are decoded in worker processes: a crash or a balloon costs a worker.
     decoder = DecoderPool(settings.max_concurrency, timeout_s=settings.timeout_s,
                           headroom_mb=settings.decode_memory_mb)
@@ -97,10 +158,17 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
             limiter_box.append(_Limiter(settings.max_concurrency, settings.max_queue))
         return limiter_box[0]
 
-    def predict_bytes(data: bytes) -> dict:
-        image = decoder.decode(data, size=size, max_pixels=settings.max_pixels,
-                               background=background)
-        proba = model.predict_proba_images(image[None])[0]
+    def batcher() -> _Batcher:
+        if not batcher_box or batcher_box[0].loop is not asyncio.get_running_loop():
+            batcher_box[:] = [_Batcher(model.predict_proba_images, settings.max_batch,
+                                       settings.max_wait_s)]
+        return batcher_box[0]
+
+    def decode(data: bytes) -> np.ndarray:
+        return decoder.decode(data, size=size, max_pixels=settings.max_pixels,
+                              background=background)
+
+    def answer(proba: np.ndarray) -> dict:
         best = int(proba.argmax())
         return {"label": classes[best], "confidence": float(proba[best]),
                 "probabilities": {c: float(p) for c, p in zip(classes, proba)}}
@@ -134,8 +202,9 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
                     return _error(415, f"Not an accepted image; supported: "
                                        f"{', '.join(ALLOWED_FORMATS)}.")
                 async with limiter().semaphore:
-                    result = await anyio.to_thread.run_sync(predict_bytes, data, limiter=workers)
-            return JSONResponse(result, headers=_SECURITY_HEADERS)
+                    image = await anyio.to_thread.run_sync(decode, data, limiter=workers)
+                proba = await batcher().submit(image)
+            return JSONResponse(answer(proba), headers=_SECURITY_HEADERS)
         except ImageLoadError as exc:
             status = 415 if exc.reason in _UNSUPPORTED else 422
             return _error(status, f"The image could not be used ({exc.reason}).")
