@@ -4,7 +4,7 @@
 requests per second. Only 200 and 429 are acceptable statuses. Stops by itself.
 
     python benchmarks/serve_load.py runs/demo [--images DIR] [--requests 500]
-        [--concurrency 16 48] [--max-batch 1 16]
+        [--concurrency 16 48] [--max-batch 1 16] [--max-queue 64]
 
 With several --max-batch values, one service per value runs in turn on the same requests:
 `--max-batch 1` is the service without micro-batching (each request through the model alone).
@@ -16,6 +16,7 @@ import argparse
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -52,11 +53,17 @@ def load(run: str, bodies: list[bytes], requests: int, concurrency: int,
         else:
             sys.exit("the service did not start")
 
+        local = threading.local()
+
         def one(i: int) -> tuple[int, float]:
+            # One keep-alive connection per client thread, as a real client keeps: a new
+            # httpx client per request spends more CPU on itself than the service spends.
+            client = getattr(local, "client", None) or httpx.Client(timeout=30)
+            local.client = client
             started = time.perf_counter()
             try:
-                r = httpx.post(f"{url}/predict", content=bodies[i % len(bodies)], timeout=30,
-                               headers={"Content-Type": "application/octet-stream"})
+                r = client.post(f"{url}/predict", content=bodies[i % len(bodies)],
+                                headers={"Content-Type": "application/octet-stream"})
                 status = r.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
@@ -85,6 +92,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16])
     ap.add_argument("--max-batch", type=int, nargs="+", default=[16],
                     help="one service per value, side by side (1 = one request at a time)")
+    ap.add_argument("--max-queue", type=int, default=16, help="the service's --max-queue "
+                    "(requests beyond --max-concurrency + this get 429)")
     args = ap.parse_args()
     files = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in
                    (".png", ".jpg", ".jpeg"))[:200]
@@ -97,7 +106,7 @@ def main() -> None:
         base = None
         for max_batch in args.max_batch:
             r = load(args.run, bodies, args.requests, concurrency,
-                     ["--max-batch", str(max_batch)])
+                     ["--max-batch", str(max_batch), "--max-queue", str(args.max_queue)])
             base = base or r["rps"]
             print(f"{concurrency:>10} {max_batch:>9} {r['rps']:7.1f} {r['p50']:7.0f} "
                   f"{r['p99']:7.0f}  {r['statuses']}  ({r['rps'] / base:.2f}x the first)")

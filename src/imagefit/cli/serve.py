@@ -37,8 +37,9 @@ def add_parser(sub, common) -> None:
                    "each in its own worker process (default 2)")
     p.add_argument("--max-batch", type=int, default=16, help="images the model runs at once: "
                    "requests arriving together share one batch (default 16; 1 = one by one)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a decoded image "
-                   "waits for others to fill its batch (default 5)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a decoded image "
+                   "may wait for others to fill its batch (default 0: none; those arriving "
+                   "while the model is busy share its next pass anyway)")
     p.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait "
                    "before 429 (default 16)")
     p.set_defaults(handler=run)

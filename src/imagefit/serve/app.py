@@ -52,7 +52,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_memory_mb: int = DEFAULT_HEADROOM_MB  # per decoding process, beyond its start-up
     max_batch: int = 16             # images the model runs at once (1: one request at a time)
-    max_wait_s: float = 0.005       # how long a decoded image waits for others to join it
+    max_wait_s: float = 0.0         # how long a decoded image may wait for others to join it
 
 
 class _Limiter:
@@ -74,10 +74,11 @@ class _Limiter:
 
 
 class _Batcher:
-    """Dynamic micro-batching: decoded images wait up to `max_wait_s` for others (at most
-    `max_batch` in all), then go through the model together, one batch at a time in a thread.
-    While the model is busy, arrivals gather for the next batch, so batches grow with the load.
-    Made inside the running event loop (its futures and lock belong to it)."""
+    """Dynamic micro-batching: decoded images go through the model together (at most
+    `max_batch` at once), one batch at a time in a thread. An image that finds the model idle
+    goes at once (or after `max_wait_s`, if set, for others to join); those arriving while the
+    model is busy gather for its next pass, so batches grow with the load and add no latency
+    without it. Made inside the running event loop (its futures and lock belong to it)."""
 
     def __init__(self, predict, max_batch: int, max_wait_s: float):
         self.predict = predict
