@@ -469,6 +469,23 @@ def test_array_conversions_as_keras(tmp_path):
     assert buffer.getvalue()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("shape,dtype", [((37, 53, 3), "float32"), ((5, 40, 29, 1), "float32"),
+                                         ((30, 40, 3), "uint8")])
+def test_smart_resize_equals_keras(shape, dtype, interpolation):
+    x = (np.random.default_rng(0).random(shape) * 255).astype(dtype)
+    for size in ((20, 20), (30, 17), (80, 90)):
+        a = np.asarray(KU.smart_resize(x, size, interpolation=interpolation))
+        b = I.smart_resize(x, size, interpolation=interpolation)
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1.0 if dtype == "uint8"
+                                   else 0.01)
+    with pytest.raises(ValueError):
+        I.smart_resize(x, (10,))
+    with pytest.raises(ValueError):
+        I.smart_resize(x[0, 0], (10, 10))
+
+
 def test_list_pictures_and_validate_filename(tmp_path):
     names = ["test.png", "test0.jpg", "test-1.jpeg", "2test.bmp", "2-test.ppm", "3.png",
              "1.JPEG", "test.bmp", "test0.ppm", "test4.tiff", "5-test.tif", "test.txt",

@@ -22,11 +22,11 @@ from imagefit.keras.generator import ImageDataGenerator
 from imagefit.keras.iterators import (BatchFromFilesMixin, DataFrameIterator, DirectoryIterator,
                                       Iterator, NumpyArrayIterator, class_weight)
 from imagefit.keras.utils import (array_to_img, img_to_array, list_pictures, load_img, save_img,
-                                  validate_filename)
+                                  smart_resize, validate_filename)
 
 __all__ = ["ImageDataGenerator", "Iterator", "NumpyArrayIterator", "DirectoryIterator",
            "DataFrameIterator", "BatchFromFilesMixin", "load_img", "img_to_array",
-           "array_to_img", "save_img", "list_pictures", "validate_filename",
+           "array_to_img", "save_img", "smart_resize", "list_pictures", "validate_filename",
            "apply_affine_transform", "transform_matrix_offset_center", "flip_axis",
            "random_rotation", "random_shift", "random_shear", "random_zoom",
            "apply_channel_shift", "random_channel_shift", "apply_brightness_shift",

@@ -15,6 +15,7 @@ import pathlib
 import warnings
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -177,3 +178,65 @@ def validate_filename(filename: str, white_list_formats: Any) -> bool:
     ends = (white_list_formats,) if isinstance(white_list_formats, str) \
         else tuple(white_list_formats)
     return str(filename).lower().endswith(ends) and os.path.isfile(filename)
+
+
+# The filters of Keras' PyTorch backend, computed by OpenCV ("nearest", PyTorch's
+# "nearest-exact", by index arithmetic: OpenCV rounds some half-way cases the other way).
+_SMART_RESIZE = {"bilinear": cv2.INTER_LINEAR, "nearest": None, "bicubic": cv2.INTER_CUBIC}
+
+
+def smart_resize(x: Any, size: tuple[int, int], interpolation: str = "bilinear",
+                 data_format: str = "channels_last") -> np.ndarray:
+    """Resize an image (H, W, C) or a batch (N, H, W, C) to `size` (height, width) without
+    distorting it: the largest centred crop with the target's aspect ratio, then a resize
+    (half-pixel bilinear, nearest or bicubic, as Keras on PyTorch computes them)."""
+    if len(size) != 2:
+        raise ValueError(f"Expected `size` to be a tuple of 2 integers, but got: {size}.")
+    if interpolation not in _SMART_RESIZE:
+        raise ValueError(f"smart_resize here supports interpolation {sorted(_SMART_RESIZE)}; "
+                         f"got {interpolation!r}")
+    img = np.asarray(x)
+    if img.ndim not in (3, 4):
+        raise ValueError(f"Expected an image array with shape `(height, width, channels)`, or "
+                         f"`(batch_size, height, width, channels)`, but got input with "
+                         f"incorrect rank, of shape {img.shape}.")
+    if data_format == "channels_first":
+        img = np.moveaxis(img, -3, -1)
+    height, width = img.shape[-3], img.shape[-2]
+    target_height, target_width = int(size[0]), int(size[1])
+    crop_height = max(min(height, int(float(width * target_height) / target_width)), 1)
+    crop_width = max(min(width, int(float(height * target_width) / target_height)), 1)
+    top = int(float(height - crop_height) / 2)
+    left = int(float(width - crop_width) / 2)
+    img = img[..., top:top + crop_height, left:left + crop_width, :]
+    dtype = img.dtype if img.dtype.kind == "f" else np.float32
+    flat = img.reshape(-1, crop_height, crop_width, img.shape[-1]).astype(dtype, copy=False)
+    out = np.stack([_resize_channels(im, (target_width, target_height),
+                                     _SMART_RESIZE[interpolation]) for im in flat])
+    out = out.reshape(*img.shape[:-3], target_height, target_width, img.shape[-1])
+    if img.dtype.kind in "iub":  # integer images come back as they went in, rounded
+        info = np.iinfo(img.dtype) if img.dtype.kind != "b" else None
+        out = np.rint(out)
+        if info is not None:
+            out = np.clip(out, info.min, info.max)
+        out = out.astype(img.dtype)
+    if data_format == "channels_first":
+        out = np.moveaxis(out, -1, -3)
+    return out
+
+
+def _resize_channels(image: np.ndarray, size: tuple[int, int], flag: int | None) -> np.ndarray:
+    """Resize (H, W, C) to `size` (width, height); `flag` None: nearest-exact."""
+    if flag is None:
+        rows = _nearest_exact(image.shape[0], size[1])
+        cols = _nearest_exact(image.shape[1], size[0])
+        return image[rows][:, cols]
+    out = cv2.resize(np.ascontiguousarray(image), size, interpolation=flag)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def _nearest_exact(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output index: floor((i + 0.5) * n_in / n_out), as PyTorch."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    index = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale)
+    return np.minimum(index.astype(np.int64), n_in - 1)
