@@ -277,6 +277,22 @@ def test_directory_augmented_batches_within_one_grey_level(tree, fill_mode):
         assert np.abs(xa - xb).max() * 255 <= 1.0
 
 
+def test_deep_greyscale_files_augment_as_keras(tmp_path):
+    rng = np.random.default_rng(2)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.fromarray((rng.random((20, 24)) * 2**20).astype("int32")).save(tmp_path / c / "x.tif")
+        Image.fromarray((rng.random((20, 24)) * 60000).astype("uint16")).save(tmp_path / c / "y.png")
+    for fill in ("nearest", "constant"):
+        a, b = _both("flow_from_directory", dict(BLOG, rescale=None, fill_mode=fill, cval=3),
+                     str(tmp_path), target_size=(20, 24), color_mode="grayscale", batch_size=4,
+                     seed=3)
+        (xa, _), (xb, _) = a[0], b[0]
+        assert xa.max() > 60000 and xa.shape == xb.shape == (4, 20, 24, 1)
+        scale = np.maximum(np.abs(xa), 1.0)
+        assert (np.abs(xa - xb) / scale).max() < 1e-2
+
+
 @pytest.mark.parametrize("class_mode", ["categorical", "binary", "sparse", "input", None])
 def test_directory_class_modes_as_keras(tree, class_mode):
     a, b = _both("flow_from_directory", {}, str(tree), target_size=(8, 8),

@@ -163,9 +163,11 @@ def _warp(pixels: np.ndarray, params: dict, generator: Any) -> np.ndarray:
         xy = xy @ np.array([[1.0, 0, 0], [0, -1, h - 1], [0, 0, 1]])
     cval = float(generator.cval)
     source = pixels
-    if generator.fill_mode == "constant" and (pixels.dtype != np.uint8 or cval != round(cval)
-                                              or not 0 <= cval <= 255):
-        source = pixels.astype(np.float32)  # a fill value uint8 cannot hold
+    if pixels.dtype not in (np.uint8, np.uint16) or (
+            generator.fill_mode == "constant" and (pixels.dtype != np.uint8 or cval != round(cval)
+                                                   or not 0 <= cval <= 255)):
+        # 32-bit greyscale (OpenCV warps no int32), or a fill value uint8 cannot hold
+        source = pixels.astype(np.float32)
     flags = (cv2.INTER_NEAREST if generator.interpolation_order == 0 else cv2.INTER_LINEAR)
     channels = source.shape[2]
     out = cv2.warpAffine(source, xy[:2], (w, h), flags=flags | cv2.WARP_INVERSE_MAP,
