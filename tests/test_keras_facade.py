@@ -338,6 +338,20 @@ def test_iterator_protocol(tree):
     assert next(it.index_generator).shape == (7,)
 
 
+def test_follow_links_as_keras_and_without_looping(tree, tmp_path):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(tree, root)
+    (root / "cats" / "linked").symlink_to(root / "dogs" / "sub")
+    a, b = _both("flow_from_directory", {}, str(root), follow_links=True)
+    assert b.filenames == a.filenames and any("linked" in f for f in b.filenames)
+    a, b = _both("flow_from_directory", {}, str(root))
+    assert b.filenames == a.filenames and not any("linked" in f for f in b.filenames)
+    (root / "dogs" / "sub" / "loop").symlink_to(root / "dogs")  # a cycle
+    it = I.ImageDataGenerator().flow_from_directory(str(root), follow_links=True)
+    assert len(it.filenames) == len(set(it.filenames)) < 40
+
+
 def test_preprocessing_function_gets_each_image(tree):
     seen = []
 

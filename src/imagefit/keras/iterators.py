@@ -451,11 +451,29 @@ class BatchFromFilesMixin:
         return None
 
 
+def _walk(directory: str, follow_links: bool):
+    """os.walk, except that with `follow_links` a folder already visited (a link back up the
+    tree, or two links to one folder) is not entered again: Keras would loop until the path
+    is too long, listing the same files hundreds of times."""
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(directory, followlinks=follow_links):
+        if follow_links:
+            try:
+                st = os.stat(root)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        yield root, dirs, files
+
+
 def _iter_valid_files(directory: str, white_list_formats: tuple[str, ...],
                       follow_links: bool):
     """(root, file name) of the listed formats under `directory`, folders and names sorted."""
-    for root, _, files in sorted(os.walk(directory, followlinks=follow_links),
-                                 key=lambda entry: entry[0]):
+    for root, _, files in sorted(_walk(directory, follow_links), key=lambda entry: entry[0]):
         for fname in sorted(files):
             if fname.lower().endswith(".tiff"):
                 warnings.warn('Using ".tiff" files with multiple bands will cause distortion. '
