@@ -451,6 +451,8 @@ def test_load_img_as_keras(tree, tmp_path):
                                io.BytesIO(path.read_bytes())):
                     b = I.img_to_array(I.load_img(source, mode, size, interp, keep))
                     np.testing.assert_array_equal(a, b)
+    with pytest.warns(DeprecationWarning):  # Keras 2's argument
+        assert I.load_img(sources[0], grayscale=True).mode == "L"
     grey16 = I.load_img(tree / "cats" / "d.png", color_mode="grayscale")
     assert grey16.mode in ("I;16", "I") and I.img_to_array(grey16).max() > 255
     with pytest.raises(ValueError):

@@ -35,7 +35,8 @@ _GREY_MODES = ("L", "I;16", "I")
 
 
 def load_img(path: Any, color_mode: str = "rgb", target_size: tuple[int, int] | None = None,
-             interpolation: str = "nearest", keep_aspect_ratio: bool = False) -> Image.Image:
+             interpolation: str = "nearest", keep_aspect_ratio: bool = False, *,
+             grayscale: bool = False) -> Image.Image:
     """Load an image file into a Pillow image.
 
     Args:
@@ -44,7 +45,12 @@ def load_img(path: Any, color_mode: str = "rgb", target_size: tuple[int, int] | 
         target_size: None (the file's size) or (height, width).
         interpolation: the resize filter: nearest, bilinear, bicubic, hamming, box, lanczos.
         keep_aspect_ratio: crop the centre to the target's aspect ratio before resizing.
+        grayscale: Keras 2's spelling of `color_mode="grayscale"` (deprecated there too).
     """
+    if grayscale:
+        warnings.warn('grayscale is deprecated. Please use color_mode = "grayscale"',
+                      DeprecationWarning, stacklevel=2)
+        color_mode = "grayscale"
     if color_mode not in COLOR_MODES:
         raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
     img = _open(path)
