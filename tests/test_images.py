@@ -650,3 +650,12 @@ def test_fast_jpeg_path_leaves_damaged_files_to_pillow(monkeypatch):
             m.setattr(images, "simplejpeg", None)
             slow = load_error(cut, size=size)
         assert (fast.reason, fast.message) == (slow.reason, slow.message)
+
+
+def test_decode_without_resize_gives_the_dct_scaled_pixels_load_image_resizes():
+    data = encode(smooth_rgb(400, 300), "JPEG", quality=90)
+    pixels, info = images.decode_image(data, 64, resize=False)
+    assert pixels.shape == (75, 100, 3) and (info.width, info.height) == (400, 300)
+    np.testing.assert_array_equal(images.resize_uint8(pixels, (64, 64)), load_image(data, 64))
+    png = encode(smooth_rgb(40, 30), "PNG")
+    assert images.decode_image(png, 16, resize=False)[0].shape == (30, 40, 3)

@@ -46,6 +46,10 @@ def check_figures(result: dict, *, n_images: int, image_size: int, augment: str)
     assert result["n_failed"] == 1
     assert [b["path"].rsplit("/", 1)[-1] for b in result["bad_files"]] == ["broken.jpg"]
     assert result["bad_files"][0]["reason"] in ("truncated", "corrupt")
+    stages = result["stages_ms"]
+    assert list(stages) == ["read", "decode", "resize", "augment", "collate"]
+    assert all(math.isfinite(ms) and ms >= 0 for ms in stages.values())
+    assert stages["decode"] > 0 and stages["augment"] > 0
 
 
 def test_benchmark_loader_figures_and_bad_file(data, tmp_path):
@@ -84,7 +88,8 @@ def test_cli_prints_table_and_writes_json(data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "12 images at 32 px, augment keras" in printed
     assert "1 bad files skipped" in printed
-    for row in ("decode only", "cold epoch", "cached epochs", "cache speedup"):
+    for row in ("decode only", "cold epoch", "cached epochs", "cache speedup",
+                "cold draw, ms per image (one core): read "):
         assert row in printed
     check_figures(json.loads(out.read_text()), n_images=12, image_size=32, augment="keras")
 

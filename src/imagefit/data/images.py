@@ -153,9 +153,13 @@ def load_image(source: PathOrBytes, size: int | tuple[int, int] | None = None, *
 
 def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
-                 background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+                 background: tuple[int, int, int] = DEFAULT_BACKGROUND, resize: bool = True,
                  ) -> tuple[np.ndarray, ImageInfo]:
-    """`load_image`, also returning what was found out about the file (`ImageInfo`)."""
+    """`load_image`, also returning what was found out about the file (`ImageInfo`).
+
+    With `resize=False` the pixels come at the size they were decoded at: the file's, or for
+    a JPEG the DCT-scaled one `size` allows (what `resize_uint8` then brings to `size`).
+    """
     data = source if isinstance(source, bytes) else read_file_bytes(source)
     if not data:
         raise ImageLoadError("empty", "file is empty (0 bytes)")
@@ -169,7 +173,7 @@ def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None,
                              f"supported: {', '.join(ALLOWED_FORMATS)}")
     target = _as_size(size)
     try:
-        return _decode(data, fmt, target, max_pixels, background)
+        return _decode(data, fmt, target, max_pixels, background, resize)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:  # not an OSError subclass
@@ -232,7 +236,8 @@ def _pixel_counts(found: int, limit: int) -> tuple[str, str]:
 
 
 def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: int,
-            background: tuple[int, int, int]) -> tuple[np.ndarray, ImageInfo]:
+            background: tuple[int, int, int], resize: bool = True,
+            ) -> tuple[np.ndarray, ImageInfo]:
     with warnings.catch_warnings():
         # We enforce our own pixel cap below; Pillow's warning would only add noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -264,7 +269,7 @@ def _decode(data: bytes, fmt: str, target: tuple[int, int] | None, max_pixels: i
             rgb = _to_rgb(im, background)
             array = np.asarray(rgb, dtype=np.uint8)  # copies the pixels out (Image.tobytes)
             n_frames = _count_frames(im)  # last: counting seeks `im` away from the first frame
-        if target is not None and array.shape[1::-1] != target:
+        if resize and target is not None and array.shape[1::-1] != target:
             array = resize_uint8(array, target)
     info = ImageInfo(fmt, mode, width, height, n_frames, rotated, exif_error)
     return np.ascontiguousarray(array), info

@@ -19,8 +19,9 @@ import torch
 
 from imagefit._validation import check_int
 from imagefit.data.augment import AugmentConfig, Augmenter
+from imagefit.data.images import decode_image, read_file_bytes, resize_uint8
 from imagefit.data.sources import open_dataset
-from imagefit.errors import DatasetError
+from imagefit.errors import DatasetError, ImageLoadError
 from imagefit.features.extract import DecodeRunner, compute_features
 from imagefit.models.backbones import preprocessing_for
 from imagefit.progress import progress_bar
@@ -29,6 +30,9 @@ from imagefit.train.loader import CachedImages, FileImages, TrainLoader, shuffle
 # The backbone only fixes the working-size conventions (background colour, resize); any
 # registered one gives the same pixels at a given size.
 _BACKBONE = "efficientnet_lite0"
+# Files the per-stage timings go through (sequentially, in this process).
+STAGE_SAMPLE = 200
+STAGES = ("read", "decode", "resize", "augment", "collate")
 
 
 def benchmark_loader(data: str | os.PathLike, *,
@@ -67,8 +71,10 @@ def benchmark_loader(data: str | os.PathLike, *,
     Returns:
         A dict with `images_per_sec, images_per_sec_cached, decode_images_per_sec,
         cache_speedup, n_images, n_failed, image_size, augment, workers` (the keys of
-        `imagefit benchmark loader --json`), plus `epochs, batch_size, seconds` (per stage) and
-        `bad_files` ([{path, reason, message}]).
+        `imagefit benchmark loader --json`), plus `epochs, batch_size, seconds` (per stage),
+        `stages_ms` (milliseconds per image of each step of a cold draw: read, decode, resize,
+        augment, collate; measured one after another on up to 200 of the files, in this
+        process) and `bad_files` ([{path, reason, message}]).
 
     Example:
         >>> result = benchmark_loader("data/", image_size=224, epochs=2)   # doctest: +SKIP
@@ -115,6 +121,8 @@ def benchmark_loader(data: str | os.PathLike, *,
         cached_s, n_cached = _timed_epochs(cached, shuffled_indices(int(ok.sum()), seed),
                                            list(range(1, epochs + 1)), batch_size, workers,
                                            "Cached epochs (timed)", progress, int(ok.sum()))
+        stages_ms = _stage_times(index.paths[draws(1)[:STAGE_SAMPLE]], size, augmenter,
+                                 prep.background, batch_size, seed)
     n_images = int(ok.sum())
     if not n_ok[0] == n_cold[0] == n_images or any(k != n_images for k in n_cached):
         raise DatasetError(f"The files of {data} changed while they were measured "
@@ -134,9 +142,49 @@ def benchmark_loader(data: str | os.PathLike, *,
         "epochs": epochs,
         "batch_size": batch_size,
         "seconds": {"decode": decode_s[0], "cold": cold_s[0], "cached": cached_s},
+        "stages_ms": stages_ms,
         "bad_files": [{"path": b.path, "reason": b.reason, "message": b.message}
                       for b in bad_files],
     }
+
+
+def _stage_times(paths: np.ndarray, size: int, augmenter: Augmenter,
+                 background: tuple[int, int, int], batch_size: int, seed: int) -> dict:
+    """Milliseconds per image of each step of a cold draw, one after another, so that the
+    slowest one shows: read the bytes, decode (at the DCT scale the size allows), resize to
+    the working size, augment (sample + apply), collate (stack a batch into a tensor)."""
+    total = dict.fromkeys(STAGES, 0.0)
+    rng = np.random.default_rng(seed)
+    batch: list[np.ndarray] = []
+    n = 0
+    clock = time.perf_counter
+    for path in paths:
+        t0 = clock()
+        data = read_file_bytes(str(path))
+        t1 = clock()
+        try:
+            pixels, _ = decode_image(data, size, background=background, resize=False)
+        except ImageLoadError:
+            continue
+        t2 = clock()
+        if pixels.shape[:2] != (size, size):
+            pixels = resize_uint8(pixels, (size, size))
+        t3 = clock()
+        batch.append(augmenter(pixels, rng))
+        t4 = clock()
+        for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            total[stage] += seconds
+        n += 1
+        if len(batch) == batch_size or n == len(paths):
+            t5 = clock()
+            torch.from_numpy(np.stack(batch))
+            total["collate"] += clock() - t5
+            batch = []
+    if batch:
+        t5 = clock()
+        torch.from_numpy(np.stack(batch))
+        total["collate"] += clock() - t5
+    return {stage: 1000 * seconds / max(n, 1) for stage, seconds in total.items()}
 
 
 def _timed_epochs(dataset, draws, epochs: list[int], batch_size: int, workers: int, desc: str,
@@ -202,6 +250,12 @@ def format_table(result: dict) -> list[str]:
     lines.append(f"{'':32s}{'img/s':>10s}{'s/epoch':>10s}")
     lines += [f"{name:32s}{rate:10.1f}{sec:10.2f}" for name, rate, sec in rows]
     lines.append(f"cache speedup: {result['cache_speedup']:.2f}x")
+    stages = result.get("stages_ms")
+    if stages:
+        slowest = max(stages, key=stages.get)
+        lines.append("cold draw, ms per image (one core): " + ", ".join(
+            f"{name} {ms:.2f}" for name, ms in stages.items())
+            + f"; slowest: {slowest}")
     return lines
 
 
