@@ -656,6 +656,13 @@ def test_iterators_are_keras_pydatasets_and_train(tree):
     assert np.isfinite(history.history["val_loss"]).all()
 
 
+def test_module_path_as_keras():
+    from imagefit.keras.preprocessing import image
+
+    assert image.ImageDataGenerator is I.ImageDataGenerator and image.load_img is I.load_img
+    assert set(image.__all__) == set(I.__all__)
+
+
 def test_import_needs_neither_keras_nor_torch():
     code = ("import sys, imagefit.keras as k; "
             "print(any(m in sys.modules for m in ('keras', 'torch', 'tensorflow')))")
