@@ -554,9 +554,9 @@ def test_bad_files_are_skipped_listed_and_strict_raises(tree, tmp_path, caplog):
     assert len(x) == 20 and len(it.bad_files) == 3
     strict = I.ImageDataGenerator().flow_from_directory(str(root), target_size=(16, 16),
                                                         batch_size=64, strict=True)
-    with pytest.raises(Exception) as raised:
+    from imagefit.errors import ImageLoadError
+    with pytest.raises((ImageLoadError, OSError)):  # what the bad file raised, as Keras would
         strict[0]
-    assert not isinstance(raised.value, AssertionError)
 
 
 def test_class_weight_is_balanced(tree):

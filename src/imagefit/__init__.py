@@ -41,12 +41,7 @@ _EXPORTS = {
     "train_run": "imagefit.workflows.train",
 }
 
-__all__ = ["ImageClassifier", "ImageIndex", "AugmentConfig", "Augmenter", "EvaluationResult",
-           "Predictions", "TrainConfig", "SourceOptions", "scan_folder", "open_dataset",
-           "from_table", "preflight", "load_image", "load_model",
-           "evaluate", "train_run", "check_is_fitted", "ImagefitError", "ConfigError",
-           "DatasetError", "ImageLoadError", "ModelFormatError", "NotFittedError", "OutputError",
-           "TrainingDivergedError", "TrainingInterrupted", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -336,14 +336,27 @@ class BatchFromFilesMixin:
         self.balance = balance
         self.max_per_class = None if max_per_class is None else int(max_per_class)
         self.draft = bool(draft)
+        self._members: tuple[Any, list[np.ndarray]] | None = None
 
     # --- the epoch's draws (extensions) ---
     def _sampling(self) -> bool:
         return self.balance is not None or self.max_per_class is not None
 
     def _class_members(self) -> list[np.ndarray]:
-        labels = np.asarray([c if np.isscalar(c) else -1 for c in self.classes], dtype=np.int64)
-        return [np.flatnonzero(labels == k) for k in range(len(self.class_indices))]
+        """Sample indices of each class (rows with several labels belong to none), computed
+        once per `classes` object: `len(it)` asks for them at every batch."""
+        cached = self._members
+        if cached is None or cached[0] is not self.classes:
+            classes = self.classes
+            if isinstance(classes, np.ndarray):
+                labels = classes.astype(np.int64)
+            else:
+                labels = np.asarray([c if np.isscalar(c) else -1 for c in classes], np.int64)
+            order = np.argsort(labels, kind="stable")
+            bounds = np.searchsorted(labels[order], np.arange(len(self.class_indices) + 1))
+            cached = self._members = (classes, [order[bounds[k]:bounds[k + 1]]
+                                                for k in range(len(self.class_indices))])
+        return cached[1]
 
     def _draws_per_class(self) -> list[int]:
         members = self._class_members()

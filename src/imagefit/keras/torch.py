@@ -22,8 +22,8 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.iterator)
 
-    def __getitem__(self, key: tuple[int, int, np.ndarray]):
-        batch_seed, index_array = key[0], key[1]
+    def __getitem__(self, key: tuple[int, np.ndarray]):
+        batch_seed, index_array = key
         np.random.seed(batch_seed)
         return self.iterator._get_batches_of_transformed_samples(index_array)
 
