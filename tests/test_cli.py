@@ -89,6 +89,8 @@ def test_train_writes_complete_run_folder(dataset, tmp_path, capsys):
     assert config["epochs"] == 10 and config["image_size"] == TEST_IMAGE_SIZE
     assert config["backbone"] == "efficientnet_lite0" and config["balance"] == "weights"
     assert config["resolved"]["n_val"] == n_val and config["resolved"]["n_train"] == 29 - n_val
+    # no --time-budget: a minute per 200 training images on a CPU, at least 3
+    assert config["time_budget"] == 3.0 and config["resolved"]["time_budget_requested"] == "auto"
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS
@@ -157,6 +159,10 @@ def test_config_file_is_honoured_and_cli_wins(dataset, tmp_path):
     _, history = read_csv(run2 / "history.csv")
     assert sum(r["stage"] == "finetune" for r in history) <= 2
     assert yaml.safe_load((run2 / "config.yaml").read_text())["epochs"] == 2
+    run3 = tmp_path / "run3"
+    assert cli(["train", dataset, "--out", run3, "--config", cfg, "--time-budget", "none",
+                "--quiet"]) == 0
+    assert yaml.safe_load((run3 / "config.yaml").read_text())["time_budget"] is None
 
 
 def test_config_file_unknown_key_exits_2(dataset, tmp_path, capsys):
@@ -180,6 +186,8 @@ def test_bad_option_exits_2(dataset, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert cli(["train", dataset, "--epochs", "many"]) == 2
     assert cli(["train", dataset, "--no-such-option"]) == 2
+    assert cli(["train", dataset, "--time-budget", "soon"]) == 2
+    assert "'soon'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

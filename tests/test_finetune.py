@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from imagefit.train.engine import LoopHooks, LoopSettings, fit_loop, lr_factor
 from imagefit.train.finetune import (MIN_BATCH_FOR_BN, STAGE_LR_DECAY, TOP_STAGE_LR, TopNet,
                                      default_unfreeze, param_groups, split_backbone)
 from imagefit.train.loader import shuffled_indices
+from imagefit.train.settings import check_estimator_params, resolve_time_budget
 
 COUNTS = {"cat": 14, "dog": 9, "owl": 6}  # the `dataset` fixture's classes
 LOWER_PREFIXES = ("conv_stem.", "bn1.", *(f"blocks.{i}." for i in range(6)))
@@ -33,8 +35,9 @@ TOP_PREFIXES = ("blocks.6.", "conv_head.", "bn2.")
 
 
 def finetuner(**params) -> ImageClassifier:
+    # No time budget unless a test sets one: epoch counts must not depend on the machine's load.
     params = {"mode": "finetune", "image_size": TEST_IMAGE_SIZE, "epochs": 4, "augment": "keras",
-              "workers": 0, **params}
+              "workers": 0, "time_budget": "none", **params}
     return ImageClassifier(**params)
 
 
@@ -265,7 +268,7 @@ def test_scratch_trains_on_augmented_draws(data, monkeypatch):
 
     monkeypatch.setattr(Augmenter, "sample", counting_sample)
     clf = ImageClassifier("simple_cnn", mode="scratch", image_size=TEST_IMAGE_SIZE, epochs=2,
-                          augment="keras", workers=0).fit(scan_folder(data))
+                          augment="keras", workers=0, time_budget="none").fit(scan_folder(data))
     assert clf.mode_ == "scratch" and clf.unfreeze_ is None
     assert clf.augment_ == PRESETS["keras"]
     assert rows(clf.history_) == [("scratch", 1), ("scratch", 2)]
@@ -469,6 +472,37 @@ def test_fit_loop_resume_is_exact(tmp_path):
 def test_fit_loop_time_budget_zero_runs_one_epoch():
     _, history, best = _tiny_fit(None, time_budget_s=0.0)
     assert [r["epoch"] for r in history] == [1] and best == 1
+
+
+def test_fit_loop_fits_a_decaying_schedule_to_the_time_budget():
+    x, y, xv, yv = _tiny_problem()
+    model = nn.Sequential(nn.Linear(6, 3))
+    settings = LoopSettings(epochs=40, lr=0.05, patience=100, stage="tiny", schedule="cosine",
+                            warmup_steps=2, steps_per_epoch=2, time_budget_s=1.5)
+
+    def slow_batches(epoch, first):  # an epoch of about 0.25 s: 6 of the 40 fit the budget
+        time.sleep(0.25)
+        return ((x[b], y[b]) for b in torch.arange(48).split(24)[first:])
+
+    history, _ = fit_loop(model, slow_batches, lambda: model(xv), yv, 3, settings)
+    assert 2 <= len(history) <= 8
+    # the schedule ran to its end within the budget, not cut off at a high learning rate
+    assert history[-1]["lr"] < 0.1 * settings.lr
+    assert sum(r["seconds"] for r in history) < 1.5 + 0.5
+
+
+def test_resolve_time_budget():
+    assert resolve_time_budget("auto", 2_000, "cpu") == 10.0
+    assert resolve_time_budget("auto", 50, "cpu") == 3.0
+    assert resolve_time_budget("auto", 10**6, "cpu") == 30.0
+    assert resolve_time_budget("auto", 2_000, "cuda") is None
+    assert resolve_time_budget("none", 2_000, "cpu") is None
+    assert resolve_time_budget(None, 2_000, "cpu") is None
+    assert resolve_time_budget(2, 2_000, "cuda") == 2.0
+    with pytest.raises(ConfigError, match="time_budget"):
+        check_estimator_params(ImageClassifier(time_budget="soon").get_params())
+    with pytest.raises(ConfigError, match="time_budget"):
+        check_estimator_params(ImageClassifier(time_budget=-1).get_params())
 
 
 def test_fit_loop_restores_the_best_epoch():

@@ -54,7 +54,8 @@ class TrainConfig:
     report: bool = True               # build RUN/report/index.html after training
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit per image
     cache_dir: str | None = None      # feature store; default $IMAGEFIT_CACHE or ~/.cache/imagefit
-    time_budget: float | None = None  # minutes; stop after the epoch that passes it, keep the best
+    time_budget: Any = "auto"         # minutes | auto (by data size on a CPU) | none; the
+                                      # schedule is fitted to it, the best epoch kept
     resume: bool = False              # continue the run in `out` from RUN/checkpoints/
 
     @classmethod

@@ -56,7 +56,7 @@ class ImageClassifier(BaseEstimator):
         max_per_class: with the sampler, draw at most this many images per class and epoch.
         logit_adjustment: add tau * log(prior) to the logits in the loss (Menon et al. 2021).
         unfreeze: top stages to fine-tune (default by training-set size).
-        time_budget: minutes; training stops after the epoch that passes it, keeping the best.
+        time_budget: minutes, "auto" (by training-set size on a CPU) or "none"; see README.
         checkpoint_dir, resume: save resumable state there after every epoch; continue from it.
         epochs, lr, dropout, batch_size: training settings (defaults depend on the mode).
         val_fraction: used when `fit` gets no validation set.
@@ -86,7 +86,7 @@ class ImageClassifier(BaseEstimator):
                  dropout: float | None = None, val_fraction: float = 0.2, seed: int = 0,
                  device: str = "auto", workers: int | None = None, weights: str | None = None,
                  cache_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 time_budget: float | None = None, checkpoint_dir: str | None = None,
+                 time_budget: float | str | None = "auto", checkpoint_dir: str | None = None,
                  resume: bool = False, verbose: bool = False):
         self.backbone, self.mode, self.image_size = backbone, mode, image_size
         self.augment, self.balance, self.class_weight = augment, balance, class_weight

@@ -63,8 +63,10 @@ def add_parser(sub, common) -> None:
                    "images per class and epoch (under-sample huge classes)")
     p.add_argument("--logit-adjustment", type=float, metavar="TAU", help="logit-adjusted loss "
                    "(Menon et al. 2021) with this tau, e.g. 1.0")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop after the epoch "
-                   "that passes this many minutes of training, keeping the best model so far")
+    p.add_argument("--time-budget", type=_time_budget, metavar="MINUTES|auto|none",
+                   help="minutes of training: the schedule is fitted to them and the best "
+                   "epoch kept (default auto: a minute per 200 training images on a CPU, 3 to "
+                   "30; none on a GPU)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the "
                    "interrupted run in --out from its checkpoints (same options as before)")
     p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (early stopping)")
@@ -84,6 +86,15 @@ def add_parser(sub, common) -> None:
                    help="stop before training (exit 3) if any file cannot be used")
     add_source_options(p)
     p.set_defaults(handler=run)
+
+
+def _time_budget(text: str) -> float | str:
+    if text in ("auto", "none"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes, 'auto' or 'none', got {text!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

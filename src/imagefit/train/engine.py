@@ -93,13 +93,15 @@ class LoopHooks:
     progress: bool = False
 
 
-def lr_factor(step: int, settings: LoopSettings) -> float:
-    """The schedule as a pure function of the optimizer step (0-based)."""
+def lr_factor(step: int, settings: LoopSettings, epochs: int | None = None) -> float:
+    """The schedule as a pure function of the optimizer step (0-based), over `epochs` (default
+    `settings.epochs`; fewer when a time budget allows fewer)."""
     if settings.schedule == "constant":
         return 1.0
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
-    total = max(settings.epochs * settings.steps_per_epoch - settings.warmup_steps, 1)
+    epochs = settings.epochs if epochs is None else epochs
+    total = max(epochs * settings.steps_per_epoch - settings.warmup_steps, 1)
     progress = min((step - settings.warmup_steps) / total, 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -175,7 +177,7 @@ def _train_step(loop: "_Loop", run: "_EpochRun", inputs: torch.Tensor,
                 targets: torch.Tensor) -> None:
     """The scheduled learning rate, then one step: counted, or skipped and named."""
     for group, base in zip(loop.optimizer.param_groups, loop.base_lrs):
-        group["lr"] = base * lr_factor(run.step, loop.settings)
+        group["lr"] = base * lr_factor(run.step, loop.settings, loop.state.planned)
     run.step += 1
     loss = _step(loop.train_model, loop.optimizer, loop.criterion, loop.adjust, loop.params,
                  inputs.to(loop.device), targets.to(loop.device))
@@ -220,14 +222,32 @@ def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool)
     state.epoch = epoch
     over_budget = (settings.time_budget_s is not None
                    and state.elapsed >= settings.time_budget_s)
+    _fit_schedule_to_budget(loop)
     state.done = bool((has_val and state.stale >= settings.patience) or over_budget
-                      or epoch == settings.epochs)
+                      or epoch >= state.planned)
     loop.save()
     loop.bar.update()
     loop.bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
     if over_budget:
         log.warning("Time budget reached after epoch %d of %s; keeping the best epoch (%d).",
                     epoch, settings.stage, state.best_epoch)
+
+
+def _fit_schedule_to_budget(loop: "_Loop") -> None:
+    """Under a time budget, plan only the epochs that fit in it (at the mean epoch time so far),
+    so that a decaying schedule decays fully instead of being cut off at a high learning
+    rate. The plan only ever shrinks, and a checkpoint keeps it (a resumed run follows it)."""
+    state, settings = loop.state, loop.settings
+    if settings.time_budget_s is None or settings.schedule == "constant" or not state.epoch:
+        return
+    per_epoch = state.elapsed / state.epoch
+    fits = state.epoch + int(max(settings.time_budget_s - state.elapsed, 0.0) // per_epoch)
+    planned = max(min(state.planned, fits), state.epoch)
+    if planned < state.planned:
+        if state.planned == settings.epochs:
+            log.info("Time budget: %d of %d epochs of %s fit in it (%.0f s each); the schedule "
+                     "is fitted to them.", planned, settings.epochs, settings.stage, per_epoch)
+        state.planned = planned
 
 
 def _stop_if_signalled(loop: "_Loop", stop: StopRequest) -> None:
@@ -277,11 +297,12 @@ class _Loop:
         params = [p for group in groups for p in group["params"]]
         base_lrs = [group["lr"] for group in groups]
         optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
-        state = _State()
+        state = _State(planned=settings.epochs)
         if hooks.checkpointer is not None:
             saved = hooks.checkpointer.load(settings.stage)
             if saved is not None:
                 state = _State.restore(saved, model, optimizer)
+                state.planned = state.planned or settings.epochs
         bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})",
                            unit="epoch", enabled=hooks.progress, initial=state.epoch)
         return cls(model, settings, hooks, train_model, criterion, adjust, params, base_lrs,
@@ -435,6 +456,7 @@ class _State:
     elapsed: float = 0.0
     done: bool = False
     partial: dict | None = None  # the epoch in progress when a signal stopped the loop
+    planned: int = 0        # the epochs the schedule runs over (fewer under a time budget)
 
     def to_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -442,7 +464,7 @@ class _State:
                 "best_score": list(self.best_score) if self.best_score else None,
                 "best_epoch": self.best_epoch, "best_state": self.best_state,
                 "stale": self.stale, "elapsed": self.elapsed, "done": self.done,
-                "partial": self.partial}
+                "partial": self.partial, "planned": self.planned}
 
     @classmethod
     def restore(cls, saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> "_State":
@@ -452,7 +474,7 @@ class _State:
         score = tuple(saved["best_score"]) if saved["best_score"] is not None else None
         return cls(saved["epoch"], list(saved["history"]), score, saved["best_epoch"],
                    saved["best_state"], saved["stale"], saved["elapsed"], saved["done"],
-                   saved.get("partial"))
+                   saved.get("partial"), saved.get("planned", 0))
 
 
 def _val_metrics(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,

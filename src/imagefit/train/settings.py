@@ -34,6 +34,9 @@ MODE_DEFAULTS = {"probe": ("efficientnet_lite0", 100, 15, 1e-3, 0.2),
 # "auto" fine-tunes on a CPU up to this many training images; beyond, it probes (fine-tuning
 # a larger set takes hours on a laptop; pass mode="finetune" with a time budget to do it anyway).
 AUTO_FINETUNE_MAX_CPU = 20_000
+# time_budget="auto" on a CPU: a minute per this many training images, within these bounds.
+AUTO_BUDGET_IMAGES_PER_MINUTE = 200
+AUTO_BUDGET_MINUTES = (3.0, 30.0)
 # The numeric parameters: (name, kind, minimum, maximum); None means "the mode's default".
 CONSTRAINTS = (("epochs", int, 1, 100_000), ("batch_size", int, 1, 65_536),
                ("lr", float, 1e-8, 10.0), ("dropout", float, 0.0, 0.95),
@@ -114,7 +117,11 @@ def check_estimator_params(params: dict[str, Any]) -> None:
     check_choice("mode", params["mode"], MODES)
     check_choice("device", params["device"], DEVICES)
     check_choice("balance", params["balance"], BALANCE_CHOICES)
-    check_params(params, CONSTRAINTS)
+    budget = params["time_budget"]
+    if isinstance(budget, str):
+        check_choice("time_budget", budget, ("auto", "none"))
+    check_params({**params, "time_budget": None if isinstance(budget, str) else budget},
+                 CONSTRAINTS)
     augment = params["augment"]
     if not (isinstance(augment, str) and augment == "auto"):
         resolve_augment(augment)  # a bad preset or YAML file fails here
@@ -150,6 +157,25 @@ def resolve_mode(mode: str, backbone: str, device: str, n_train: int) -> str:
     return "probe"
 
 
+def resolve_time_budget(budget: float | str | None, n_train: int, device: str) -> float | None:
+    """Minutes of training (None: no limit). "auto" gives a CPU run a minute per
+    `AUTO_BUDGET_IMAGES_PER_MINUTE` training images, within `AUTO_BUDGET_MINUTES`, so that a
+    default run ends in minutes; on a GPU it sets no limit.
+
+    Example:
+        >>> resolve_time_budget("auto", 2_000, "cpu"), resolve_time_budget("auto", 100, "cpu")
+        (10.0, 3.0)
+    """
+    if budget is None or budget == "none":
+        return None
+    if budget != "auto":
+        return float(budget)
+    if device == "cuda":
+        return None
+    low, high = AUTO_BUDGET_MINUTES
+    return float(min(max(n_train / AUTO_BUDGET_IMAGES_PER_MINUTE, low), high))
+
+
 def resolve_settings(params: dict[str, Any], counts: np.ndarray,
                      classes: tuple[str, ...]) -> Settings:
     """Every setting of a run, from the estimator's parameters and the training classes'
@@ -166,6 +192,11 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
     warning = stacked_correction_warning(balance, params["class_weight"])
     if warning:
         log.warning(warning)
+    budget = resolve_time_budget(params["time_budget"], int(counts.sum()), device)
+    if params["time_budget"] == "auto":
+        log.info("Time budget: %s (auto: %s training images on %s; --time-budget MINUTES or "
+                 "none to change).", "none" if budget is None else f"{budget:g} min",
+                 f"{int(counts.sum()):,}", "a GPU" if device == "cuda" else "a CPU")
     tau = params["logit_adjustment"]
     adjustment = (None if tau is False or tau is None
                   else logit_adjustment(counts, 1.0 if tau is True else tau))
@@ -180,7 +211,7 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         logit_adjustment=None if adjustment is None else tuple(map(float, adjustment)),
         device=device, unfreeze=params["unfreeze"], batch_size=params["batch_size"],
         max_per_class=params["max_per_class"], seed=params["seed"], workers=params["workers"],
-        max_pixels=params["max_pixels"], time_budget=params["time_budget"],
+        max_pixels=params["max_pixels"], time_budget=budget,
         weights=params["weights"], cache_dir=params["cache_dir"])
 
 

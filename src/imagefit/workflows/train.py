@@ -166,6 +166,8 @@ def _choices(clf: ImageClassifier) -> str:
                                    _augment_name(clf.augment_)))
     if getattr(clf, "unfreeze_", None):
         parts.append(f"top {clf.unfreeze_} stage(s) unfrozen")
+    if clf.settings_.time_budget is not None:
+        parts.append(f"time budget {clf.settings_.time_budget:g} min")
     return "Trained with " + ", ".join(parts) + "."
 
 
@@ -196,8 +198,9 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier) -> dict:
     resolved.update(mode=s.mode, backbone=s.backbone, image_size=s.image_size,
                     balance=s.balance, device=s.device,
                     augment=json.loads(json.dumps(s.augment.to_dict())), unfreeze=clf.unfreeze_,
-                    epochs=s.epochs, lr=s.lr, dropout=s.dropout)
+                    epochs=s.epochs, lr=s.lr, dropout=s.dropout, time_budget=s.time_budget)
     resolved["resolved"] = {"mode_requested": config.mode, "augment_requested": config.augment,
+                            "time_budget_requested": config.time_budget,
                             "balance_requested": config.balance,
                             "class_weight": {c: round(float(w), 6) for c, w in
                                              zip(clf.classes_, s.class_weight)},
