@@ -94,7 +94,8 @@ def _time_budget(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected minutes, 'auto' or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected minutes, 'auto' or 'none', got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
