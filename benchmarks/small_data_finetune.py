@@ -51,7 +51,8 @@ def run(name: str, train: Path, test: Path, tmp: Path, **settings) -> dict:
     metrics = imagefit.evaluate(result.classifier, imagefit.scan_folder(test)).metrics
     clf = result.classifier
     return {"name": name, "metrics": metrics, "train_seconds": train_seconds,
-            "mode": clf.mode_, "balance": clf.balance_, "epochs": len(clf.history_)}
+            "mode": clf.mode_, "balance": clf.balance_, "epochs": len(clf.history_),
+            "best_epoch": clf.best_epoch_, "last": clf.history_[-1] if clf.history_ else {}}
 
 
 def table(rows: list[dict], small: list[str]) -> None:
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=192)
     ap.add_argument("--time-budget", type=float, default=15.0, help="minutes per fine-tune run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", default="light", help="augmentation of the fine-tune and "
+                    "scratch runs (default light)")
     args = ap.parse_args()
     size, budget = args.image_size, args.time_budget
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -91,27 +94,33 @@ def main() -> None:
         common = dict(image_size=size, seed=args.seed)
         if args.variant == "balanced":
             rows = [run("probe (frozen features + head)", train, test, tmp, mode="probe", **common),
-                    run(f"finetune, augment light, budget {budget:g} min", train, test, tmp,
-                        mode="finetune", augment="light", time_budget=budget, **common)]
+                    run(f"finetune, augment {args.augment}, budget {budget:g} min", train, test,
+                        tmp, mode="finetune", augment=args.augment, time_budget=budget,
+                        **common)]
             small = []
         elif args.variant == "imbalanced":
             rows = []
             for balance in ("none", "weights", "sampler"):
                 rows.append(run(f"finetune, --balance {balance}", train, test, tmp,
-                                mode="finetune", balance=balance, augment="light",
+                                mode="finetune", balance=balance, augment=args.augment,
                                 time_budget=budget, **common))
             import make_demo_dataset as fm
 
             small = [fm.CLASS_NAMES[c] for c in SMALL_CLASSES]  # Fashion-MNIST label order
         else:
-            rows = [run("scratch simple_cnn, augment light, 32 px", train, test, tmp,
-                        mode="scratch", image_size=32, epochs=40, batch_size=128,
+            rows = [run(f"scratch simple_cnn, augment {args.augment}, 32 px", train, test, tmp,
+                        mode="scratch", augment=args.augment, image_size=32, epochs=40,
+                        batch_size=128,
                         time_budget=budget, seed=args.seed)]
             small = []
         table(rows, small)
         for r in rows:
+            last = r["last"]
             print(f"  {r['name']}: mode {r['mode']}, balance {r['balance']}, "
-                  f"{r['epochs']} epochs in total")
+                  f"{r['epochs']} epochs in total; best epoch {r['best_epoch']} of its stage; "
+                  f"last epoch: train loss {last.get('train_loss', float('nan')):.3f}, val "
+                  f"accuracy {last.get('val_accuracy', float('nan')):.3f}, "
+                  f"{last.get('seconds', 0):.0f} s")
 
 
 if __name__ == "__main__":
