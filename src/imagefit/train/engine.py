@@ -220,9 +220,10 @@ def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool)
     else:
         state.stale += 1
     state.epoch = epoch
-    over_budget = (settings.time_budget_s is not None
-                   and state.elapsed >= settings.time_budget_s)
-    _fit_schedule_to_budget(loop)
+    # Under torchrun every rank must stop after the same epoch: the slowest rank's time counts.
+    elapsed = state.elapsed if settings.time_budget_s is None else _rank_max(state.elapsed)
+    over_budget = settings.time_budget_s is not None and elapsed >= settings.time_budget_s
+    _fit_schedule_to_budget(loop, elapsed)
     state.done = bool((has_val and state.stale >= settings.patience) or over_budget
                       or epoch >= state.planned)
     loop.save()
@@ -233,15 +234,15 @@ def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool)
                     epoch, settings.stage, state.best_epoch)
 
 
-def _fit_schedule_to_budget(loop: "_Loop") -> None:
+def _fit_schedule_to_budget(loop: "_Loop", elapsed: float) -> None:
     """Under a time budget, plan only the epochs that fit in it (at the mean epoch time so far),
     so that a decaying schedule decays fully instead of being cut off at a high learning
     rate. The plan only ever shrinks, and a checkpoint keeps it (a resumed run follows it)."""
     state, settings = loop.state, loop.settings
     if settings.time_budget_s is None or settings.schedule == "constant" or not state.epoch:
         return
-    per_epoch = state.elapsed / state.epoch
-    fits = state.epoch + int(max(settings.time_budget_s - state.elapsed, 0.0) // per_epoch)
+    per_epoch = max(elapsed / state.epoch, 1e-9)
+    fits = state.epoch + int(max(settings.time_budget_s - elapsed, 0.0) // per_epoch)
     planned = max(min(state.planned, fits), state.epoch)
     if planned < state.planned:
         if state.planned == settings.epochs:
