@@ -1,6 +1,7 @@
 """The training loop shared by every mode: epochs of mini-batches, weighted cross-entropy,
 validation after each epoch, model selection on validation balanced accuracy (ties: lower
-validation loss), early stopping, a time budget, the best epoch's weights restored at the end;
+validation loss), early stopping, a time budget (to which a decaying schedule is fitted once
+the first epochs are timed), the best epoch's weights restored at the end;
 optionally a checkpoint after every epoch, from which a killed run continues exactly, and on
 SIGINT/SIGTERM one mid-epoch. Steps with a non-finite loss or gradient are skipped and named;
 a few in a row end the run (exit 5), and a non-finite model never becomes the best one.
