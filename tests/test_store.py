@@ -3,6 +3,7 @@ damaged rows, atomic writes, runtime failures, and ONNX Runtime agreeing with Py
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from imagefit._fileio import sha256_file as file_sha256
 from imagefit.errors import CacheError
 from imagefit.features import store as store_module
 from imagefit.features.extract import BackboneRunner, compute_features, model_key
-from imagefit.features.store import FeatureStore
+from imagefit.features.store import FeatureStore, key_hashes
 from imagefit.models.backbones import create_backbone, preprocessing_for
 
 DIM = 1280  # EfficientNet-Lite0's pooled features
@@ -103,6 +104,49 @@ def test_writer_splits_into_chunks_of_bounded_size(tmp_path, monkeypatch):
     assert sizes == [1, 3, 3]
     assert len(list(store.folder.glob("chunk-*.npy"))) == 3
     np.testing.assert_array_equal(FeatureStore(tmp_path, "k", 2).get(keys), rows)
+
+
+def test_key_hashes_do_not_depend_on_the_array_width():
+    digest = hashlib.sha256(b"x").hexdigest()
+    keys = [digest, "k0", "k1", "0" * 63 + "1", "0" * 64, digest.upper(), digest + "z", "é✓"]
+    alone = np.concatenate([key_hashes([k]) for k in keys])
+    together = key_hashes(np.array(keys))
+    wide = key_hashes(np.array(keys, dtype="<U100"))
+    np.testing.assert_array_equal(alone, together)
+    np.testing.assert_array_equal(alone, wide)
+    assert len({tuple(h) for h in alone}) == len(keys)  # keys one character apart differ too
+    assert key_hashes([]).shape == (0, 2)
+
+
+def test_a_key_stored_twice_reads_from_its_first_chunk(tmp_path):
+    store = FeatureStore(tmp_path, "k", 2)
+    with store.writer() as writer:
+        writer.add(["a", "b"], np.array([[1, 1], [2, 2]], np.float32))
+    with store.writer() as writer:
+        writer.add(["c", "a"], np.array([[3, 3], [4, 4]], np.float32))
+    first = sorted(store.folder.glob("chunk-*.json"))[0]
+    expected = 1.0 if json.loads(first.read_text())["keys"][0] == "a" else 4.0
+    fresh = FeatureStore(tmp_path, "k", 2)
+    assert fresh.get(["a", "c", "b"])[:, 0].tolist() == [expected, 3.0, 2.0]
+    assert fresh.missing(["a", "d", "c"]).tolist() == [False, True, False]
+
+
+def test_lookups_stay_right_when_the_first_hash_collides(tmp_path, monkeypatch):
+    def colliding(keys):  # every key's first hash the same: only the second tells them apart
+        hashes = real(keys)
+        hashes[:, 0] = 7
+        return hashes
+
+    real = store_module.key_hashes
+    monkeypatch.setattr(store_module, "key_hashes", colliding)
+    keys = [f"k{i}" for i in range(50)]
+    store = FeatureStore(tmp_path, "k", 1)
+    with store.writer() as writer:
+        writer.add(keys, np.arange(50, dtype=np.float32)[:, None])
+    fresh = FeatureStore(tmp_path, "k", 1)
+    order = np.random.default_rng(0).permutation(50)
+    assert fresh.get([keys[i] for i in order])[:, 0].tolist() == order.tolist()
+    assert fresh.missing(["k3", "nope", "k49"]).tolist() == [False, True, False]
 
 
 def test_writer_rejects_mismatched_lengths(tmp_path):

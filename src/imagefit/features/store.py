@@ -45,31 +45,29 @@ class FeatureStore:
         self.dtype = np.dtype(dtype)
         row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
         self.chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(row_bytes, 1)))
-        self._locations: dict[str, tuple[str, int]] | None = None
+        self._locations: KeyIndex | None = None
         self._arrays: dict[str, np.ndarray] = {}
 
-    def locations(self) -> dict[str, tuple[str, int]]:
-        """Map of content hash -> (chunk name, row), read from the chunk records."""
+    def locations(self) -> "KeyIndex":
+        """Where each content hash's row lives, read from the chunk records (once)."""
         if self._locations is None:
-            locations: dict[str, tuple[str, int]] = {}
+            index = KeyIndex()
             unreadable = []
             for record in sorted(self.folder.glob("chunk-*.json")):
                 try:
                     keys = json.loads(record.read_text())["keys"]
+                    index.add(record.stem, keys)
                 except (OSError, ValueError, KeyError, TypeError):
                     unreadable.append(record.stem)
-                    continue
-                for row, key in enumerate(keys):
-                    locations.setdefault(key, (record.stem, row))
             for name in unreadable:
                 self._discard(name)
-            self._locations = locations
+            self._locations = index
         return self._locations
 
-    def missing(self, keys: np.ndarray) -> np.ndarray:
+    def missing(self, keys) -> np.ndarray:
         """Boolean mask of the keys that have no stored row."""
-        known = self.locations()
-        return np.array([k not in known for k in keys], dtype=bool)
+        _, found = self.locations().find(keys)
+        return ~found
 
     def get(self, keys, out: np.ndarray | None = None) -> np.ndarray:
         """Gather rows for `keys` into `out` (or a new array). All keys must be present.
@@ -78,31 +76,31 @@ class FeatureStore:
             CacheError: a key is missing or its chunk failed validation (it is then removed, so
                 recomputing the missing rows repairs the store).
         """
-        known = self.locations()
-        out = np.empty((len(keys), *self.row_shape), self.dtype) if out is None else out
-        by_chunk: dict[str, tuple[list[int], list[int]]] = {}
-        for i, key in enumerate(keys):
-            if key not in known:
-                raise CacheError(f"feature row for {key[:12]}... is not in the store")
-            chunk, row = known[key]
-            dst, src = by_chunk.setdefault(chunk, ([], []))
-            dst.append(i)
-            src.append(row)
-        for chunk, (dst, src) in by_chunk.items():
-            out[dst] = self._chunk(chunk)[src]
+        names, chunk, row = self._where(keys)
+        out = np.empty((len(chunk), *self.row_shape), self.dtype) if out is None else out
+        for number, name in enumerate(names):
+            dst = np.flatnonzero(chunk == number)
+            out[dst] = self._chunk(name)[row[dst]]
         return out
 
     def resolve(self, keys) -> tuple[list[Path], np.ndarray, np.ndarray]:
         """Where each key's row lives, as arrays (cheap to hand to DataLoader workers): chunk
         files, and per key the chunk number and the row. All keys must be present."""
-        known = self.locations()
-        names = sorted({known[k][0] for k in keys})
-        number = {name: i for i, name in enumerate(names)}
-        chunk = np.array([number[known[k][0]] for k in keys], np.int32)
-        row = np.array([known[k][1] for k in keys], np.int64)
+        names, chunk, row = self._where(keys)
         for name in names:
             self._chunk(name)  # validate once here, not in every worker
-        return [self.folder / f"{n}.npy" for n in names], chunk, row
+        return [self.folder / f"{n}.npy" for n in names], chunk, row.astype(np.int64)
+
+    def _where(self, keys) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(the chunks holding `keys`, per key the number of its chunk among them, its row)."""
+        index = self.locations()
+        at, found = index.find(keys)
+        if not found.all():
+            key = str(np.asarray(keys, dtype=str)[np.argmin(found)])
+            raise CacheError(f"feature row for {key[:12]}... is not in the store")
+        used, chunk = np.unique(index.chunks[at], return_inverse=True)
+        names = [index.names[i] for i in used]
+        return names, chunk.astype(np.int32).reshape(-1), index.rows[at]
 
     def writer(self) -> "_ChunkWriter":
         return _ChunkWriter(self)
@@ -155,8 +153,115 @@ class FeatureStore:
                 "crc32": zlib.crc32(memoryview(rows).cast("B"))}
         atomic_write_bytes(self.folder / f"{name}.json", json.dumps(meta).encode())
         if self._locations is not None:
-            for row, key in enumerate(keys):
-                self._locations.setdefault(key, (name, row))
+            self._locations.add(name, keys)
+
+
+class KeyIndex:
+    """Chunk and row of every stored key, as arrays: each key is reduced to two independent
+    64-bit hashes (a false match needs both to collide: about 1e-26 at a million keys), kept
+    sorted for `np.searchsorted`. About 24 bytes a key, where a dict of strings took ~230;
+    lookups run in NumPy, not a Python loop. The first chunk (in record order) holding a key
+    is the one used."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._sorted: tuple[np.ndarray, ...] | None = None
+
+    def add(self, name: str, keys) -> None:
+        """Index the keys of chunk `name` (row i holds keys[i])."""
+        hashes = key_hashes(keys)
+        number = len(self.names)
+        self.names.append(name)
+        self._parts.append((hashes, np.full(len(hashes), number, np.int32),
+                            np.arange(len(hashes), dtype=np.int32)))
+        self._sorted = None
+
+    @property
+    def chunks(self) -> np.ndarray:
+        return self._arrays()[2]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._arrays()[3]
+
+    def find(self, keys) -> tuple[np.ndarray, np.ndarray]:
+        """(position of each key in `chunks`/`rows`, whether it is stored)."""
+        h1, h2, _, _ = self._arrays()
+        q = key_hashes(keys)
+        if not len(h1) or not len(q):
+            return np.zeros(len(q), np.int64), np.zeros(len(q), bool)
+        at = np.minimum(np.searchsorted(h1, q[:, 0]), len(h1) - 1)
+        first_equal = h1[at] == q[:, 0]
+        found = first_equal & (h2[at] == q[:, 1])
+        for i in np.flatnonzero(first_equal & ~found):  # the first hash alone collided: rare
+            j = at[i]
+            while j < len(h1) and h1[j] == q[i, 0] and h2[j] != q[i, 1]:
+                j += 1
+            if j < len(h1) and h1[j] == q[i, 0]:
+                at[i], found[i] = j, True
+        return at, found
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        if self._sorted is None:
+            if self._parts:
+                hashes = np.concatenate([p[0] for p in self._parts])
+                chunks = np.concatenate([p[1] for p in self._parts])
+                rows = np.concatenate([p[2] for p in self._parts])
+            else:
+                hashes = np.zeros((0, 2), np.uint64)
+                chunks = rows = np.zeros(0, np.int32)
+            order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: first chunk first
+            hashes, chunks, rows = hashes[order], chunks[order], rows[order]
+            first = np.ones(len(hashes), bool)  # a key stored twice: its first row only
+            first[1:] = (hashes[1:] != hashes[:-1]).any(axis=1)
+            self._parts = [(hashes[first], chunks[first], rows[first])]
+            self._sorted = (hashes[first, 0], hashes[first, 1], chunks[first], rows[first])
+        return self._sorted
+
+
+_HASH_SEEDS = (np.uint64(0xCBF29CE484222325), np.uint64(0x9E3779B97F4A7C15))
+_HASH_PRIMES = (np.uint64(0x100000001B3), np.uint64(0xBF58476D1CE4E5B9))
+
+
+def key_hashes(keys) -> np.ndarray:
+    """Two 64-bit hashes of each string key, (n, 2) uint64, the same whatever the width of the
+    array the key is in. A SHA-256 hex digest (the store's keys) is decoded to its four 64-bit
+    words in NumPy, which are then mixed; any other string gets the same mixing over its
+    characters, a column at a time."""
+    array = np.ascontiguousarray(np.asarray(keys, dtype=str).reshape(-1))
+    n, width = len(array), array.dtype.itemsize // 4
+    codes = array.view(np.uint32).reshape(n, width)
+    out = np.empty((n, 2), np.uint64)
+    digest = np.zeros(n, bool)
+    if width >= 64:
+        head = codes[:, :64]
+        digest = (((head >= 48) & (head <= 57)) | ((head >= 97) & (head <= 102))).all(axis=1)
+        if width > 64:
+            digest &= codes[:, 64] == 0
+    if digest.any():
+        hexes = codes[digest, :64]
+        nibbles = np.where(hexes <= 57, hexes - 48, hexes - 87).astype(np.uint8)
+        packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
+        out[digest] = _mix(packed.view(np.uint64), np.ones((int(digest.sum()), 4), bool))
+    other = ~digest
+    if other.any():
+        rest = codes[other]  # trailing NULs are padding, not characters: they are skipped
+        out[other] = _mix(rest.astype(np.uint64) + np.uint64(1 << 32), rest != 0)
+    return out
+
+
+def _mix(words: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Two seeded multiply-xorshift hashes over the columns of `words` where `present`."""
+    out = np.empty((len(words), 2), np.uint64)
+    for k, (seed, prime) in enumerate(zip(_HASH_SEEDS, _HASH_PRIMES)):
+        h = np.full(len(words), seed, np.uint64)
+        for column, there in zip(words.T, present.T):
+            mixed = (h ^ column) * prime
+            mixed ^= mixed >> np.uint64(29)
+            h = np.where(there, mixed, h)
+        out[:, k] = h
+    return out
 
 
 class _ChunkWriter:
