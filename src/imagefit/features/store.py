@@ -78,8 +78,10 @@ class FeatureStore:
         """
         names, chunk, row = self._where(keys)
         out = np.empty((len(chunk), *self.row_shape), self.dtype) if out is None else out
+        order = np.argsort(chunk, kind="stable")
+        bounds = np.searchsorted(chunk[order], np.arange(len(names) + 1))
         for number, name in enumerate(names):
-            dst = np.flatnonzero(chunk == number)
+            dst = order[bounds[number]:bounds[number + 1]]
             out[dst] = self._chunk(name)[row[dst]]
         return out
 
