@@ -118,6 +118,12 @@ def test_simple_cnn_size_must_be_multiple_of_8(dataset):
         _fast(mode="scratch", image_size=36).fit(scan_folder(dataset))
 
 
+def test_simple_cnn_default_size_is_one_it_accepts():
+    from imagefit.models.backbones import preprocessing_for
+
+    assert preprocessing_for("simple_cnn").image_size % 8 == 0  # was 150: --mode scratch failed
+
+
 def test_unknown_backbone_is_config_error(dataset):
     with pytest.raises(ConfigError, match="Unknown backbone 'no_such_net_xyz'"):
         _fast(backbone="no_such_net_xyz").fit(scan_folder(dataset))

@@ -27,7 +27,8 @@ from imagefit.train.engine import LoopHooks, LoopSettings, fit_loop, lr_factor
 from imagefit.train.finetune import (MIN_BATCH_FOR_BN, STAGE_LR_DECAY, TOP_STAGE_LR, TopNet,
                                      default_unfreeze, param_groups, split_backbone)
 from imagefit.train.loader import shuffled_indices
-from imagefit.train.settings import check_estimator_params, resolve_time_budget
+from imagefit.train.settings import (check_estimator_params, resolve_settings,
+                                     resolve_time_budget)
 
 COUNTS = {"cat": 14, "dog": 9, "owl": 6}  # the `dataset` fixture's classes
 LOWER_PREFIXES = ("conv_stem.", "bn1.", *(f"blocks.{i}." for i in range(6)))
@@ -489,6 +490,18 @@ def test_fit_loop_fits_a_decaying_schedule_to_the_time_budget():
     # the schedule ran to its end within the budget, not cut off at a high learning rate
     assert history[-1]["lr"] < 0.1 * settings.lr
     assert sum(r["seconds"] for r in history) < 1.5 + 0.5
+
+
+def test_auto_augmentation_by_mode_and_training_set_size():
+    def augment(mode, n, spec="auto"):
+        params = ImageClassifier(mode=mode, augment=spec).get_params()
+        return resolve_settings(params, np.array([n // 2, n - n // 2]), ("a", "b")).augment
+
+    assert augment("finetune", 1_000) == PRESETS["light"]
+    assert augment("scratch", 1_000) == PRESETS["light"]
+    assert augment("scratch", 20_000) == PRESETS["none"]  # many images: epochs matter more
+    assert augment("scratch", 20_000, "keras") == PRESETS["keras"]  # asked for: used
+    assert augment("probe", 1_000).is_identity
 
 
 def test_resolve_time_budget():

@@ -46,8 +46,8 @@ class ImageClassifier(BaseEstimator):
             "auto" (default): "scratch" for a backbone without pretrained weights, "finetune"
             on a GPU or up to 20,000 training images, else "probe".
         image_size: input side in pixels (default: the backbone's own).
-        augment: "auto" ("light" when training on images), "none", "light", "keras", "strong",
-            a YAML file, a mapping or an `AugmentConfig`. Never applied to validation data.
+        augment: "auto" ("light" on images, none from scratch on 20,000+), "none", "light",
+            "keras", "strong", a YAML file, a mapping, an `AugmentConfig`; never on validation.
         balance: "auto" (none up to 1.5x imbalance, class weights up to 10x, a balanced
             sampler beyond), "weights", "sampler" (every class drawn equally often, each draw
             augmented afresh) or "none".

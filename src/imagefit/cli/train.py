@@ -45,8 +45,9 @@ def add_parser(sub, common) -> None:
                    "linear head on frozen pretrained features; finetune: probe, then train the "
                    "top stages on augmented images; scratch: small CNN from random weights")
     p.add_argument("--augment", metavar="PRESET|FILE.yaml", help="training augmentation: "
-                   "none, light (default when training on images), keras (the Keras blog's "
-                   "settings), strong, or a YAML file of ImageDataGenerator-style settings")
+                   "none, light (default when training on images, but none from scratch on "
+                   "20,000+), keras (the Keras blog's settings), strong, or a YAML file of "
+                   "ImageDataGenerator-style settings")
     p.add_argument("--unfreeze", type=int, metavar="N", help="finetune: top stages to train "
                    "(default 1 below 2,000 images, 2 below 20,000, else 3)")
     p.add_argument("--backbone", metavar="NAME", help="efficientnet_lite0 (default), "

