@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=192)
     ap.add_argument("--time-budget", type=float, default=15.0, help="minutes per fine-tune run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--augment", default="light", help="augmentation of the fine-tune and "
-                    "scratch runs (default light)")
+    ap.add_argument("--augment", default="auto", help="augmentation of the fine-tune and "
+                    "scratch runs (default auto: what `imagefit train` chooses)")
     args = ap.parse_args()
     size, budget = args.image_size, args.time_budget
     with tempfile.TemporaryDirectory() as tmp_name:
