@@ -9,6 +9,7 @@ half-valid. Chunks are validated on read; a bad one is removed and its rows are 
 
 from __future__ import annotations
 
+import binascii
 import io
 import json
 import os
@@ -193,7 +194,9 @@ class KeyIndex:
         q = key_hashes(keys)
         if not len(h1) or not len(q):
             return np.zeros(len(q), np.int64), np.zeros(len(q), bool)
-        at = np.minimum(np.searchsorted(h1, q[:, 0]), len(h1) - 1)
+        order = np.argsort(q[:, 0])  # sorted needles: searchsorted walks, 5x faster at 1M
+        at = np.empty(len(q), np.int64)
+        at[order] = np.minimum(np.searchsorted(h1, q[order, 0]), len(h1) - 1)
         first_equal = h1[at] == q[:, 0]
         found = first_equal & (h2[at] == q[:, 1])
         for i in np.flatnonzero(first_equal & ~found):  # the first hash alone collided: rare
@@ -224,44 +227,76 @@ class KeyIndex:
 
 _HASH_SEEDS = (np.uint64(0xCBF29CE484222325), np.uint64(0x9E3779B97F4A7C15))
 _HASH_PRIMES = (np.uint64(0x100000001B3), np.uint64(0xBF58476D1CE4E5B9))
+_HASH_BLOCK = 1 << 16  # keys hashed at a time (bounds the temporaries)
 
 
 def key_hashes(keys) -> np.ndarray:
-    """Two 64-bit hashes of each string key, (n, 2) uint64, the same whatever the width of the
-    array the key is in. A SHA-256 hex digest (the store's keys) is decoded to its four 64-bit
-    words in NumPy, which are then mixed; any other string gets the same mixing over its
-    characters, a column at a time."""
-    array = np.ascontiguousarray(np.asarray(keys, dtype=str).reshape(-1))
-    n, width = len(array), array.dtype.itemsize // 4
-    codes = array.view(np.uint32).reshape(n, width)
-    out = np.empty((n, 2), np.uint64)
-    digest = np.zeros(n, bool)
-    if width >= 64:
-        head = codes[:, :64]
-        digest = (((head >= 48) & (head <= 57)) | ((head >= 97) & (head <= 102))).all(axis=1)
-        if width > 64:
-            digest &= codes[:, 64] == 0
-    if digest.any():
-        hexes = codes[digest, :64]
-        nibbles = np.where(hexes <= 57, hexes - 48, hexes - 87).astype(np.uint8)
-        packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
-        out[digest] = _mix(packed.view(np.uint64), np.ones((int(digest.sum()), 4), bool))
-    other = ~digest
-    if other.any():
-        rest = codes[other]  # trailing NULs are padding, not characters: they are skipped
-        out[other] = _mix(rest.astype(np.uint64) + np.uint64(1 << 32), rest != 0)
+    """Two 64-bit hashes of each string key, (n, 2) uint64. A SHA-256 hex digest (what the
+    store's keys are) is decoded to its four 64-bit words, a block of keys at a time, and the
+    words are mixed; any other string is mixed from its characters, one key at a time."""
+    if not isinstance(keys, np.ndarray):
+        keys = np.asarray(keys, dtype=str)
+    keys = keys.reshape(-1)
+    out = np.empty((len(keys), 2), np.uint64)
+    for start in range(0, len(keys), _HASH_BLOCK):
+        block = keys[start:start + _HASH_BLOCK]
+        words = _hex_array_words(block) if block.dtype == np.dtype("<U64") else None
+        out[start:start + len(block)] = (_mix(words) if words is not None
+                                         else _digest_hashes(block.tolist()))
     return out
 
 
-def _mix(words: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Two seeded multiply-xorshift hashes over the columns of `words` where `present`."""
+def _hex_array_words(block: np.ndarray) -> np.ndarray | None:
+    """A '<U64' array of lowercase hex digests as (n, 4) uint64, without a Python string per
+    key; None when any key is something else (shorter keys leave NULs, which fail here)."""
+    codes = np.ascontiguousarray(block).view(np.uint32)
+    if not len(codes) or codes.max() > 127:
+        return None
+    text = codes.astype(np.uint8).tobytes()
+    if text != text.lower():
+        return None
+    try:
+        return np.frombuffer(binascii.unhexlify(text), np.uint64).reshape(len(block), 4)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _digest_hashes(block: list[str]) -> np.ndarray:
+    joined = "".join(block)
+    words = _hex_words(joined, len(block)) if all(len(k) == 64 for k in block) else None
+    if words is not None:
+        return _mix(words)
+    hashes = np.empty((len(block), 2), np.uint64)
+    for i, key in enumerate(block):
+        words = _hex_words(key, 1) if len(key) == 64 else None
+        if words is None:  # not a digest: its characters, offset so as not to look like one
+            words = np.frombuffer(key.encode("utf-32-le"), np.uint32).astype(np.uint64)[None]
+            words = words + np.uint64(1 << 32)
+        hashes[i] = _mix(words)[0]
+    return hashes
+
+
+def _hex_words(text: str, n: int) -> np.ndarray | None:
+    """`n` lowercase 64-digit hex digests, concatenated, as (n, 4) uint64; None otherwise."""
+    if text != text.lower():
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    if len(raw) != 32 * n:  # fromhex skips spaces
+        return None
+    return np.frombuffer(raw, np.uint64).reshape(n, 4)
+
+
+def _mix(words: np.ndarray) -> np.ndarray:
+    """Two seeded multiply-xorshift hashes over the columns of `words`, (n, 2) uint64."""
     out = np.empty((len(words), 2), np.uint64)
     for k, (seed, prime) in enumerate(zip(_HASH_SEEDS, _HASH_PRIMES)):
         h = np.full(len(words), seed, np.uint64)
-        for column, there in zip(words.T, present.T):
-            mixed = (h ^ column) * prime
-            mixed ^= mixed >> np.uint64(29)
-            h = np.where(there, mixed, h)
+        for column in words.T:
+            h = (h ^ column) * prime
+            h ^= h >> np.uint64(29)
         out[:, k] = h
     return out
 
