@@ -489,7 +489,8 @@ def test_fit_loop_fits_a_decaying_schedule_to_the_time_budget():
     assert 2 <= len(history) <= 8
     # the schedule ran to its end within the budget, not cut off at a high learning rate
     assert history[-1]["lr"] < 0.1 * settings.lr
-    assert sum(r["seconds"] for r in history) < 1.5 + 0.5
+    # it stopped after the first epoch to end past the budget, never later
+    assert sum(r["seconds"] for r in history[:-1]) < 1.5
 
 
 def test_auto_augmentation_by_mode_and_training_set_size():

@@ -168,29 +168,31 @@ class KeyIndex:
 
     def __init__(self):
         self.names: list[str] = []
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._sorted: tuple[np.ndarray, ...] | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not sorted in yet
+        self._h1 = self._h2 = np.zeros(0, np.uint64)
+        self._chunks = self._rows = np.zeros(0, np.int32)
 
     def add(self, name: str, keys) -> None:
         """Index the keys of chunk `name` (row i holds keys[i])."""
         hashes = key_hashes(keys)
-        number = len(self.names)
+        self._pending.append((hashes, np.full(len(hashes), len(self.names), np.int32),
+                              np.arange(len(hashes), dtype=np.int32)))
         self.names.append(name)
-        self._parts.append((hashes, np.full(len(hashes), number, np.int32),
-                            np.arange(len(hashes), dtype=np.int32)))
-        self._sorted = None
 
     @property
     def chunks(self) -> np.ndarray:
-        return self._arrays()[2]
+        self._merge()
+        return self._chunks
 
     @property
     def rows(self) -> np.ndarray:
-        return self._arrays()[3]
+        self._merge()
+        return self._rows
 
     def find(self, keys) -> tuple[np.ndarray, np.ndarray]:
         """(position of each key in `chunks`/`rows`, whether it is stored)."""
-        h1, h2, _, _ = self._arrays()
+        self._merge()
+        h1, h2 = self._h1, self._h2
         q = key_hashes(keys)
         if not len(h1) or not len(q):
             return np.zeros(len(q), np.int64), np.zeros(len(q), bool)
@@ -207,48 +209,56 @@ class KeyIndex:
                 at[i], found[i] = j, True
         return at, found
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        if self._sorted is None:
-            if self._parts:
-                hashes = np.concatenate([p[0] for p in self._parts])
-                chunks = np.concatenate([p[1] for p in self._parts])
-                rows = np.concatenate([p[2] for p in self._parts])
-            else:
-                hashes = np.zeros((0, 2), np.uint64)
-                chunks = rows = np.zeros(0, np.int32)
-            order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: first chunk first
-            hashes, chunks, rows = hashes[order], chunks[order], rows[order]
-            first = np.ones(len(hashes), bool)  # a key stored twice: its first row only
-            first[1:] = (hashes[1:] != hashes[:-1]).any(axis=1)
-            self._parts = [(hashes[first], chunks[first], rows[first])]
-            self._sorted = (hashes[first, 0], hashes[first, 1], chunks[first], rows[first])
-        return self._sorted
+    def _merge(self) -> None:
+        """Sort the pending keys in; the indexed ones come first, so a key already indexed
+        keeps its row (the sort is stable) and a later copy of it is dropped."""
+        if not self._pending:
+            return
+        hashes = np.concatenate([np.stack([self._h1, self._h2], axis=1)]
+                                + [p[0] for p in self._pending])
+        chunks = np.concatenate([self._chunks] + [p[1] for p in self._pending])
+        rows = np.concatenate([self._rows] + [p[2] for p in self._pending])
+        self._pending = []
+        order = np.lexsort((hashes[:, 1], hashes[:, 0]))
+        hashes, chunks, rows = hashes[order], chunks[order], rows[order]
+        first = np.ones(len(hashes), bool)
+        first[1:] = (hashes[1:] != hashes[:-1]).any(axis=1)
+        self._h1 = np.ascontiguousarray(hashes[first, 0])
+        self._h2 = np.ascontiguousarray(hashes[first, 1])
+        self._chunks, self._rows = chunks[first], rows[first]
 
 
 _HASH_SEEDS = (np.uint64(0xCBF29CE484222325), np.uint64(0x9E3779B97F4A7C15))
 _HASH_PRIMES = (np.uint64(0x100000001B3), np.uint64(0xBF58476D1CE4E5B9))
 _HASH_BLOCK = 1 << 16  # keys hashed at a time (bounds the temporaries)
+_DIGEST = np.dtype("<U64")
 
 
 def key_hashes(keys) -> np.ndarray:
     """Two 64-bit hashes of each string key, (n, 2) uint64. A SHA-256 hex digest (what the
-    store's keys are) is decoded to its four 64-bit words, a block of keys at a time, and the
-    words are mixed; any other string is mixed from its characters, one key at a time."""
-    if not isinstance(keys, np.ndarray):
-        keys = np.asarray(keys, dtype=str)
-    keys = keys.reshape(-1)
+    store's keys are) is decoded to its four 64-bit words, a block of keys at a time without a
+    Python string per key, and the words are mixed; any other string is mixed from its
+    characters, one key at a time."""
+    keys = np.asarray(keys, dtype=str).reshape(-1)
     out = np.empty((len(keys), 2), np.uint64)
     for start in range(0, len(keys), _HASH_BLOCK):
         block = keys[start:start + _HASH_BLOCK]
-        words = _hex_array_words(block) if block.dtype == np.dtype("<U64") else None
-        out[start:start + len(block)] = (_mix(words) if words is not None
-                                         else _digest_hashes(block.tolist()))
+        words = _digest_words(block) if block.dtype == _DIGEST else None
+        if words is not None:
+            out[start:start + len(block)] = _mix(words)
+            continue
+        for i, key in enumerate(block.tolist(), start):
+            words = _digest_words(np.array([key])) if len(key) == 64 else None
+            if words is None:  # not a digest: its characters, offset so as not to look like one
+                words = np.frombuffer(key.encode("utf-32-le"), np.uint32).astype(np.uint64)[None]
+                words = words + np.uint64(1 << 32)
+            out[i] = _mix(words)[0]
     return out
 
 
-def _hex_array_words(block: np.ndarray) -> np.ndarray | None:
-    """A '<U64' array of lowercase hex digests as (n, 4) uint64, without a Python string per
-    key; None when any key is something else (shorter keys leave NULs, which fail here)."""
+def _digest_words(block: np.ndarray) -> np.ndarray | None:
+    """A '<U64' array of lowercase hex digests as (n, 4) uint64; None when any key is something
+    else (a shorter key leaves NULs, which fail here)."""
     codes = np.ascontiguousarray(block).view(np.uint32)
     if not len(codes) or codes.max() > 127:
         return None
@@ -259,34 +269,6 @@ def _hex_array_words(block: np.ndarray) -> np.ndarray | None:
         return np.frombuffer(binascii.unhexlify(text), np.uint64).reshape(len(block), 4)
     except (binascii.Error, ValueError):
         return None
-
-
-def _digest_hashes(block: list[str]) -> np.ndarray:
-    joined = "".join(block)
-    words = _hex_words(joined, len(block)) if all(len(k) == 64 for k in block) else None
-    if words is not None:
-        return _mix(words)
-    hashes = np.empty((len(block), 2), np.uint64)
-    for i, key in enumerate(block):
-        words = _hex_words(key, 1) if len(key) == 64 else None
-        if words is None:  # not a digest: its characters, offset so as not to look like one
-            words = np.frombuffer(key.encode("utf-32-le"), np.uint32).astype(np.uint64)[None]
-            words = words + np.uint64(1 << 32)
-        hashes[i] = _mix(words)[0]
-    return hashes
-
-
-def _hex_words(text: str, n: int) -> np.ndarray | None:
-    """`n` lowercase 64-digit hex digests, concatenated, as (n, 4) uint64; None otherwise."""
-    if text != text.lower():
-        return None
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        return None
-    if len(raw) != 32 * n:  # fromhex skips spaces
-        return None
-    return np.frombuffer(raw, np.uint64).reshape(n, 4)
 
 
 def _mix(words: np.ndarray) -> np.ndarray:

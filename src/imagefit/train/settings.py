@@ -187,7 +187,8 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
     check_estimator_params(params)
     backbone = resolve_backbone(params["mode"], params["backbone"])
     device = resolve_device(params["device"])
-    mode = resolve_mode(params["mode"], backbone, device, int(counts.sum()))
+    n_train = int(counts.sum())
+    mode = resolve_mode(params["mode"], backbone, device, n_train)
     _, epochs, patience, lr, dropout = MODE_DEFAULTS[mode]
     balance = resolve_balance(params["balance"], counts)
     spec = params["class_weight"]
@@ -196,11 +197,11 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
     warning = stacked_correction_warning(balance, params["class_weight"])
     if warning:
         log.warning(warning)
-    budget = resolve_time_budget(params["time_budget"], int(counts.sum()), device)
+    budget = resolve_time_budget(params["time_budget"], n_train, device)
     if params["time_budget"] == "auto":
         log.info("Time budget: %s (auto: %s training images on %s; --time-budget MINUTES or "
                  "none to change).", "none" if budget is None else f"{budget:g} min",
-                 f"{int(counts.sum()):,}", "a GPU" if device == "cuda" else "a CPU")
+                 f"{n_train:,}", "a GPU" if device == "cuda" else "a CPU")
     tau = params["logit_adjustment"]
     adjustment = (None if tau is False or tau is None
                   else logit_adjustment(counts, 1.0 if tau is True else tau))
@@ -209,7 +210,7 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         preprocessing=preprocessing_for(backbone, params["image_size"]),
         epochs=params["epochs"] or epochs, patience=patience, lr=params["lr"] or lr,
         dropout=dropout if params["dropout"] is None else params["dropout"],
-        augment=resolve_augment(_augment_spec(params["augment"], mode, int(counts.sum()))),
+        augment=resolve_augment(_augment_spec(params["augment"], mode, n_train)),
         balance=balance,
         class_weight=tuple(float(w) for w in class_weights(spec, counts, classes)),
         logit_adjustment=None if adjustment is None else tuple(map(float, adjustment)),
