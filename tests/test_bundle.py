@@ -60,6 +60,71 @@ def test_model_loads_in_fresh_process_from_folder_only(trained_run, model_copy, 
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
 
 
+_PREDICT_SCRIPT = (
+    "import json, sys\n"
+    "import imagefit\n"
+    "clf = imagefit.load_model(sys.argv[1])\n"
+    "proba = clf.predict_proba(json.loads(sys.argv[2])).tolist()\n"
+    "print(json.dumps({'proba': proba, 'timm': 'timm' in sys.modules}))\n")
+
+
+def _predict_in_fresh_process(model: Path, files: list[str], cache: Path) -> dict:
+    env = dict(os.environ, IMAGEFIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", _PREDICT_SCRIPT, str(model), json.dumps(files)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_loaded_model_predicts_from_its_verified_graph_without_building_the_backbone(
+        trained_run, model_copy, tmp_path):
+    """The first prediction exports the backbone to ONNX and checks it against PyTorch; later
+    ones run that graph without building the backbone (no timm import), with the same
+    probabilities. A graph changed since its check is not trusted: the backbone is built."""
+    files = _test_files(trained_run)
+    expected = trained_run["result"].classifier.predict_proba(files)
+    cache = tmp_path / "cache"
+    first = _predict_in_fresh_process(model_copy, files, cache)
+    assert first["timm"] is True
+    second = _predict_in_fresh_process(model_copy, files, cache)
+    assert second["timm"] is False
+    (graph,) = (cache / "onnx").glob("*.onnx")
+    assert graph.stem == json.loads((model_copy / "model.json").read_text())["backbone_key"]
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    third = _predict_in_fresh_process(model_copy, files, cache)
+    assert third["timm"] is True
+    for out in (first, second, third):
+        np.testing.assert_allclose(np.array(out["proba"]), expected, atol=1e-5, rtol=0)
+
+
+def test_a_model_without_a_backbone_key_still_predicts(trained_run, model_copy, tmp_path):
+    """model.json written before backbone_key existed: the backbone is built, as it was."""
+    meta_path = model_copy / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["backbone_key"]
+    meta_path.write_text(json.dumps(meta))
+    files = _test_files(trained_run)
+    expected = trained_run["result"].classifier.predict_proba(files)
+    for _ in range(2):
+        out = _predict_in_fresh_process(model_copy, files, tmp_path / "cache")
+        assert out["timm"] is True
+        np.testing.assert_allclose(np.array(out["proba"]), expected, atol=1e-5, rtol=0)
+
+
+def test_backbone_weights_that_do_not_fit_are_refused_when_the_backbone_is_built(model_copy):
+    """Loading checks the head at once; the backbone's weights are checked when it is built
+    (explain, export, save, or a prediction with no verified graph)."""
+    meta_path = model_copy / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, image_size=meta["image_size"],
+                                         backbone="simple_cnn",
+                                         settings=dict(meta["settings"],
+                                                       backbone="simple_cnn"))))
+    clf = load_model(model_copy)
+    with pytest.raises(ModelFormatError, match="could not be rebuilt"):
+        clf.net_
+
+
 def test_loaded_model_matches_in_process_model(trained_run):
     clf = trained_run["result"].classifier
     loaded = load_model(trained_run["run"])

@@ -64,7 +64,7 @@ def check_params(params: dict[str, Any], constraints: Iterable[tuple]) -> None:
             check_scalar(name, value, low, high)
 
 
-def check_is_fitted(estimator: Any, attribute: str = "net_") -> None:
+def check_is_fitted(estimator: Any, attribute: str = "classes_") -> None:
     """Raise `NotFittedError` unless `estimator` has been fitted (or loaded).
 
     Example:

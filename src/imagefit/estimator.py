@@ -23,8 +23,8 @@ from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
                                        compute_features, raise_first_failure)
 from imagefit._fileio import cache_folder
-from imagefit.models.backbones import build_for_loading, create_backbone
-from imagefit.models.net import ImageClassifierNet
+from imagefit.models.backbones import create_backbone
+from imagefit.models.net import ImageClassifierNet, StoredNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
 from imagefit.train import distributed
@@ -125,7 +125,7 @@ class ImageClassifier(BaseEstimator):
         net = net.cpu().eval()
         net.temperature.fill_(temperature)
         self._restore(model_metadata(settings, train.classes, net, temperature,
-                                     result.summary()), net, settings)
+                                     result.summary()), StoredNet.of(net), settings)
         self.bad_files_ = ctx.bad_files
         proba = softmax(result.val_logits, temperature)
         self.validation_ = (Predictions(result.val_index.paths, proba, self.classes_,
@@ -146,19 +146,24 @@ class ImageClassifier(BaseEstimator):
             clf = cls(settings.backbone, mode=settings.mode, image_size=settings.image_size,
                       balance=settings.balance, dropout=settings.dropout,
                       max_pixels=settings.max_pixels, seed=settings.seed)
-            net = ImageClassifierNet(build_for_loading(settings.backbone, settings.image_size),
-                                     len(meta["classes"]), settings.dropout)
-            net.load_state_dict(state)
-            clf._restore(meta, net.eval(), settings)
-        except Exception as exc:  # JSON of the wrong shape; timm and torch raise their own
+            stored = StoredNet(settings.backbone, settings.image_size, len(meta["classes"]),
+                               settings.dropout, state)  # the backbone is built when needed
+            clf._restore(meta, stored, settings)
+        except Exception as exc:  # JSON of the wrong shape, weights that do not fit it
             raise ModelFormatError(f"The model could not be rebuilt from its metadata: "
                                    f"{type(exc).__name__}: {exc}") from None
         clf.bad_files_ = clf.validation_ = None
         return clf
 
-    def _restore(self, meta: dict, net: ImageClassifierNet, settings: Settings) -> None:
+    @property
+    def net_(self) -> ImageClassifierNet:
+        """The network (a loaded model builds it on first use; prediction may not need it)."""
+        return self._stored.net
+
+    def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
         """Set every fitted attribute from metadata (the end of `fit` and of loading)."""
-        self.settings_, self.net_ = settings, net
+        self.settings_, self._stored = settings, stored
+        self._backbone_key = meta.get("backbone_key")
         self.classes_ = tuple(meta["classes"])
         self.temperature_ = float(meta["temperature"])
         self.training_ = dict(meta.get("training") or {})
@@ -203,12 +208,9 @@ class ImageClassifier(BaseEstimator):
 
     def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                       progress: bool = False, tta: bool = False) -> Predictions:
-        """Calibrated probabilities for files; an unreadable file gets a NaN row and its reason.
-
-        With `tta`, the probabilities are averaged over the image and its flips, using the
-        flips the training augmentation used (test-time augmentation). `preds.errors` reads
-        e.g. ['', 'io_error: No such file or directory (missing.jpg)'].
-        """
+        """Calibrated probabilities for files; an unreadable file gets a NaN row and its reason
+        (`preds.errors`: e.g. ['', 'io_error: No such file or directory (missing.jpg)']). `tta`
+        averages them over the image and the flips its training augmentation used."""
         chunks = list(self.iter_predict_files(paths, chunk_size=max(len(paths), 1),
                                               batch_size=batch_size, progress=progress, tta=tta))
         if not chunks:
@@ -245,9 +247,7 @@ class ImageClassifier(BaseEstimator):
     def proba_from_features(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from backbone features (the head plus temperature)."""
         check_is_fitted(self)
-        with torch.no_grad():
-            logits = self.net_.head.eval()(torch.from_numpy(np.asarray(features, np.float32)))
-            return self.net_.calibrated_proba(logits).numpy()
+        return self._stored.proba(features)  # a loaded model may have built its head only
 
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated class probabilities, shape (n_images, n_classes), columns in `classes_`;
@@ -277,9 +277,9 @@ class ImageClassifier(BaseEstimator):
 
     def _get_runner(self) -> BackboneRunner:
         if self._runner is None:
-            self._runner = BackboneRunner(self.net_.backbone, self.preprocessing_,
-                                          device=self.device_,
-                                          cache_dir=cache_folder(self.cache_dir))
+            self._runner = BackboneRunner.of_model(self._stored, self._backbone_key,
+                                                   self.preprocessing_, device=self.device_,
+                                                   cache_dir=cache_folder(self.cache_dir))
         return self._runner
 
 

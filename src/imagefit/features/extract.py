@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from imagefit._fileio import atomic_write_bytes, remove_orphans
+from imagefit._fileio import atomic_write_bytes, remove_orphans, sha256_file
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
 from imagefit.data.index import BadFile
 from imagefit.errors import CacheError, ConfigError, ImageLoadError
 from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import Preprocessing, to_input
+from imagefit.models.net import StoredNet
 from imagefit.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,41 @@ class BackboneRunner:
             self.session = self._onnx_session(Path(cache_dir), strict=runtime == "onnx")
         self.runtime = "onnx" if self.session is not None else "torch"
 
+    @classmethod
+    def from_cached_graph(cls, key: str, dim: int, prep: Preprocessing,
+                          cache_dir: str | Path) -> "BackboneRunner | None":
+        """A runner from the ONNX graph an earlier run exported and verified for backbone
+        `key`, with no PyTorch backbone (so no timm import); None where there is none, ONNX
+        Runtime is missing, or the graph no longer matches the checksum recorded when it was
+        verified."""
+        if not re.fullmatch(r"[0-9a-f]{32}", str(key)):
+            return None
+        path = Path(cache_dir) / "onnx" / f"{key}.onnx"
+        try:
+            if sha256_file(path) != path.with_suffix(".sha256").read_text().strip():
+                return None
+            session = _ort_session(path)
+        except (OSError, ImportError):
+            return None
+        except Exception as exc:  # ONNX Runtime raises its own types for a damaged graph
+            log.warning("ONNX Runtime could not load %s (%s); building the backbone", path, exc)
+            return None
+        runner = cls.__new__(cls)
+        runner.backbone, runner.prep, runner.device, runner.key = None, prep, "cpu", key
+        runner.dim, runner.session, runner.runtime = dim, session, "onnx"
+        return runner
+
+    @classmethod
+    def of_model(cls, stored: StoredNet, key: str | None, prep: Preprocessing, *, device: str,
+                 cache_dir: str | Path) -> "BackboneRunner":
+        """The runner of a classifier's backbone: a loaded model that has not built its
+        backbone runs the graph verified for its `key` (as stored in model.json) if the cache
+        holds it; any other runs its backbone (exported and verified on first use)."""
+        runner = None
+        if not stored.built and device == "cpu" and key is not None:
+            runner = cls.from_cached_graph(key, stored.in_features, prep, cache_dir)
+        return runner or cls(stored.net.backbone, prep, device=device, cache_dir=cache_dir)
+
     def store(self, cache_dir: str | Path) -> FeatureStore:
         """The feature store of this backbone and preprocessing."""
         return FeatureStore(cache_dir, self.key, self.dim)
@@ -113,7 +150,7 @@ class BackboneRunner:
 
     def _onnx_session(self, cache_dir: Path, strict: bool):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (the session is made below, once a graph exists)
         except ImportError:
             if strict:
                 raise
@@ -131,12 +168,12 @@ class BackboneRunner:
             log.warning("Could not export the backbone to ONNX Runtime (%s: %s); using PyTorch",
                         type(exc).__name__, exc)
             return None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        record = path.with_suffix(".sha256")  # written once the graph has been verified
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = _ort_session(path)
         except Exception as exc:
             path.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
             if strict:
                 raise CacheError(f"Could not load the exported backbone: {exc}") from None
             log.warning("ONNX Runtime could not load the backbone (%s); using PyTorch", exc)
@@ -150,9 +187,24 @@ class BackboneRunner:
         got = session.run(None, {"images": x})[0]
         if got.shape != expected.shape or not np.allclose(got, expected, atol=ORT_TOLERANCE):
             path.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
             log.warning("ONNX Runtime features differ from PyTorch; using PyTorch")
             return None
+        try:  # lets a loaded model predict from this graph without building the backbone
+            digest = sha256_file(path)
+            if not record.exists() or record.read_text().strip() != digest:
+                atomic_write_bytes(record, digest.encode())
+        except OSError as exc:  # a read-only cache still serves this run
+            log.debug("Could not record the verified graph %s: %s", path, exc)
         return session
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class DecodeRunner:

@@ -22,6 +22,7 @@ from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.sampling import (BALANCE_CHOICES, class_weights, logit_adjustment,
                                     resolve_balance, stacked_correction_warning)
 from imagefit.errors import ConfigError
+from imagefit.features.extract import model_key
 from imagefit._fileio import cache_folder
 from imagefit.models.backbones import Preprocessing, get_spec, preprocessing_for, resolve_device
 
@@ -253,7 +254,10 @@ def model_metadata(settings: Settings, classes, net, temperature: float, trainin
             # Training settings prediction honours: the pixel cap, and the augmentation (whose
             # flips define test-time augmentation). Seed for reproducible re-analysis.
             "augment": settings.augment.to_dict(), "max_pixels": int(settings.max_pixels),
-            "seed": int(settings.seed), "settings": stored, "training": training}
+            "seed": int(settings.seed), "settings": stored, "training": training,
+            # Names the backbone's verified ONNX graph in the cache: predict runs from it
+            # without building the backbone (no timm import).
+            "backbone_key": model_key(net.backbone, settings.preprocessing)}
     return json.loads(json.dumps(meta))  # plain JSON values, as a loaded model sees them
 
 
