@@ -397,6 +397,29 @@ def test_features_skips_bad_files(tmp_path, capsys):
     assert sorted(Path(b["path"]).name for b in bad) == ["broken.jpg", "empty.jpg"]
 
 
+def test_features_decodes_each_file_once(tmp_path, monkeypatch):
+    """A cold `imagefit features` takes its pixels from the pre-flight, which decodes every file
+    anyway: the extraction after it finds every row stored and decodes nothing."""
+    from imagefit.features import extract
+
+    decoded = []
+    real = extract.iter_image_batches
+
+    def counting(paths, *args, **kwargs):
+        decoded.extend(paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "iter_image_batches", counting)
+    monkeypatch.setenv("IMAGEFIT_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", {"cat": 5, "dog": 4})
+    out = tmp_path / "feats"
+    assert cli(["features", data, "--out", out, *SIZE, "--workers", 0, "--quiet"]) == 0
+    assert decoded == []
+    _, rows = read_csv(out / "index.csv")
+    np.testing.assert_allclose(np.load(out / "features.npy")[[0, -1]],
+                               _features_of([rows[0]["path"], rows[-1]["path"]]), atol=1e-4)
+
+
 # --- help ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "features", "demo"])

@@ -530,3 +530,35 @@ def test_expand_paths_link_loop(tmp_path):
     make_image(root / "sub" / "x.png", COLOURS["cat"], seed=1)
     os.symlink("..", root / "sub" / "loop")
     assert expand_paths([root]) == [str(root / "sub" / "x.png")]
+
+
+@pytest.mark.parametrize("workers, per_class", [(1, 6), (2, 150)])  # in process; a pool
+def test_preflight_hands_each_decoded_image_over_once(tmp_path, workers, per_class):
+    """`on_decoded` gets (SHA-256, pixels) for each decodable file exactly once, the pixels
+    being what `load_image` gives at the working size (transparency over the given
+    background); a bad file is never handed over. 300 files take the windowed process pool."""
+    from imagefit.data.images import load_image
+
+    root = make_dataset(tmp_path / "data", {"cat": per_class, "dog": per_class})
+    good = root / "cat" / "cat_000.jpg"
+    (root / "cat" / "broken.jpg").write_bytes(good.read_bytes()[:200])
+    rgba = Image.new("RGBA", (20, 10), (200, 10, 10, 0))
+    rgba.paste((10, 200, 10, 255), (0, 0, 10, 10))
+    rgba.save(root / "dog" / "alpha.png")
+    handed: dict[str, list[np.ndarray]] = {}
+    result = preflight(scan_folder(root), image_size=24, workers=workers, background=(1, 2, 3),
+                       on_decoded=lambda key, image: handed.setdefault(key, []).append(image))
+    assert sorted(handed) == sorted(set(result.index.sha256.tolist()))
+    assert all(len(images) == 1 for images in handed.values())
+    for path, key in zip(result.index.paths, result.index.sha256):
+        np.testing.assert_array_equal(handed[key][0],
+                                      load_image(path, 24, background=(1, 2, 3)))
+    alpha = handed[hashlib.sha256((root / "dog" / "alpha.png").read_bytes()).hexdigest()][0]
+    assert tuple(alpha[12, 20]) == (1, 2, 3)
+    assert [Path(b.path).name for b in result.bad_files] == ["broken.jpg"]
+
+
+def test_preflight_needs_a_working_size_to_hand_images_over(tmp_path):
+    root = make_dataset(tmp_path / "data", {"cat": 1, "dog": 1})
+    with pytest.raises(ValueError, match="image_size"):
+        preflight(scan_folder(root), workers=1, on_decoded=lambda key, image: None)

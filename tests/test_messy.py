@@ -576,7 +576,10 @@ def test_a_file_that_crashes_or_hangs_its_decoder_is_listed_and_the_rest_checked
     monkeypatch.setitem(_FAULT_ON, "hang_seconds", audit.HANG_SECONDS)
     monkeypatch.setattr(audit, "_check_file", _check_or_fail)
     monkeypatch.setattr(audit, "HANG_SECONDS", 1.0)
-    result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2)
+    handed = []  # what a caller taking the pixels gets: each good file once, none twice
+    result = audit.preflight(scan_folder(data), image_size=TEST_IMAGE_SIZE, workers=2,
+                             on_decoded=lambda key, image: handed.append(key))
     assert [(b.path, b.reason) for b in result.bad_files] == [(str(victim), "corrupt")]
     assert "crashed or hung" in result.bad_files[0].message
     assert len(result.index) == 299
+    assert sorted(handed) == sorted(result.index.sha256.tolist())

@@ -374,3 +374,70 @@ def test_store_requires_keys(runner, images, tmp_path):
     paths, _ = images
     with pytest.raises(ValueError, match="keys"):
         compute_features(paths, runner, store=_store(tmp_path, runner))
+
+
+def test_store_filler_gives_up_quietly_when_the_cache_refuses(tmp_path, caplog):
+    """A cache that refuses writes must not fail the pre-flight feeding the filler: it stops
+    storing (with a warning) and the rows are computed afterwards, from the files."""
+    from imagefit.errors import CacheError
+    from imagefit.features.extract import StoreFiller
+
+    class Refusing:
+        def missing(self, keys):
+            return np.ones(len(keys), bool)
+
+        def writer(self):
+            return self
+
+        def add(self, keys, rows):
+            raise CacheError("read-only cache")
+
+        def flush(self):
+            raise AssertionError("a refused writer is not flushed")
+
+    calls = []
+
+    class Runner:
+        def __call__(self, images):
+            calls.append(len(images))
+            return np.zeros((len(images), 4))
+
+        def store(self, cache_dir):
+            return Refusing()
+
+    with StoreFiller(Runner, tmp_path, batch_size=2) as fill:
+        for i in range(5):
+            fill(f"{i:064x}", np.zeros((8, 8, 3), np.uint8))
+    assert calls == [2]  # the first batch was refused; nothing more is computed for the store
+    assert "computed afterwards" in caplog.text
+
+
+def test_store_filler_stores_each_new_key_once(tmp_path):
+    from imagefit.features.extract import StoreFiller
+    from imagefit.features.store import FeatureStore
+
+    with FeatureStore(tmp_path, "k", dim=3).writer() as writer:
+        writer.add(["a" * 64], np.ones((1, 3), np.float32))
+    seen, made = [], []
+
+    class Runner:
+        def __init__(self):
+            made.append(self)
+
+        def __call__(self, images):
+            seen.append(len(images))
+            return images.reshape(len(images), -1)[:, :3].astype(np.float32)
+
+        def store(self, cache_dir):
+            return FeatureStore(cache_dir, "k", dim=3)
+
+    with StoreFiller(Runner, tmp_path, batch_size=4) as fill:
+        assert made == []  # made on first use: after the pre-flight's workers are forked
+        for key, value in [("a", 1), ("b", 2), ("b", 2), ("c", 3), ("d", 4)]:
+            fill(key * 64, np.full((1, 1, 3), value, np.uint8))
+    assert len(made) == 1 and fill.runner is made[0]
+    assert fill.n_computed == 3 and seen == [2, 1]  # a: stored; b twice in one batch
+    fresh = FeatureStore(tmp_path, "k", dim=3)
+    keys = np.array([k * 64 for k in "abcd"])
+    assert not fresh.missing(keys).any()
+    np.testing.assert_array_equal(fresh.get(keys)[:, 0], [1, 2, 3, 4])

@@ -1,6 +1,8 @@
 """Pre-flight: decode every indexed file once, in parallel, before any training starts. Bad files
 are dropped from the index and listed with their reason; good ones get their SHA-256 (used by the
-split and the feature store) and feed a histogram of formats and modes. Never writes to user files.
+split and the feature store) and feed a histogram of formats and modes. The working-size pixels
+can be handed to the caller as they come (`on_decoded`), so a job that needs them (feature
+extraction) does not decode each file a second time. Never writes to user files.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ import dataclasses
 import faulthandler
 import hashlib
 import os
-from collections import Counter
+from collections import Counter, deque
+from typing import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from imagefit.data.images import DEFAULT_MAX_PIXELS, decode_image, read_file_bytes
+from imagefit.data.images import (DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, decode_image,
+                                  read_file_bytes)
 from imagefit.data.index import BadFile, ImageIndex
 from imagefit.errors import DatasetError, ImageLoadError
 from imagefit.progress import progress_bar
@@ -24,6 +28,7 @@ from imagefit.progress import progress_bar
 # Below this many files a process pool costs more than it saves.
 _POOL_MIN_FILES = 256
 _CHUNK = 32  # files a worker takes at a time
+_WINDOW_CHUNKS = 2  # chunks per worker submitted at a time: bounds the results held in memory
 # A file that takes a pre-flight process longer than this is taken for a hung decoder.
 HANG_SECONDS = 60.0
 _DEVNULL = None  # where a hung worker's traceback dump goes
@@ -53,7 +58,9 @@ class PreflightResult:
 
 
 def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int | None = None,
-              max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> PreflightResult:
+              max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+              on_decoded: Callable[[str, np.ndarray], None] | None = None,
+              background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> PreflightResult:
     """Fully decode every file of `index` once; drop and report the ones that fail.
 
     Args:
@@ -62,22 +69,34 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
         workers: decoding processes (default: all cores).
         max_pixels: pixel cap for decompression bombs.
         progress: show a progress bar.
+        on_decoded: called in this process with (SHA-256, uint8 image at `image_size`) for
+            each decodable file, as results come in (in no promised order); with it the
+            results held in memory stay bounded by a few chunks per worker.
+        background: what transparent pixels are composited over (for `on_decoded`).
 
     Returns:
         A `PreflightResult` whose index has the `sha256` column and only decodable files; its
         `bad_files` include the ones the scan already rejected.
     """
+    if on_decoded is not None and image_size is None:
+        raise ValueError("on_decoded needs an image_size")
     paths = index.paths.tolist()
-    jobs = [(p, image_size, max_pixels) for p in paths]
+    keep_pixels = on_decoded is not None
+    jobs = [(p, image_size, max_pixels, background, keep_pixels) for p in paths]
     workers = workers or os.cpu_count() or 1
     bar = progress_bar(total=len(paths), desc="Checking images", unit="img", enabled=progress)
+
+    def taken(result):  # hands the pixels over; what is kept is the small part
+        bar.update()
+        if isinstance(result, BadFile) or not keep_pixels:
+            return result
+        on_decoded(result[0], result[-1])
+        return result[:-1]
+
     if workers > 1 and len(paths) >= _POOL_MIN_FILES:
-        results = _check_in_processes(jobs, workers, bar)
+        results = _check_in_processes(jobs, workers, taken)
     else:
-        results = []
-        for job in jobs:
-            results.append(_check_file(job))
-            bar.update()
+        results = [taken(_check_file(job)) for job in jobs]
     bar.close()
     bad = list(index.report.bad_files)
     out = PreflightResult(index, bad)
@@ -143,48 +162,60 @@ def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
     return kept.with_classes(keep_classes)
 
 
-def _check_in_processes(jobs: list, workers: int, bar) -> list:
-    """`_check_file` over `jobs` in a process pool. A file that crashes or hangs its decoder
-    process (a segfault in a C library, the out-of-memory killer, an endless loop) is listed
-    as bad instead of ending or stalling the run: after a crash, the files that were in
-    flight are checked one at a time, so the one that crashes again is named; then the pool
-    goes on with the rest."""
+def _check_in_processes(jobs: list, workers: int, taken: Callable) -> list:
+    """`_check_file` over `jobs` in a process pool, each result passed through `taken` as it
+    comes. A file that crashes or hangs its decoder process (a segfault in a C library, the
+    out-of-memory killer, an endless loop) is listed as bad instead of ending or stalling the
+    run: after a crash, the files that were in flight are checked one at a time, so the one
+    that crashes again is named; then the pool goes on with the rest. Jobs are submitted a
+    window at a time, the next one while this one is collected: workers never wait, and
+    results (pixels, with `on_decoded`) never pile up faster than they are taken."""
     results: list = [None] * len(jobs)
     todo = list(range(len(jobs)))
+    window = workers * _CHUNK * _WINDOW_CHUNKS
     while todo:
         try:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                rows = [jobs[i] for i in todo]
-                checked = pool.map(_check_file_in_worker, rows, chunksize=_CHUNK)
-                for row, result in zip(todo, checked):
-                    results[row] = result
-                    bar.update()
+                in_flight: deque = deque()
+                for start in range(0, len(todo), window):
+                    rows = todo[start:start + window]
+                    in_flight.append((rows, pool.map(_check_file_in_worker,
+                                                     [jobs[i] for i in rows],
+                                                     chunksize=_CHUNK)))
+                    if len(in_flight) > 1:
+                        _collect(*in_flight.popleft(), results, taken)
+                while in_flight:
+                    _collect(*in_flight.popleft(), results, taken)
         except BrokenProcessPool:
             todo = [i for i in todo if results[i] is None]
             # Results come back in order: what was in flight is among the first unfinished.
-            _check_one_by_one(todo[:(workers + 2) * _CHUNK], jobs, results, bar)
+            _check_one_by_one(todo[:(workers + 2) * _CHUNK], jobs, results, taken)
         todo = [i for i in todo if results[i] is None]
     return results
 
 
-def _check_one_by_one(rows: list[int], jobs: list, results: list, bar) -> None:
+def _collect(rows: list[int], checked, results: list, taken: Callable) -> None:
+    for row, result in zip(rows, checked):
+        results[row] = taken(result)
+
+
+def _check_one_by_one(rows: list[int], jobs: list, results: list, taken: Callable) -> None:
     """Each file in turn in a process of its own making: if it dies, that file killed it."""
     pool = ProcessPoolExecutor(max_workers=1)
     try:
         for row in rows:
             try:
-                results[row] = pool.submit(_check_file_in_worker, jobs[row]).result()
+                results[row] = taken(pool.submit(_check_file_in_worker, jobs[row]).result())
             except BrokenProcessPool:
-                results[row] = BadFile(jobs[row][0], "corrupt", "the decoder crashed or hung "
-                                       "on this file (its process died)")
+                results[row] = taken(BadFile(jobs[row][0], "corrupt", "the decoder crashed or "
+                                             "hung on this file (its process died)"))
                 pool.shutdown(wait=False)
                 pool = ProcessPoolExecutor(max_workers=1)
-            bar.update()
     finally:
         pool.shutdown()
 
 
-def _check_file_in_worker(job: tuple[str, int | None, int]):
+def _check_file_in_worker(job: tuple):
     """`_check_file` in a pre-flight process, which ends itself if the file takes longer than
     HANG_SECONDS (a decoder stuck in C cannot be interrupted otherwise); the pool then names
     the file."""
@@ -198,12 +229,12 @@ def _check_file_in_worker(job: tuple[str, int | None, int]):
         faulthandler.cancel_dump_traceback_later()
 
 
-def _check_file(job: tuple[str, int | None, int]):
-    path, size, max_pixels = job
+def _check_file(job: tuple):
+    path, size, max_pixels, background, keep_pixels = job
     try:
         data = read_file_bytes(path)
-        _, info = decode_image(data, size, max_pixels=max_pixels)
+        pixels, info = decode_image(data, size, max_pixels=max_pixels, background=background)
     except ImageLoadError as exc:
         return BadFile(path, exc.reason, exc.message)
     return (hashlib.sha256(data).hexdigest(), info.format, info.mode, info.n_frames,
-            info.exif_rotated, (info.width, info.height))
+            info.exif_rotated, (info.width, info.height)) + ((pixels,) if keep_pixels else ())

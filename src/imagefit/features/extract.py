@@ -6,6 +6,7 @@ PyTorch on a GPU or where ONNX Runtime is missing. Memory stays bounded by one b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -15,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -341,6 +342,86 @@ class FlipViews:
         return np.concatenate([self.runner(v) for v in views], axis=1)
 
 
+class StoreFiller:
+    """Fills a runner's feature store from images decoded elsewhere (the pre-flight decodes
+    every file anyway): call it with (key, uint8 image) per file; rows are batched through the
+    runner and stored, rows already stored are skipped, leaving the block commits the rest.
+    `compute_features` then finds them stored and decodes nothing: a cold run decodes each
+    file once. A row that could not be stored (non-finite, a cache that refuses writes) is
+    simply computed there, from its file.
+
+    The runner is made on first use (`make_runner`), so that the pre-flight's decoding
+    processes are forked before the backbone and its runtime exist (lean, fork-safe workers),
+    and the backbone is built while they decode.
+
+    Example:
+        >>> with StoreFiller(make_runner, cache_dir) as fill:     # doctest: +SKIP
+        ...     checked = preflight(index, image_size=size, on_decoded=fill)
+        >>> runner, store = fill.runner, fill.store               # doctest: +SKIP
+    """
+
+    def __init__(self, make_runner: Callable[[], BackboneRunner], cache_dir: str | Path,
+                 batch_size: int = 64):
+        self.make_runner, self.cache_dir, self.batch_size = make_runner, cache_dir, batch_size
+        self.keys: list[str] = []
+        self.images: list[np.ndarray] = []
+        self._runner = self.store = self.writer = None
+        self.refused = False
+        self.n_computed = 0
+
+    @property
+    def runner(self) -> BackboneRunner:
+        """The runner (made now if no image came), its `store` and a writer beside it."""
+        if self._runner is None:
+            self._runner = self.make_runner()
+            self.store = self._runner.store(self.cache_dir)
+            self.writer = self.store.writer()
+        return self._runner
+
+    def __call__(self, key: str, image: np.ndarray) -> None:
+        self.keys.append(key)
+        self.images.append(image)
+        if len(self.keys) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Compute and buffer the rows of the images held (committed in store chunks)."""
+        keys, images = self.keys, self.images
+        self.keys, self.images = [], []
+        if not keys or self.refused:
+            return
+        runner = self.runner
+        unique, first = np.unique(np.array(keys), return_index=True)
+        with self._unless_the_cache_refuses():
+            todo = first[self.store.missing(unique)]
+            if len(todo):
+                feats = runner(np.stack([images[i] for i in todo]))
+                finite = np.isfinite(feats).reshape(len(feats), -1).all(axis=1)
+                self.writer.add([keys[i] for i in todo[finite]], feats[finite])
+                self.n_computed += len(todo)
+
+    @contextlib.contextmanager
+    def _unless_the_cache_refuses(self):
+        try:
+            yield
+        except (CacheError, OSError) as exc:  # the rows are computed later, from the files
+            log.warning("Could not store features while checking the images (%s); they are "
+                        "computed afterwards", exc)
+            self.refused = True
+
+    def __enter__(self) -> "StoreFiller":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:  # rows computed before an error are still good: keep them
+            if self.writer is not None and not self.refused:
+                with self._unless_the_cache_refuses():
+                    self.writer.flush()
+
+
 def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndarray | None = None,
                      store: FeatureStore | None = None, batch_size: int = 64, workers: int = 0,
                      max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
@@ -376,7 +457,7 @@ def compute_features(paths: np.ndarray, runner: BackboneRunner, *, keys: np.ndar
     position = 0
     try:
         batches = iter_image_batches(paths[todo], runner.prep, batch_size=batch_size,
-                                     workers=workers, max_pixels=max_pixels)
+                                     workers=workers, max_pixels=max_pixels) if len(todo) else ()
         for images, batch_errors in batches:
             rows = todo[position:position + len(images)]
             position += len(images)

@@ -1,6 +1,8 @@
 """`imagefit features`: dataset-level feature extraction: scan, pre-flight, then stream the
 backbone's features into `features.npy` through a memory map, reusing and filling the feature
-store. Memory stays bounded by one batch plus one store chunk, whatever the number of images.
+store. The pre-flight hands each image it decodes to the backbone (`StoreFiller`), so each file
+is decoded once. Memory stays bounded by a few batches plus one store chunk, whatever the
+number of images.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from imagefit.data.audit import preflight
 from imagefit.data.sources import open_dataset
-from imagefit.features.extract import BackboneRunner, compute_features
+from imagefit.features.extract import BackboneRunner, StoreFiller, compute_features
 from imagefit._fileio import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
 from imagefit.workflows.run_folder import write_bad_files
@@ -45,12 +47,18 @@ def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
         (1000, 1280)
     """
     prep = preprocessing_for(backbone, image_size)
-    checked = preflight(open_dataset(data), image_size=prep.image_size, workers=workers,
-                        progress=progress)
-    index = checked.index
-    runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size, weights=weights),
-                            prep, device=resolve_device(device), cache_dir=cache_folder(cache_dir))
-    store = runner.store(cache_folder(cache_dir))
+    device, cache = resolve_device(device), cache_folder(cache_dir)
+    scanned = open_dataset(data)
+
+    def make_runner() -> BackboneRunner:
+        return BackboneRunner(create_backbone(backbone, image_size=prep.image_size,
+                                              weights=weights), prep, device=device,
+                              cache_dir=cache)
+
+    with StoreFiller(make_runner, cache, batch_size) as fill:
+        checked = preflight(scanned, image_size=prep.image_size, workers=workers,
+                            progress=progress, on_decoded=fill, background=prep.background)
+    index, runner, store = checked.index, fill.runner, fill.store
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_path = out_dir / "features.npy"
@@ -69,4 +77,5 @@ def extract_dataset_features(data: str | os.PathLike, out: str | os.PathLike, *,
         writer.writerows(zip(index.paths, index.label_names()))
     bad = checked.bad_files + result.failed
     write_bad_files(bad, out_dir / "bad_files.csv")  # the run folder's format
-    return FeatureFiles(out_dir, features_path, len(index), runner.dim, result.n_computed, len(bad))
+    return FeatureFiles(out_dir, features_path, len(index), runner.dim,
+                        fill.n_computed + result.n_computed, len(bad))

@@ -6,6 +6,7 @@ Reads the dataset only; the embeddings it computes land in the feature store for
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from imagefit.evaluation.issues import (
     group_pairs,
     near_duplicate_pairs,
 )
-from imagefit.features.extract import BackboneRunner, compute_features
+from imagefit.features.extract import BackboneRunner, StoreFiller, compute_features
 from imagefit._fileio import cache_folder
 from imagefit.models.backbones import create_backbone, preprocessing_for, resolve_device
 
@@ -54,8 +55,16 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
     """
     index = open_dataset(data)
     prep = preprocessing_for(backbone, image_size)
-    checked = preflight(index, image_size=prep.image_size, workers=workers,
-                        max_pixels=max_pixels, progress=progress)
+    device = resolve_device(device)
+    fill = StoreFiller(lambda: BackboneRunner(create_backbone(backbone,
+                                                              image_size=prep.image_size),
+                                              prep, device=device, cache_dir=cache_folder()),
+                       cache_folder())
+    near = near and len(index) > 1
+    with fill if near else contextlib.nullcontext():  # embeddings from the pre-flight's pixels
+        checked = preflight(index, image_size=prep.image_size, workers=workers,
+                            max_pixels=max_pixels, progress=progress,
+                            on_decoded=fill if near else None, background=prep.background)
     good = checked.index
     counts = good.counts()
     hashes = good.sha256
@@ -63,10 +72,8 @@ def inspect_dataset(data: str | os.PathLike, *, near: bool = True,
     subsets = good.subsets if good.subsets is not None else np.full(len(good), "", dtype=str)
     near_pairs = np.zeros((0, 3))
     if near and len(good) > 1:
-        runner = BackboneRunner(create_backbone(backbone, image_size=prep.image_size), prep,
-                                device=resolve_device(device), cache_dir=cache_folder())
-        store = runner.store(cache_folder())
-        result = compute_features(good.paths, runner, keys=hashes, store=store,
+        runner = fill.runner  # made by now, unless no image was decoded
+        result = compute_features(good.paths, runner, keys=hashes, store=fill.store,
                                   workers=workers if workers is not None else 0,
                                   max_pixels=max_pixels, progress=progress)
         rows = np.flatnonzero(result.ok)
