@@ -560,3 +560,55 @@ def test_a_warm_cache_does_not_change_the_model(data, tmp_path):
     assert [r["train_loss"] for r in warm.history_] == [r["train_loss"] for r in cold.history_]
     np.testing.assert_array_equal(warm.predict_proba(index.paths[:4]),
                                   cold.predict_proba(index.paths[:4]))
+
+
+@pytest.mark.parametrize("finetune_bacc, kept", [
+    (0.80, "probe"),      # 0.10 below on 400 images: more than two standard errors (0.04)
+    (0.87, "finetune"),   # 0.03 below: within the noise of 400 images
+    (0.95, "finetune")])
+def test_finetune_ships_the_probe_only_when_it_is_clearly_better(monkeypatch, caplog,
+                                                                finetune_bacc, kept):
+    """Fine-tuning can wreck a small set's features and end clearly worse on validation than
+    the frozen probe it started from; the model kept is then the probe's (weights restored,
+    its validation logits for calibration, the whole history kept, `best_stage` saying so).
+    A difference within the validation set's noise keeps the fine-tuned model."""
+    from types import SimpleNamespace
+
+    from imagefit.models.net import ImageClassifierNet
+    from imagefit.train.stages import StageResult, run_stages
+
+    net = ImageClassifierNet(create_backbone("simple_cnn", image_size=32, pretrained=False), 2)
+    val = np.arange(400)
+
+    def probe_stage(net, train, val, ctx, loop):
+        with torch.no_grad():
+            net.head[1].weight.fill_(1.0)
+        row = {"epoch": 1, "stage": "probe", "val_balanced_accuracy": 0.90, "val_loss": 0.3}
+        return StageResult([row], 1, val, np.zeros((400, 2)), 10)
+
+    def image_stage(net, train, val, ctx):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(2.0)
+        row = {"epoch": 3, "stage": "finetune", "val_balanced_accuracy": finetune_bacc,
+               "val_loss": 0.3}
+        return StageResult([row], 3, val, np.ones((400, 2)), 10, 2, "finetune")
+
+    monkeypatch.setattr(stages_module, "probe_stage", probe_stage)
+    monkeypatch.setattr(stages_module, "image_stage", image_stage)
+    ctx = SimpleNamespace(settings=SimpleNamespace(mode="finetune"), budget_left=lambda: None)
+    before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        result = run_stages(net, None, val, ctx)
+    assert [r["stage"] for r in result.history] == ["probe", "finetune"]
+    assert result.summary()["best_stage"] == kept
+    if kept == "probe":
+        assert result.best_epoch == 1 and result.unfreeze is None
+        assert (result.val_logits == 0).all()
+        assert (net.head[1].weight == 1.0).all()
+        assert all(torch.equal(v, before[k]) for k, v in net.backbone.state_dict().items())
+        assert "keeping the probe's model" in caplog.text
+    else:
+        assert result.best_epoch == 3 and result.unfreeze == 2
+        assert (net.head[1].weight == 2.0).all()
+        assert "keeping the probe" not in caplog.text

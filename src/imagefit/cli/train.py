@@ -156,8 +156,10 @@ def resume_command(argv: list[str] | None, out: str, world_size: int = 1) -> str
 
 def report(result, echo) -> None:
     clf = result.classifier
-    echo(f"Mode: {clf.mode_}; balance: {clf.balance_}; best epoch {clf.best_epoch_}; "
-         f"temperature {clf.temperature_:.3f}.")
+    stage = clf.training_.get("best_stage")
+    echo(f"Mode: {clf.mode_}; balance: {clf.balance_}; best epoch {clf.best_epoch_}"
+         + (f" of {stage}" if stage and stage != clf.mode_ else "")
+         + f"; temperature {clf.temperature_:.3f}.")
     echo("Validation metrics:")
     echo(format_per_class_table(result.evaluation.metrics))
     echo(f"Model:   {result.model_dir}")

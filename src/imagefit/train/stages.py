@@ -6,8 +6,12 @@ torchrun context, checkpoints, the bad files found on the way) and return a `Sta
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,6 +45,8 @@ from imagefit.train.finetune import (
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
 from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size
 
+log = logging.getLogger(__name__)
+
 # Parameters that do not change what a run computes: left out of the checkpoint fingerprint.
 _NOT_FINGERPRINTED = {"verbose", "workers", "cache_dir", "resume", "time_budget",
                       "checkpoint_dir", "device"}
@@ -56,12 +62,21 @@ class StageResult:
     val_logits: np.ndarray      # uncalibrated logits of the best epoch, rows of `val_index`
     n_train: int
     unfreeze: int | None = None
+    stage: str = "probe"        # the stage whose best epoch is the model kept
 
     def summary(self) -> dict:
         """What model.json keeps of the run ("training")."""
         return {"history": self.history, "best_epoch": int(self.best_epoch),
-                "unfreeze": self.unfreeze, "n_train": int(self.n_train),
-                "n_val": len(self.val_index)}
+                "best_stage": self.stage, "unfreeze": self.unfreeze,
+                "n_train": int(self.n_train), "n_val": len(self.val_index)}
+
+    def best_score(self) -> tuple[float, float] | None:
+        """The kept epoch's (validation balanced accuracy, -loss), as the loop ranks epochs;
+        None without a usable validation set."""
+        rows = [r for r in self.history if r.get("stage") == self.stage]
+        scores = [(r["val_balanced_accuracy"], -r["val_loss"]) for r in rows]
+        finite = [sc for sc in scores if all(np.isfinite(sc))]
+        return max(finite) if finite and len(self.val_index) else None
 
 
 @dataclass
@@ -221,10 +236,28 @@ def run_stages(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
                              LoopSettings(epochs, lr, patience, "probe",
                                           time_budget_s=ctx.budget_left()))
     if mode in ("finetune", "scratch"):
-        earlier = result.history if result is not None else []
+        probe = result
+        probe_state = copy.deepcopy(net.state_dict()) if probe else None
         result = image_stage(net, train, val, ctx)
-        result.history = earlier + result.history
+        probe_score, score = (probe.best_score(), result.best_score()) if probe else (None, None)
+        result.history = (probe.history if probe else []) + result.history
+        if probe_score is not None and score is not None and _clearly_better(
+                probe_score[0], score[0], len(result.val_index)):
+            log.warning("Fine-tuning ended clearly worse than the probe on validation (balanced "
+                        "accuracy %.3f vs %.3f, %d images): keeping the probe's model.",
+                        score[0], probe_score[0], len(result.val_index))
+            net.load_state_dict(probe_state)
+            result = dataclasses.replace(probe, history=result.history)
     return result
+
+
+def _clearly_better(a: float, b: float, n: int) -> bool:
+    """Is accuracy `a` better than `b` by more than two standard errors of an accuracy
+    estimated on `n` images? Fine-tuning can wreck a small set's features (and then the
+    frozen probe it started from is shipped), but a difference within the noise of a small
+    validation set is no reason to drop it: each stage's best epoch is already the best of
+    many noisy evaluations."""
+    return a - b > 2.0 * math.sqrt(max(b * (1.0 - b), 1e-3) / max(n, 1))
 
 
 def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx: RunContext,
@@ -325,4 +358,4 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
                         batch_files=ctx.batch_files(train, draws), progress=ctx.progress))
     with torch.no_grad():
         logits = val_logits().numpy()
-    return StageResult(history, best_epoch, val, logits, len(train), unfreeze)
+    return StageResult(history, best_epoch, val, logits, len(train), unfreeze, s.mode)

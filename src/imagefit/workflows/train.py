@@ -206,6 +206,7 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier) -> dict:
                                              zip(clf.classes_, s.class_weight)},
                             "temperature": round(float(clf.temperature_), 6),
                             "best_epoch": int(clf.best_epoch_),
+                            "best_stage": clf.training_.get("best_stage"),
                             "n_train": int(clf.n_train_), "n_val": int(clf.n_val_)}
     return resolved
 
