@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imagefit.cli.cache import add_limit_option
 from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
 from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
@@ -34,6 +35,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--report", metavar="DIR", help="also build the HTML report of RUN on DATA "
                    "into DIR (a run folder's report includes label issues and duplicates)")
     add_source_options(p)
+    add_limit_option(p)
     p.set_defaults(handler=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.cli.cache import add_limit_option
 from imagefit.cli.source import add_source_options, open_data
 from imagefit.data.index import refuse_output_inside
 from imagefit._fileio import check_output_folder
@@ -32,6 +33,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="image-decoding processes")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_source_options(p)
+    add_limit_option(p)
     p.set_defaults(handler=run)
 
 

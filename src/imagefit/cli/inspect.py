@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imagefit.cli.cache import add_limit_option
 from imagefit.cli.source import add_source_options, open_data
 from imagefit.progress import printable
 
@@ -32,6 +33,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images, as "
                    "train --max-pixels does (default 89,478,485)")
     add_source_options(p)
+    add_limit_option(p)
     p.set_defaults(handler=run)
 
 

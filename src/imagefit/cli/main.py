@@ -19,8 +19,8 @@ import traceback
 from typing import Iterator
 
 from imagefit._version import __version__
-from imagefit.cli import (augment, benchmark, demo, evaluate, explain, export, features, inspect,
-                          predict, report, serve, train)
+from imagefit.cli import (augment, benchmark, cache, demo, evaluate, explain, export, features,
+                          inspect, predict, report, serve, train)
 from imagefit.errors import ImagefitError, TrainingInterrupted
 from imagefit.progress import printable
 from imagefit.train.interrupt import sigterm_as_interrupt
@@ -31,7 +31,7 @@ OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
                  errno.EFBIG}
 
 COMMANDS = (train, evaluate, predict, inspect, features, report, augment, explain, export,
-            serve, benchmark, demo)
+            serve, benchmark, cache, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the resume hint
+    cache.apply_limit_option(args)
     try:
         with sigterm_as_interrupt(), messages(quiet=args.quiet):
             return int(args.handler(args) or 0)

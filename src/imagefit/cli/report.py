@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from imagefit.cli.cache import add_limit_option
 from imagefit.data.index import refuse_output_inside
 from imagefit.cli.source import add_source_options, open_test_data
 
@@ -27,6 +28,7 @@ def add_parser(sub, common) -> None:
                    "instead of the validation split")
     p.add_argument("--out", metavar="DIR", help="report folder (default RUN/report)")
     add_source_options(p)
+    add_limit_option(p)
     p.set_defaults(handler=run)
 
 

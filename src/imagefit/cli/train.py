@@ -7,6 +7,7 @@ import dataclasses
 import shlex
 import sys
 
+from imagefit.cli.cache import add_limit_option
 from imagefit.config import MODES, TrainConfig
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.cli.source import DATA_HELP, add_source_options, source_values
@@ -86,6 +87,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--strict", action="store_true", default=None,
                    help="stop before training (exit 3) if any file cannot be used")
     add_source_options(p)
+    add_limit_option(p)
     p.set_defaults(handler=run)
 
 

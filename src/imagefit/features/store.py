@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from imagefit._fileio import atomic_write_bytes, owner_tag, remove_orphans
+from imagefit.features import cache
 from imagefit.errors import CacheError
 
 CHUNK_ROWS = 4096
@@ -52,6 +53,7 @@ class FeatureStore:
     def locations(self) -> "KeyIndex":
         """Where each content hash's row lives, read from the chunk records (once)."""
         if self._locations is None:
+            cache.hold(self.folder)  # before listing: a prune never takes what this run lists
             index = KeyIndex()
             unreadable = []
             for record in sorted(self.folder.glob("chunk-*.json")):
@@ -133,6 +135,8 @@ class FeatureStore:
                 self._discard(name)
                 raise CacheError(f"feature chunk {name} failed validation and was removed; "
                                  f"its rows will be recomputed")
+            cache.touch(record)  # its last use, for pruning least recently used chunks
+            cache.hold(self.folder)
             self._arrays[name] = array
         return self._arrays[name]
 
@@ -147,6 +151,7 @@ class FeatureStore:
 
     def _commit(self, keys: list[str], rows: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        cache.hold(self.folder)
         name = f"chunk-{owner_tag()}-{uuid.uuid4().hex[:16]}"
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         buffer = io.BytesIO()
@@ -157,6 +162,7 @@ class FeatureStore:
         atomic_write_bytes(self.folder / f"{name}.json", json.dumps(meta).encode())
         if self._locations is not None:
             self._locations.add(name, keys)
+        cache.enforce_limit(self.folder.parent.parent)  # $IMAGEFIT_CACHE_MAX_GB, if set
 
 
 class KeyIndex:
