@@ -71,7 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variant", choices=("balanced", "imbalanced", "scratch"))
-    ap.add_argument("--image-size", type=int, default=192)
+    ap.add_argument("--image-size", type=int, help="default: the backbone's own (224), as "
+                    "`imagefit train` with no options")
     ap.add_argument("--time-budget", type=float, default=15.0, help="minutes per fine-tune run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--augment", default="auto", help="augmentation of the fine-tune and "
@@ -90,7 +91,7 @@ def main() -> None:
         size = 32 if args.variant == "scratch" else size
         print(f"Fashion-MNIST {args.variant}: {sum(counts):,} training images "
               f"({'/'.join(map(str, sorted(set(counts))))} per class), 10,000 test images, "
-              f"{size} px, 2 threads")
+              f"{size or 'default'} px, 2 threads")
         common = dict(image_size=size, seed=args.seed)
         if args.variant == "balanced":
             rows = [run("probe (frozen features + head)", train, test, tmp, mode="probe", **common),

@@ -313,3 +313,23 @@ def test_fit_on_a_split_index_runs_the_preflight(dataset, monkeypatch):
     assert pre.checked
     _fast(epochs=1).fit(*pre.split(0.2, seed=0))
     assert checked == []
+
+
+def test_a_probe_on_features_streamed_from_the_store_trains_as_one_held_in_memory(
+        dataset, monkeypatch):
+    """Past IN_MEMORY_FEATURES the probe reads its rows from the feature store a window at a
+    time instead of gathering them: the same rows in the same order, so the same head."""
+    from imagefit.train import stages
+
+    def fit():
+        return ImageClassifier(mode="probe", image_size=TEST_IMAGE_SIZE, epochs=5,
+                               time_budget="none", workers=0).fit(imagefit.scan_folder(dataset))
+
+    held = fit()
+    monkeypatch.setattr(stages, "IN_MEMORY_FEATURES", 0)
+    monkeypatch.setattr(stages, "WINDOW_ROWS", 20)  # windows of one batch; validation in 20s
+    streamed = fit()
+    for a, b in zip(held.net_.head.parameters(), streamed.net_.head.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose([r["val_loss"] for r in held.history_],
+                               [r["val_loss"] for r in streamed.history_], atol=1e-5)

@@ -441,3 +441,19 @@ def test_store_filler_stores_each_new_key_once(tmp_path):
     keys = np.array([k * 64 for k in "abcd"])
     assert not fresh.missing(keys).any()
     np.testing.assert_array_equal(fresh.get(keys)[:, 0], [1, 2, 3, 4])
+
+
+def test_stored_rows_gather_what_get_gives_without_keeping_chunks_mapped(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=3)
+    keys = np.array([hashlib.sha256(str(i).encode()).hexdigest() for i in range(10)])
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    with store.writer() as writer:  # three chunks
+        for part in np.array_split(np.arange(10), 3):
+            writer.add(list(keys[part]), values[part])
+            writer.flush()
+    rows = FeatureStore(tmp_path, "k", dim=3).rows(keys[::-1])
+    assert rows.shape == (10, 3) and len(rows) == 10 and rows.dtype == np.float32
+    idx = np.array([0, 9, 0, 4, 5])
+    np.testing.assert_array_equal(rows[idx], values[::-1][idx])
+    np.testing.assert_array_equal(rows[2:5], values[::-1][2:5])
+    np.testing.assert_array_equal(rows[np.array([], int)], np.zeros((0, 3), np.float32))

@@ -92,9 +92,16 @@ class FeatureStore:
         """Where each key's row lives, as arrays (cheap to hand to DataLoader workers): chunk
         files, and per key the chunk number and the row. All keys must be present."""
         names, chunk, row = self._where(keys)
-        for name in names:
-            self._chunk(name)  # validate once here, not in every worker
+        for name in names:  # validated once here, not in every worker; not kept mapped (a
+            mapped = name in self._arrays  # mapping's pages would count in this process)
+            self._chunk(name)
+            if not mapped:
+                del self._arrays[name]
         return [self.folder / f"{n}.npy" for n in names], chunk, row.astype(np.int64)
+
+    def rows(self, keys) -> "StoredRows":
+        """The rows of `keys` (all present) as an array-like read a request at a time."""
+        return StoredRows(self, keys)
 
     def _where(self, keys) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(the chunks holding `keys`, per key the number of its chunk among them, its row)."""
@@ -163,6 +170,42 @@ class FeatureStore:
         if self._locations is not None:
             self._locations.add(name, keys)
         cache.enforce_limit(self.folder.parent.parent)  # $IMAGEFIT_CACHE_MAX_GB, if set
+
+
+class StoredRows:
+    """A store's rows for `keys` as a read-only (N, *row_shape) array-like that is never held
+    whole in memory: `rows[idx]` gathers the rows asked for from the chunk files, each mapped
+    only during the gather, so memory stays that of one request (the system's page cache
+    aside). Ask for many rows at a time (a window of batches): each request opens every chunk
+    it touches.
+
+    Example:
+        >>> rows = store.rows(index.sha256)          # doctest: +SKIP
+        >>> rows[np.array([5, 0, 5])].shape          # doctest: +SKIP
+        (3, 1280)
+    """
+
+    def __init__(self, store: FeatureStore, keys):
+        self.files, self.chunk, self.row = store.resolve(keys)
+        self.shape = (len(self.chunk), *store.row_shape)
+        self.dtype = store.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        idx = idx.reshape(-1)
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        chunk, row = self.chunk[idx], self.row[idx]
+        order = np.argsort(chunk, kind="stable")
+        bounds = np.searchsorted(chunk[order], np.arange(len(self.files) + 1))
+        for number in np.flatnonzero(np.diff(bounds)):
+            dst = order[bounds[number]:bounds[number + 1]]
+            array = np.load(self.files[number], mmap_mode="r", allow_pickle=False)
+            out[dst] = array[row[dst]]
+            del array  # unmapped: its pages no longer count here
+        return out
 
 
 class KeyIndex:

@@ -46,6 +46,9 @@ from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
 from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size
 
 log = logging.getLogger(__name__)
+# Probe features past this many bytes are read from the store a window at a time (StoredRows).
+IN_MEMORY_FEATURES = 1 << 30
+WINDOW_ROWS = 16384  # rows gathered at a time: batches of one window, validation in windows
 
 # Parameters that do not change what a run computes: left out of the checkpoint fingerprint.
 _NOT_FINGERPRINTED = {"verbose", "workers", "cache_dir", "resume", "time_budget",
@@ -119,19 +122,30 @@ class RunContext:
         """(rows, the index of the rows that could be computed)."""
         self.fill_shard(index, runner, store)
         result = self.compute(index, runner, store, progress=self.progress)
+        if result.ok.all():
+            return result.features, index
         return result.features[result.ok], index.take(result.ok)
 
-    def fill_cache(self, index: ImageIndex, decode: DecodeRunner,
-                   images: FeatureStore) -> ImageIndex:
-        """Decode only what the cache lacks, a chunk at a time (memory stays bounded)."""
-        self.fill_shard(index, decode, images)
-        todo = np.flatnonzero(images.missing(index.sha256))
+    def feature_rows(self, index: ImageIndex, runner, store: FeatureStore):
+        """`features`, except that rows past IN_MEMORY_FEATURES bytes stay in the store:
+        `StoredRows`, read a window at a time, never gathered whole."""
+        if len(index) * runner.dim * 4 <= IN_MEMORY_FEATURES:
+            return self.features(index, runner, store)
+        index = self.fill_store(index, runner, store, "Extracting features")
+        return store.rows(index.sha256), index
+
+    def fill_store(self, index: ImageIndex, runner, store: FeatureStore,
+                   desc: str = "Decoding images") -> ImageIndex:
+        """Compute only what the store lacks, a chunk at a time (memory stays bounded); the
+        index of the rows that could be computed."""
+        self.fill_shard(index, runner, store)
+        todo = np.flatnonzero(store.missing(index.sha256))
         ok = np.ones(len(index), bool)
-        with progress_bar(total=len(todo), desc="Decoding images", unit="img",
-                          enabled=self.progress) as bar:
+        with progress_bar(total=len(todo), desc=desc, unit="img",
+                          enabled=self.progress and len(todo) > 0) as bar:
             for start in range(0, len(todo), 2048):
                 rows = todo[start:start + 2048]
-                ok[rows] = self.compute(index.take(rows), decode, images, bar=bar).ok
+                ok[rows] = self.compute(index.take(rows), runner, store, bar=bar).ok
         return index if ok.all() else index.take(ok)
 
     def fill_shard(self, index: ImageIndex, runner, store: FeatureStore) -> None:
@@ -268,27 +282,37 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
                             cache_dir=s.cache_folder())
     store = runner.store(s.cache_folder())
     store.clean_stale_temp_files()
-    x_train, train = ctx.features(train, runner, store)
-    x_val, val = ctx.features(val, runner, store)
+    x_train, train = ctx.feature_rows(train, runner, store)
+    x_val, val = ctx.feature_rows(val, runner, store)
     head = net.head
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(train.labels)
-    xv = torch.from_numpy(x_val)
+    yt = torch.from_numpy(train.labels)
     # Head training on features is cheap: every rank runs all of it, identically.
     draws = ctx.draws(train.labels, shard=False)
-    batches = lambda epoch, first: ((xt[b], yt[b]) for b in torch.from_numpy(  # noqa: E731
-        draws(epoch)).split(s.batch_size)[first:])
+    window = max(1, WINDOW_ROWS // s.batch_size) * s.batch_size
+
+    def batches(epoch, first):  # rows gathered a window of batches at a time
+        order = torch.from_numpy(draws(epoch)[first * s.batch_size:])
+        for part in order.split(window):
+            x = torch.from_numpy(x_train[part.numpy()])
+            yield from zip(x.split(s.batch_size), yt[part].split(s.batch_size))
+
+    def val_logits():
+        return torch.cat([head(torch.from_numpy(x_val[i:i + WINDOW_ROWS]))
+                          for i in range(0, len(x_val), WINDOW_ROWS)] or
+                         [torch.zeros(0, len(train.classes))])
+
     loop.steps_per_epoch = -(-len(draws(1)) // s.batch_size)
     # Dropout draws from torch's global generator; seed it here so that what ran before
     # (decoding or not, depending on the cache) cannot change the run.
     torch.manual_seed(s.seed)
     history, best_epoch = fit_loop(
-        head, batches, lambda: head(xv), val.labels, len(train.classes), loop,
+        head, batches, val_logits, val.labels, len(train.classes), loop,
         step_settings=ctx.step_settings(),
         hooks=LoopHooks(checkpointer=ctx.checkpointer, batch_files=ctx.batch_files(train, draws),
                         progress=ctx.progress))
     with torch.no_grad():
-        val_logits = head(xv).numpy()
-    return StageResult(history, best_epoch, val, val_logits, len(train))
+        logits = val_logits().numpy()
+    return StageResult(history, best_epoch, val, logits, len(train))
 
 
 def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
@@ -299,7 +323,7 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     decode = DecodeRunner(s.preprocessing, s.max_pixels)
     images = decode.store(s.cache_folder())
     images.clean_stale_temp_files()
-    train = ctx.fill_cache(train, decode, images)
+    train = ctx.fill_store(train, decode, images)
     val_images, val = ctx.features(val, decode, images)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after decoding.")
