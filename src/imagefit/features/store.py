@@ -48,7 +48,7 @@ class FeatureStore:
         row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
         self.chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(row_bytes, 1)))
         self._locations: KeyIndex | None = None
-        self._arrays: dict[str, np.ndarray] = {}
+        self._valid: dict[str, tuple[int, ...]] = {}  # chunks checked, and their shapes
 
     def locations(self) -> "KeyIndex":
         """Where each content hash's row lives, read from the chunk records (once)."""
@@ -92,11 +92,8 @@ class FeatureStore:
         """Where each key's row lives, as arrays (cheap to hand to DataLoader workers): chunk
         files, and per key the chunk number and the row. All keys must be present."""
         names, chunk, row = self._where(keys)
-        for name in names:  # validated once here, not in every worker; not kept mapped (a
-            mapped = name in self._arrays  # mapping's pages would count in this process)
-            self._chunk(name)
-            if not mapped:
-                del self._arrays[name]
+        for name in names:
+            self._chunk(name)  # validated once here, not in every worker
         return [self.folder / f"{n}.npy" for n in names], chunk, row.astype(np.int64)
 
     def rows(self, keys) -> "StoredRows":
@@ -127,25 +124,32 @@ class FeatureStore:
         remove_orphans(list(self.folder.glob(".tmp-*")) + unrecorded)
 
     def _chunk(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            record = self.folder / f"{name}.json"
-            try:
+        """The chunk's rows, memory-mapped for the caller's use only: validated (CRC32) the
+        first time, then checked for shape; never kept mapped here, so the pages a run reads
+        do not pile up in its memory."""
+        path = self.folder / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if name in self._valid:
+                valid = array.shape == self._valid[name] and array.dtype == self.dtype
+            else:
+                record = self.folder / f"{name}.json"
                 meta = json.loads(record.read_text())
-                array = np.load(self.folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
                 valid = (meta.get("format") == _FORMAT and array.dtype == self.dtype
                          and array.shape == (len(meta["keys"]), *self.row_shape)
                          and zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
                          == meta["crc32"])
-            except (OSError, ValueError, KeyError):
-                valid = False
-            if not valid:
-                self._discard(name)
-                raise CacheError(f"feature chunk {name} failed validation and was removed; "
-                                 f"its rows will be recomputed")
-            cache.touch(record)  # its last use, for pruning least recently used chunks
-            cache.hold(self.folder)
-            self._arrays[name] = array
-        return self._arrays[name]
+                if valid:
+                    cache.touch(record)  # its last use, for pruning least recently used chunks
+                    cache.hold(self.folder)
+                    self._valid[name] = array.shape
+        except (OSError, ValueError, KeyError):
+            valid = False
+        if not valid:
+            self._discard(name)
+            raise CacheError(f"feature chunk {name} failed validation and was removed; "
+                             f"its rows will be recomputed")
+        return array
 
     def _discard(self, name: str) -> None:
         for suffix in (".json", ".npy"):
@@ -154,7 +158,7 @@ class FeatureStore:
             except OSError:
                 pass
         self._locations = None
-        self._arrays.pop(name, None)
+        self._valid.pop(name, None)
 
     def _commit(self, keys: list[str], rows: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,9 @@ from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
 from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size
 
 log = logging.getLogger(__name__)
-# Probe features past this many bytes are read from the store a window at a time (StoredRows).
-IN_MEMORY_FEATURES = 1 << 30
+# Probe features past this many bytes (50,000 rows of 1,280) are read from the store a window
+# at a time (StoredRows), never gathered.
+IN_MEMORY_FEATURES = 256_000_000
 WINDOW_ROWS = 16384  # rows gathered at a time: batches of one window, validation in windows
 
 # Parameters that do not change what a run computes: left out of the checkpoint fingerprint.
