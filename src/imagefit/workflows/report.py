@@ -125,7 +125,7 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
         return []
     oof = out_of_fold_probabilities(x[ok], labels, len(clf.classes_), seed=clf.seed,
                                     class_weight=clf.class_weight_,
-                                    dropout=float(clf.net_.head[0].p),
+                                    dropout=float(clf.settings_.dropout),
                                     groups=None if train.groups is None else train.groups[ok])
     found = find_label_issues(labels, oof)
     paths = train.paths[ok]
