@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What bounding the cache costs (issue 14): a cache of S stores x C chunks plus F small files
-of array images; the time of `imagefit cache info`, of a prune with nothing to remove (what
-every chunk a job writes pays under $IMAGEFIT_CACHE_MAX_GB), and of a prune removing half of
-the chunks, least recently used first.
+of array images; the time of `imagefit cache info`, of a prune with nothing to remove (the
+first in a process walks the whole folder; later ones, what every chunk a job writes pays under
+$IMAGEFIT_CACHE_MAX_GB, list the stores only), and of a prune removing half of the chunks,
+least recently used first.
 
     python benchmarks/cache_prune.py [--stores 4] [--chunks 250] [--files 50000]
 """
@@ -57,7 +58,9 @@ def main() -> None:
         print(f"cache info                        {seconds:7.3f} s  ({info['total_bytes']:,} "
               f"bytes)")
         seconds, _ = timed(lambda: cache.prune(root, 10**15))
-        print(f"prune, nothing to remove          {seconds:7.3f} s  (paid per chunk written "
+        print(f"prune, nothing to remove          {seconds:7.3f} s  (the first in a process)")
+        seconds, _ = timed(lambda: cache.prune(root, 10**15))
+        print(f"  again                           {seconds:7.3f} s  (paid per chunk written "
               f"under a bound)")
         half = info["total_bytes"] - sum(s["bytes"] for s in info["stores"]) // 2
         seconds, result = timed(lambda: cache.prune(root, half))

@@ -31,6 +31,7 @@ LIMIT_ENV = "IMAGEFIT_CACHE_MAX_GB"
 STORE_KINDS = ("features", "images")
 _LOCK = ".lock"
 _held: set[Path] = set()
+_OTHER: dict[Path, tuple[float, int]] = {}  # root -> (when, bytes outside the stores)
 
 
 def cache_limit_bytes() -> int | None:
@@ -110,11 +111,12 @@ def prune(cache_dir: str | os.PathLike, max_bytes: int, *, dry_run: bool = False
     """Remove least recently used chunks of stores no running job holds until the whole cache
     folder takes at most `max_bytes` (or no such chunk is left)."""
     root = Path(cache_dir)
-    total = _folder_bytes(root)
     removed = freed = in_use = 0
     candidates = []
+    total = _other_bytes(root)
     for folder in _store_folders(root):
         chunks = _chunks(folder)
+        total += sum(c.bytes for c in chunks)
         if _in_use(folder):
             in_use += sum(c.bytes for c in chunks)
         else:
@@ -191,6 +193,18 @@ def _chunks(folder: Path, *, rows: bool = False) -> list[Chunk]:
             continue  # being written or removed; the store validates what it reads
         out.append(Chunk(folder, record.stem, size, n, stat.st_mtime))
     return out
+
+
+def _other_bytes(root: Path) -> int:
+    """Bytes of the cache outside the stores (ONNX graphs, array images), walked at most once
+    a minute per process: under a bound every chunk written asks, and `arrays/` may hold many
+    thousands of files that change only when a job imports an array file."""
+    now = time.monotonic()
+    seen = _OTHER.get(root)
+    if seen is None or now - seen[0] > 60.0:
+        other = _folder_bytes(root) - sum(_folder_bytes(root / kind) for kind in STORE_KINDS)
+        _OTHER[root] = seen = (now, other)
+    return seen[1]
 
 
 def _folder_bytes(folder: Path) -> int:
