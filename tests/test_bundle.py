@@ -116,8 +116,7 @@ def test_backbone_weights_that_do_not_fit_are_refused_when_the_backbone_is_built
     (explain, export, save, or a prediction with no verified graph)."""
     meta_path = model_copy / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps(dict(meta, image_size=meta["image_size"],
-                                         backbone="simple_cnn",
+    meta_path.write_text(json.dumps(dict(meta, backbone="simple_cnn",
                                          settings=dict(meta["settings"],
                                                        backbone="simple_cnn"))))
     clf = load_model(model_copy)

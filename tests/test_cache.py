@@ -165,11 +165,15 @@ def test_cache_command_refuses_what_does_not_apply(tmp_path, capsys, monkeypatch
     assert message in capsys.readouterr().err
 
 
-def test_cache_max_gb_option_sets_the_bound_for_the_run(tmp_path, monkeypatch):
-    monkeypatch.delenv(cache.LIMIT_ENV, raising=False)
-    with pytest.raises(SystemExit):
-        main(["features", "--help"])
-    assert main(["features", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
-                 "--cache-max-gb", "2.5", "--quiet"]) != 0  # fails on the data, after parsing
+def test_cache_max_gb_option_sets_the_bound_for_the_run(tmp_path, monkeypatch, capsys):
+    """`--cache-max-gb` is the variable, for this process and the workers it starts; a bad
+    value is refused by the parser (exit 2)."""
+    monkeypatch.setenv(cache.LIMIT_ENV, "")  # restored (unset) after the test
+    argv = ["features", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"]
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--cache-max-gb", "0"])
+    assert refused.value.code == 2 and "gigabytes > 0" in capsys.readouterr().err
+    assert os.environ[cache.LIMIT_ENV] == ""
+    assert main([*argv, "--cache-max-gb", "2.5"]) != 0  # fails on the data, after parsing
     assert os.environ[cache.LIMIT_ENV] == "2.5"
-    monkeypatch.delenv(cache.LIMIT_ENV)
+    assert cache.cache_limit_bytes() == 2_500_000_000

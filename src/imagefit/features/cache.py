@@ -219,4 +219,4 @@ def _folder_bytes(folder: Path) -> int:
 def touch(record: Path) -> None:
     """Mark a chunk as used now (its record's modification time)."""
     with contextlib.suppress(OSError):
-        os.utime(record, (time.time(), time.time()))
+        os.utime(record)
