@@ -252,7 +252,7 @@ def test_time_budget_zero_stops_each_stage_after_one_epoch(budget_run, data):
 def test_sampler_is_used_and_stacked_weights_warn(budget_run):
     clf, built, messages, _ = budget_run
     assert clf.balance_ == "sampler"
-    assert len(built) == 2  # the probe's draws and the fine-tuning loader's
+    assert len(built) == 4  # per stage: does an epoch draw a subset?, then its draws
     assert all(len(labels) == clf.n_train_ for labels in built)
     stacked = [m for m in messages if "balance='sampler' with class_weight='balanced'" in m]
     assert len(stacked) == 1

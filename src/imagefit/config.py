@@ -41,6 +41,9 @@ class TrainConfig:
     balance: str = "auto"             # auto | weights | sampler | none (auto: by imbalance ratio)
     class_weight: Any = None          # balanced (default) | effective_number | {class: weight}
     max_per_class: int | None = None  # sampler: at most this many draws per class and epoch
+    epoch_size: int | None = None     # draws per epoch (default: sampler's, or the training set)
+    max_val: Any = "auto"             # validation images used in training: auto | all | N
+    preflight: str = "auto"           # auto | full | lazy | sample:N (auto: full up to 50k)
     logit_adjustment: Any = False     # false, or tau (float) for logit-adjusted loss
     unfreeze: int | None = None       # finetune: top stages to train; default by dataset size
     epochs: int | None = None         # maximum epochs; early stopping on val balanced accuracy
@@ -81,5 +84,6 @@ class TrainConfig:
 
     def estimator_params(self) -> dict:
         """The subset of settings that are `ImageClassifier` parameters."""
-        skip = {"data", "out", "val", "strict", "report"} | {f.name for f in fields(SourceOptions)}
+        skip = ({"data", "out", "val", "strict", "report", "preflight"}
+                | {f.name for f in fields(SourceOptions)})
         return {k: v for k, v in self.to_dict().items() if k not in skip}

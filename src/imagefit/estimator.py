@@ -23,7 +23,6 @@ from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
                                        compute_features, raise_first_failure)
 from imagefit._fileio import cache_folder
-from imagefit.models.backbones import create_backbone
 from imagefit.models.net import ImageClassifierNet, StoredNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
@@ -31,7 +30,8 @@ from imagefit.train import distributed
 from imagefit.train.calibrate import fit_temperature, softmax
 from imagefit.train.settings import (Settings, check_estimator_params, model_metadata,
                                      resolve_settings, settings_from_metadata, workers_for)
-from imagefit.train.stages import RunContext, make_checkpointer, run_stages, training_data
+from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_stages,
+                                   training_data)
 
 
 class ImageClassifier(BaseEstimator):
@@ -53,17 +53,18 @@ class ImageClassifier(BaseEstimator):
             augmented afresh) or "none".
         class_weight: the weights "weights" uses: "balanced" (default), "effective_number",
             or a dict {class: weight}.
-        max_per_class: with the sampler, draw at most this many images per class and epoch.
+        max_per_class, epoch_size: draws per class and epoch (sampler), or per epoch; max_val:
+            validation images used ("auto": 2,000 or 50 a class; "all"; N). Only what is drawn
+            is decoded (README, "Millions of files").
         logit_adjustment: add tau * log(prior) to the logits in the loss (Menon et al. 2021).
         unfreeze: top stages to fine-tune (default by training-set size).
         time_budget: minutes, "auto" (by training-set size on a CPU) or "none"; see README.
         checkpoint_dir, resume: save resumable state there after every epoch; continue from it.
         epochs, lr, dropout, batch_size: training settings (defaults depend on the mode).
-        val_fraction: used when `fit` gets no validation set.
-        seed: seeds the split, initialisation and batch order.
+        val_fraction, seed: used when `fit` gets no validation set; seeds everything.
         device, workers: "auto", "cpu" or "cuda"; decoding processes (default by job size).
-        weights: a `.safetensors` file of backbone weights (for timm models offline).
-        cache_dir: feature and image cache (default `$IMAGEFIT_CACHE` or ~/.cache/imagefit).
+        weights, cache_dir: `.safetensors` backbone weights (timm models offline); feature
+            and image cache (default `$IMAGEFIT_CACHE` or ~/.cache/imagefit).
         max_pixels, verbose: decompression-bomb limit per image; show progress bars.
 
     Fitted attributes: `classes_`, `settings_` (every resolved setting; `mode_`, `balance_`,
@@ -81,6 +82,7 @@ class ImageClassifier(BaseEstimator):
     def __init__(self, backbone: str | None = None, *, mode: str = "auto",
                  image_size: int | None = None, augment="auto", balance: str = "auto",
                  class_weight=None, max_per_class: int | None = None,
+                 epoch_size: int | None = None, max_val: int | str | None = "auto",
                  logit_adjustment: float | bool = False, unfreeze: int | None = None,
                  epochs: int | None = None, batch_size: int = 64, lr: float | None = None,
                  dropout: float | None = None, val_fraction: float = 0.2, seed: int = 0,
@@ -90,9 +92,10 @@ class ImageClassifier(BaseEstimator):
                  resume: bool = False, verbose: bool = False):
         self.backbone, self.mode, self.image_size = backbone, mode, image_size
         self.augment, self.balance, self.class_weight = augment, balance, class_weight
-        self.max_per_class, self.logit_adjustment = max_per_class, logit_adjustment
-        self.unfreeze, self.epochs, self.batch_size = unfreeze, epochs, batch_size
-        self.lr, self.dropout, self.val_fraction, self.seed = lr, dropout, val_fraction, seed
+        self.max_per_class, self.epoch_size, self.max_val = max_per_class, epoch_size, max_val
+        self.logit_adjustment, self.unfreeze, self.epochs = logit_adjustment, unfreeze, epochs
+        self.batch_size, self.lr, self.dropout = batch_size, lr, dropout
+        self.val_fraction, self.seed = val_fraction, seed
         self.device, self.workers, self.weights = device, workers, weights
         self.cache_dir, self.max_pixels, self.time_budget = cache_dir, max_pixels, time_budget
         self.checkpoint_dir, self.resume, self.verbose = checkpoint_dir, resume, verbose
@@ -112,17 +115,14 @@ class ImageClassifier(BaseEstimator):
         seed_everything(self.seed)
         train, val = training_data(X, y, val, params)
         settings = resolve_settings(params, train.counts(), train.classes)
-        backbone = create_backbone(settings.backbone, image_size=settings.image_size,
-                                   pretrained=settings.mode != "scratch", weights=self.weights)
-        net = ImageClassifierNet(backbone, len(train.classes), settings.dropout)
+        net = new_net(settings, len(train.classes))
         dist = distributed.current()
         ctx = RunContext.for_data(settings, dist, train, val, progress=self.verbose)
         ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume, params, settings,
                                              train, val, dist)
         result = run_stages(net, train, val, ctx)
         temperature = fit_temperature(result.val_logits, result.val_index.labels)
-        # The fitted model lives on the CPU, whatever trained it: explain/export/save work.
-        net = net.cpu().eval()
+        net = net.cpu().eval()  # on the CPU, whatever trained it: explain/export/save work
         net.temperature.fill_(temperature)
         self._restore(model_metadata(settings, train.classes, net, temperature,
                                      result.summary()), StoredNet.of(net), settings)

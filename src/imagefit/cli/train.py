@@ -62,7 +62,17 @@ def add_parser(sub, common) -> None:
                    help="how --balance weights are computed (default balanced; a "
                    "{class: weight} mapping can be given in --config)")
     p.add_argument("--max-per-class", type=int, metavar="N", help="sampler: draw at most N "
-                   "images per class and epoch (under-sample huge classes)")
+                   "images per class and epoch (under-sample huge classes; only what is drawn "
+                   "is decoded)")
+    p.add_argument("--epoch-size", type=int, metavar="N", help="draws per epoch (default: "
+                   "the sampler's, or every training image once)")
+    p.add_argument("--max-val", type=_max_val, metavar="N|auto|all", help="validation images "
+                   "used during training, a stratified subset (default auto: 2,000, or 50 per "
+                   "class if more)")
+    p.add_argument("--preflight", metavar="auto|full|lazy|sample:N", help="how files are "
+                   "checked before training: full decodes each; lazy reads and hashes each "
+                   "and decodes it when first drawn; sample:N is lazy plus N decoded up front "
+                   "(default auto: full up to 50,000 files, else sample:1000; --strict: full)")
     p.add_argument("--logit-adjustment", type=float, metavar="TAU", help="logit-adjusted loss "
                    "(Menon et al. 2021) with this tau, e.g. 1.0")
     p.add_argument("--time-budget", type=_time_budget, metavar="MINUTES|auto|none",
@@ -91,6 +101,16 @@ def add_parser(sub, common) -> None:
     p.set_defaults(handler=run)
 
 
+def _max_val(text: str) -> int | str:
+    if text in ("auto", "all"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of images, 'auto' or 'all', got {text!r}") from None
+
+
 def _time_budget(text: str) -> float | str:
     if text in ("auto", "none"):
         return text
@@ -106,9 +126,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
-                "augment", "balance", "class_weight", "max_per_class", "logit_adjustment",
-                "unfreeze", "epochs", "batch_size", "lr", "dropout", "seed", "device", "workers",
-                "max_pixels", "time_budget", "resume", "strict", "report"):
+                "augment", "balance", "class_weight", "max_per_class", "epoch_size", "max_val",
+                "preflight", "logit_adjustment", "unfreeze", "epochs", "batch_size", "lr",
+                "dropout", "seed", "device", "workers", "max_pixels", "time_budget", "resume",
+                "strict", "report"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value

@@ -3,6 +3,11 @@ are dropped from the index and listed with their reason; good ones get their SHA
 split and the feature store) and feed a histogram of formats and modes. The working-size pixels
 can be handed to the caller as they come (`on_decoded`), so a job that needs them (feature
 extraction) does not decode each file a second time. Never writes to user files.
+
+Strategies: "full" decodes every file; "lazy" only reads and hashes each one and checks that it
+starts as an accepted image format, leaving the decode (and the skipping of a file that fails
+it) to the moment a run first draws the file; "sample" is lazy plus a full check of a random
+sample, to stop early on a systematically broken dataset.
 """
 
 from __future__ import annotations
@@ -19,19 +24,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imagefit.data.images import (DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, decode_image,
-                                  read_file_bytes)
+from imagefit._validation import check_choice
+from imagefit.data.images import (DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, accepted_format,
+                                  decode_image, read_file_bytes)
 from imagefit.data.index import BadFile, ImageIndex
-from imagefit.errors import DatasetError, ImageLoadError
+from imagefit.data.known_hashes import FileStats, KnownHashes
+from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 from imagefit.progress import progress_bar
 
 # Below this many files a process pool costs more than it saves.
 _POOL_MIN_FILES = 256
 _CHUNK = 32  # files a worker takes at a time
+_SAMPLE_STREAM = 0x5A4D  # the sample's generator
 _WINDOW_CHUNKS = 2  # chunks per worker submitted at a time: bounds the results held in memory
 # A file that takes a pre-flight process longer than this is taken for a hung decoder.
 HANG_SECONDS = 60.0
 _DEVNULL = None  # where a hung worker's traceback dump goes
+STRATEGIES = ("auto", "full", "lazy", "sample")
+# "auto": "full" up to this many files; beyond, "sample" of AUTO_SAMPLE files (decoding a
+# million files up front takes hours, and most of them a run with --max-per-class never draws).
+AUTO_FULL_MAX = 50_000
+AUTO_SAMPLE = 1_000
+# A sample with more than this share of bad files stops the run before any training.
+SAMPLE_MAX_BAD = 0.5
 
 
 @dataclass
@@ -40,6 +55,9 @@ class PreflightResult:
 
     index: ImageIndex
     bad_files: list[BadFile]
+    strategy: str = "full"
+    n_decoded: int = 0      # files decoded (the rest were hashed only: lazy, sample)
+    n_known: int = 0        # files not read: unchanged since a run hashed them (`known`)
     formats: Counter = field(default_factory=Counter)
     modes: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)   # (width, height) as stored, before EXIF
@@ -54,14 +72,58 @@ class PreflightResult:
             reasons = Counter(b.reason for b in self.bad_files)
             detail = ", ".join(f"{r} x{c}" for r, c in sorted(reasons.items()))
             line += f", {n_bad} skipped ({detail})"
+        if self.strategy != "full":
+            checked = (f"{self.n_decoded:,} sampled files decoded, the rest" if self.n_decoded
+                       else "files")
+            line += (f" ({self.strategy}: {checked} read and hashed only; each is decoded when "
+                     f"first drawn, and skipped then if it fails)")
+        if self.n_known:
+            line += f"; {self.n_known:,} files unchanged since an earlier run were not read"
         return line + "."
+
+
+def parse_strategy(spec) -> tuple[str, int]:
+    """"auto", "full", "lazy", "sample:N" (or "sample N") -> (strategy, sample size).
+
+    Example:
+        >>> parse_strategy("sample:500"), parse_strategy("lazy")
+        (('sample', 500), ('lazy', 0))
+
+    Raises:
+        ConfigError: anything else.
+    """
+    name, _, count = str(spec).replace(" ", ":").partition(":")
+    if name in STRATEGIES and (name == "sample") == bool(count):
+        if not count:
+            return name, 0
+        if count.isdigit() and int(count) > 0:
+            return name, int(count)
+    raise ConfigError(f"The pre-flight strategy must be auto, full, lazy or sample:N (N files "
+                      f"decoded up front). Got {spec!r} instead.")
+
+
+def resolve_strategy(spec, n_files: int, strict: bool = False) -> tuple[str, int]:
+    """The strategy a run uses: --strict always checks every file; "auto" checks every file
+    up to AUTO_FULL_MAX of them, and beyond, a sample of AUTO_SAMPLE.
+
+    Example:
+        >>> resolve_strategy("auto", 1_000), resolve_strategy("auto", 200_000)
+        (('full', 0), ('sample', 1000))
+    """
+    name, count = parse_strategy(spec)
+    if strict or name == "full" or (name == "auto" and n_files <= AUTO_FULL_MAX):
+        return "full", 0
+    return ("sample", AUTO_SAMPLE) if name == "auto" else (name, count)
 
 
 def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int | None = None,
               max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
               on_decoded: Callable[[str, np.ndarray], None] | None = None,
-              background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> PreflightResult:
-    """Fully decode every file of `index` once; drop and report the ones that fail.
+              background: tuple[int, int, int] = DEFAULT_BACKGROUND, strategy: str = "full",
+              sample: int = 0, seed: int = 0, known: KnownHashes | None = None
+              ) -> PreflightResult:
+    """Fully decode every file of `index` once (or, by `strategy`, only some); drop and report
+    the ones that fail.
 
     Args:
         index: the scanned dataset.
@@ -73,49 +135,92 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
             each decodable file, as results come in (in no promised order); with it the
             results held in memory stay bounded by a few chunks per worker.
         background: what transparent pixels are composited over (for `on_decoded`).
+        strategy, sample, seed: "full"; "lazy" (read, hash and check the format of each file,
+            decode none); "sample" (lazy, but decode `sample` files chosen with `seed`). See
+            the module's docstring.
+        known: hashes remembered from earlier runs: a file not to decode whose size, mtime
+            and inode are unchanged is not read at all; every hash found is remembered.
 
     Returns:
-        A `PreflightResult` whose index has the `sha256` column and only decodable files; its
-        `bad_files` include the ones the scan already rejected.
+        A `PreflightResult` whose index has the `sha256` column and only the files that passed;
+        its `bad_files` include the ones the scan already rejected.
+
+    Raises:
+        DatasetError: more than half of a sample failed (a broken dataset: nothing trains).
     """
     if on_decoded is not None and image_size is None:
         raise ValueError("on_decoded needs an image_size")
+    check_choice("strategy", strategy, STRATEGIES[1:])
     paths = index.paths.tolist()
     keep_pixels = on_decoded is not None
-    jobs = [(p, image_size, max_pixels, background, keep_pixels) for p in paths]
+    decode = np.full(len(paths), strategy == "full")
+    if strategy == "sample":
+        rng = np.random.default_rng([seed, _SAMPLE_STREAM])
+        decode[rng.choice(len(paths), min(sample, len(paths)), replace=False)] = True
+    stats = FileStats.of(paths) if known is not None else None
+    results: list = [None] * len(paths)
+    if known is not None:
+        digests, formats = known.lookup(paths, stats)
+        for row in np.flatnonzero((digests != "") & ~decode):  # unchanged: not read again
+            results[row] = (str(digests[row]), formats[row], None, 0, False, None)
+    todo = [row for row, result in enumerate(results) if result is None]
+    jobs = [(paths[row], image_size, max_pixels, background, keep_pixels, bool(decode[row]))
+            for row in todo]
     workers = workers or os.cpu_count() or 1
-    bar = progress_bar(total=len(paths), desc="Checking images", unit="img", enabled=progress)
+    bar = progress_bar(total=len(jobs), desc="Checking images", unit="img", enabled=progress)
 
     def taken(result):  # hands the pixels over; what is kept is the small part
         bar.update()
-        if isinstance(result, BadFile) or not keep_pixels:
+        if isinstance(result, BadFile) or not keep_pixels or result[2] is None:
             return result
         on_decoded(result[0], result[-1])
         return result[:-1]
 
-    if workers > 1 and len(paths) >= _POOL_MIN_FILES:
-        results = _check_in_processes(jobs, workers, taken)
+    if workers > 1 and len(jobs) >= _POOL_MIN_FILES:
+        checked = _check_in_processes(jobs, workers, taken)
     else:
-        results = [taken(_check_file(job)) for job in jobs]
+        checked = [taken(_check_file(job)) for job in jobs]
+    for row, result in zip(todo, checked):
+        results[row] = result
     bar.close()
     bad = list(index.report.bad_files)
-    out = PreflightResult(index, bad)
+    out = PreflightResult(index, bad, strategy, int(decode.sum()) if strategy != "full" else 0,
+                          len(paths) - len(jobs))
     keep = np.zeros(len(paths), bool)
     hashes = np.zeros(len(paths), dtype="<U64")
-    for row, (path, result) in enumerate(zip(paths, results)):
+    formats: list[str | None] = [None] * len(paths)
+    for row, result in enumerate(results):
         if isinstance(result, BadFile):
             bad.append(result)
             continue
         digest, fmt, mode, frames, rotated, size = result
-        keep[row], hashes[row] = True, digest
+        keep[row], hashes[row], formats[row] = True, digest, fmt
         out.formats[fmt] += 1
-        out.modes[mode] += 1
-        out.sizes[size] += 1
-        out.multi_frame += frames > 1
-        out.exif_rotated += rotated
+        if mode is not None:  # decoded
+            out.modes[mode] += 1
+            out.sizes[size] += 1
+            out.multi_frame += frames > 1
+            out.exif_rotated += rotated
+    if strategy == "sample":
+        _check_sample(results, decode)
+    if known is not None:
+        known.save(paths, stats, hashes, formats)
     checked = dataclasses.replace(index, sha256=hashes, checked=True)
     out.index = _without_emptied_classes(checked, keep, bad[len(index.report.bad_files):])
     return out
+
+
+def _check_sample(results: list, decoded: np.ndarray) -> None:
+    """Stop before any training when most of the sampled files are bad."""
+    failed = [r for r, d in zip(results, decoded) if d and isinstance(r, BadFile)]
+    n = int(decoded.sum())
+    if n and len(failed) > SAMPLE_MAX_BAD * n:
+        reasons = Counter(b.reason for b in failed).most_common()
+        examples = "\n".join(f"  {b.path}: {b.reason} ({b.message})" for b in failed[:5])
+        raise DatasetError(f"Pre-flight sample: {len(failed)} of the {n} files checked cannot "
+                           f"be decoded ({', '.join(f'{r} x{c}' for r, c in reasons)}); the "
+                           f"dataset looks broken, so nothing was trained. Fix the files, or "
+                           f"run with --preflight full to skip every bad one:\n{examples}")
 
 
 def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
@@ -230,9 +335,11 @@ def _check_file_in_worker(job: tuple):
 
 
 def _check_file(job: tuple):
-    path, size, max_pixels, background, keep_pixels = job
+    path, size, max_pixels, background, keep_pixels, decode = job
     try:
         data = read_file_bytes(path)
+        if not decode:  # lazy: what can be told without decoding
+            return hashlib.sha256(data).hexdigest(), accepted_format(data), None, 0, False, None
         pixels, info = decode_image(data, size, max_pixels=max_pixels, background=background)
     except ImageLoadError as exc:
         return BadFile(path, exc.reason, exc.message)

@@ -161,16 +161,7 @@ def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None,
     a JPEG the DCT-scaled one `size` allows (what `resize_uint8` then brings to `size`).
     """
     data = source if isinstance(source, bytes) else read_file_bytes(source)
-    if not data:
-        raise ImageLoadError("empty", "file is empty (0 bytes)")
-    fmt = sniff_format(data[:32])
-    if fmt is None:
-        raise ImageLoadError("unidentified", f"not a recognised image format (file is "
-                             f"{len(data):,} bytes; supported: {', '.join(ALLOWED_FORMATS)})")
-    if fmt not in ALLOWED_FORMATS:
-        hint = " (install nothing: convert it to JPEG or PNG)" if fmt in ("HEIF", "AVIF") else ""
-        raise ImageLoadError("format_not_allowed", f"{fmt} images are not accepted{hint}; "
-                             f"supported: {', '.join(ALLOWED_FORMATS)}")
+    fmt = accepted_format(data)
     target = _as_size(size)
     try:
         return _decode(data, fmt, target, max_pixels, background, resize)
@@ -198,6 +189,26 @@ def decode_image(source: PathOrBytes, size: int | tuple[int, int] | None = None,
         if not _decoder_failure(exc):
             raise  # a bug of ours (or of NumPy or PyTorch), not a bad file
         raise ImageLoadError("corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def accepted_format(data: bytes) -> str:
+    """The image format a file's bytes start with, if it is one imagefit decodes (what can be
+    told without decoding: the lazy pre-flight's check).
+
+    Raises:
+        ImageLoadError: empty, not an image, or a format that is not accepted.
+    """
+    if not data:
+        raise ImageLoadError("empty", "file is empty (0 bytes)")
+    fmt = sniff_format(data[:32])
+    if fmt is None:
+        raise ImageLoadError("unidentified", f"not a recognised image format (file is "
+                             f"{len(data):,} bytes; supported: {', '.join(ALLOWED_FORMATS)})")
+    if fmt not in ALLOWED_FORMATS:
+        hint = " (install nothing: convert it to JPEG or PNG)" if fmt in ("HEIF", "AVIF") else ""
+        raise ImageLoadError("format_not_allowed", f"{fmt} images are not accepted{hint}; "
+                             f"supported: {', '.join(ALLOWED_FORMATS)}")
+    return fmt
 
 
 def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -20,6 +20,7 @@ import numpy as np
 
 from imagefit._fileio import sha256_file
 from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
+from imagefit.data.sampling import stratified_subset
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
@@ -192,6 +193,13 @@ class ImageIndex:
                                f"{list(classes)}.")
         lookup = np.array([classes.index(c) if c in classes else -1 for c in self.classes] + [-1])
         return dataclasses.replace(self, labels=lookup[self.labels], classes=classes)
+
+    def subset(self, limit: int | None, seed: int = 0) -> "ImageIndex":
+        """At most `limit` rows (None: all), spread evenly over the classes as far as their
+        sizes allow (`data.sampling.stratified_subset`); the same rows for the same seed."""
+        if limit is None or len(self) <= limit:
+            return self
+        return self.take(stratified_subset(self.labels, limit, seed))
 
     def with_hashes(self) -> "ImageIndex":
         """This index with the `sha256` column filled (reads every file once if missing)."""

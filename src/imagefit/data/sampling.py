@@ -28,6 +28,7 @@ _EMPTY_PRIOR = 1e-12
 _SAMPLER_STREAM = 0x5A3B1E
 # Indices `BalancedSampler.__iter__` turns into Python ints at a time.
 _ITER_BLOCK = 1 << 16
+_SUBSET_STREAM = 0x5B5E7  # `stratified_subset`'s generator
 
 
 def imbalance_ratio(counts: np.ndarray) -> float:
@@ -270,6 +271,34 @@ class BalancedSampler:
         full = self.full_indices(epoch)
         padded = np.resize(full, len(self) * self.world_size)  # repeats from the start
         return padded[self.rank::self.world_size]
+
+
+def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted rows of at most `limit` images spread as evenly over the classes as their sizes
+    allow: a class smaller than its share is taken whole, the others share what is left; the
+    rows of each class are chosen at random, a pure function of (labels, limit, seed).
+
+    Example:
+        >>> labels = np.array([0] * 10 + [1] * 1000 + [2] * 3)
+        >>> np.bincount(labels[stratified_subset(labels, 30)]).tolist()
+        [10, 17, 3]
+    """
+    labels = np.asarray(labels)
+    check_int("limit", limit, 1)
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros_like(counts)
+    left = int(limit)
+    for i, c in enumerate(np.argsort(counts, kind="stable")):  # smallest classes first
+        quota[c] = min(counts[c], left // (len(counts) - i))
+        left -= quota[c]
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rng = np.random.default_rng([seed, _SUBSET_STREAM])
+    rows = [rng.choice(order[starts[c]:starts[c + 1]], quota[c], replace=False)
+            for c in range(len(classes))]
+    return np.sort(np.concatenate(rows))
 
 
 def _is_weight(value) -> bool:

@@ -67,6 +67,10 @@ class FeatureStore:
             self._locations = index
         return self._locations
 
+    def refresh(self) -> None:
+        """Read the chunk records again at next use: rows other processes wrote since."""
+        self._locations = None
+
     def missing(self, keys) -> np.ndarray:
         """Boolean mask of the keys that have no stored row."""
         _, found = self.locations().find(keys)

@@ -70,9 +70,16 @@ class CachedImages(_Draws):
     def __init__(self, chunk_files: list, chunk: np.ndarray, row: np.ndarray, labels: np.ndarray,
                  augmenter: Augmenter, seed: int = 0):
         super().__init__(labels, augmenter, seed)
+        self.locate(np.arange(len(chunk)), chunk_files, chunk, row)
+
+    def locate(self, rows: np.ndarray, chunk_files: list, chunk: np.ndarray,
+               row: np.ndarray) -> None:
+        """Where the images `rows` are (in the chunk files); the others are unknown until
+        located. Workers forked after this see it (an epoch's images, located before it)."""
         self.chunk_files = [os.fspath(f) for f in chunk_files]
-        self.chunk = np.asarray(chunk, np.int32)
-        self.row = np.asarray(row, np.int64)
+        self.chunk = np.full(len(self.labels), -1, np.int32)
+        self.row = np.zeros(len(self.labels), np.int64)
+        self.chunk[rows], self.row[rows] = chunk, row
         self._arrays: list[np.ndarray] | None = None  # opened lazily, once per worker
 
     def image_nbytes(self) -> int:
@@ -86,7 +93,10 @@ class CachedImages(_Draws):
             # Plain ndarray views of the maps: indexing an np.memmap runs Python code per row.
             self._arrays = [np.load(f, mmap_mode="r", allow_pickle=False).view(np.ndarray)
                             for f in self.chunk_files]
-        return np.array(self._arrays[self.chunk[index]][self.row[index]])
+        chunk = self.chunk[index]
+        if chunk < 0:  # a caller's mistake, never a user's: say so rather than read another row
+            raise LookupError(f"image {index} was drawn before it was located")
+        return np.array(self._arrays[chunk][self.row[index]])
 
 
 class FileImages(_Draws):
@@ -162,14 +172,15 @@ class TrainLoader:
         indices: epoch -> the dataset rows drawn that epoch, in order (a shuffle, or a
             balanced sampler's draws).
         batch_size: images per batch.
-        workers: DataLoader processes (0: in this process); they live across epochs.
+        workers: DataLoader processes (0: in this process); they live across epochs unless
+            not `persistent` (a dataset that changes between epochs: `CachedImages.locate`).
         drop_last: drop an epoch's last batch when it is smaller than `batch_size`.
         rank, world_size: this process's place under torchrun (see `EpochDraws`).
     """
 
     def __init__(self, dataset: _Draws, indices: Callable[[int], np.ndarray], *,
                  batch_size: int, workers: int = 0, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, persistent: bool = True):
         self.sampler = EpochDraws(indices, rank, world_size)
         image_nbytes = getattr(dataset, "image_nbytes", lambda: 0)()  # 0: not known
         workers = workers_that_fit(workers, batch_size * image_nbytes)
@@ -179,7 +190,7 @@ class TrainLoader:
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
                                  drop_last=drop_last,
                                  num_workers=workers, collate_fn=collate_uint8,
-                                 persistent_workers=workers > 0,
+                                 persistent_workers=persistent and workers > 0,
                                  worker_init_fn=_worker_init if workers > 0 else None,
                                  generator=torch.Generator().manual_seed(0))
 
@@ -233,10 +244,21 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def shuffled_indices(n: int, seed: int) -> Callable[[int], np.ndarray]:
-    """epoch -> a permutation of range(n), a pure function of (seed, epoch)."""
+def shuffled_indices(n: int, seed: int, size: int | None = None) -> Callable[[int], np.ndarray]:
+    """epoch -> a permutation of range(n), a pure function of (seed, epoch); with `size`, its
+    first `size` rows (a new subset each epoch), or more permutations after it where `size`
+    exceeds n.
+
+    Example:
+        >>> draws = shuffled_indices(10, seed=0, size=4)
+        >>> len(draws(1)), len(set(draws(1))), bool((draws(1) != draws(2)).any())
+        (4, 4, True)
+    """
     def indices(epoch: int) -> np.ndarray:
-        return np.random.default_rng([seed, epoch, 0x5F]).permutation(n)
+        rng = np.random.default_rng([seed, epoch, 0x5F])
+        if size is None:
+            return rng.permutation(n)
+        return np.concatenate([rng.permutation(n) for _ in range(-(-size // n))])[:size]
     return indices
 
 

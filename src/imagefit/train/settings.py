@@ -42,11 +42,18 @@ AUTO_SCRATCH_PLAIN_MIN = 20_000
 # time_budget="auto" on a CPU: a minute per this many training images, within these bounds.
 AUTO_BUDGET_IMAGES_PER_MINUTE = 200
 AUTO_BUDGET_MINUTES = (3.0, 30.0)
+# max_val="auto": validation during training uses at most this many images, or this many per
+# class if that is more (a stratified subset; the rest are not decoded). 2,000 images put the
+# standard error of a validation accuracy near 1 point; beyond, validating costs more than it
+# tells.
+AUTO_MAX_VAL = 2_000
+AUTO_MAX_VAL_PER_CLASS = 50
 # The numeric parameters: (name, kind, minimum, maximum); None means "the mode's default".
 CONSTRAINTS = (("epochs", int, 1, 100_000), ("batch_size", int, 1, 65_536),
                ("lr", float, 1e-8, 10.0), ("dropout", float, 0.0, 0.95),
                ("seed", int, 0, 2**32 - 1), ("workers", int, 0, 256), ("unfreeze", int, 1, 100),
-               ("max_per_class", int, 1, 2**40), ("time_budget", float, 0.0, 1e7))
+               ("max_per_class", int, 1, 2**40), ("epoch_size", int, 1, 2**40),
+               ("time_budget", float, 0.0, 1e7))
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ class Settings:
     unfreeze: int | None          # None: by training-set size (see finetune.default_unfreeze)
     batch_size: int
     max_per_class: int | None
+    epoch_size: int | None        # draws per epoch (None: the sampler's or the training set's)
+    max_val: int | None           # validation images used at most (None: all)
     seed: int
     workers: int | None           # None: by job size (see `workers_for`)
     max_pixels: int
@@ -127,6 +136,10 @@ def check_estimator_params(params: dict[str, Any]) -> None:
         check_choice("time_budget", budget, ("auto", "none"))
     check_params({**params, "time_budget": None if isinstance(budget, str) else budget},
                  CONSTRAINTS)
+    check_max_val(params["max_val"])
+    if params["epoch_size"] is not None and params["max_per_class"] is not None:
+        raise ConfigError("Pass at most one of 'epoch_size' and 'max_per_class' (--epoch-size, "
+                          "--max-per-class): both set the draws per epoch.")
     augment = params["augment"]
     if not (isinstance(augment, str) and augment == "auto"):
         resolve_augment(augment)  # a bad preset or YAML file fails here
@@ -137,6 +150,27 @@ def check_estimator_params(params: dict[str, Any]) -> None:
     if params["mode"] in ("probe", "finetune") and not get_spec(backbone).pretrained:
         raise ConfigError(f"Backbone {backbone!r} has no pretrained weights to {params['mode']}; "
                           f"use mode='scratch' (--mode scratch) or a pretrained backbone.")
+
+
+def check_max_val(max_val) -> None:
+    """max_val: "auto", "all" (or None), or an int >= 1."""
+    if isinstance(max_val, str) or max_val is None:
+        check_choice("max_val", "all" if max_val is None else max_val, ("auto", "all"))
+    else:
+        check_params({"max_val": max_val}, [("max_val", int, 1, 2**40)])
+
+
+def resolve_max_val(max_val, n_classes: int) -> int | None:
+    """The validation images a run uses at most (None: all of them).
+
+    Example:
+        >>> resolve_max_val("auto", 10), resolve_max_val("auto", 100), resolve_max_val(500, 3)
+        (2000, 5000, 500)
+    """
+    check_max_val(max_val)
+    if max_val == "auto":
+        return max(AUTO_MAX_VAL, AUTO_MAX_VAL_PER_CLASS * n_classes)
+    return None if max_val in (None, "all") else int(max_val)
 
 
 def resolve_backbone(mode: str, backbone: str | None) -> str:
@@ -216,7 +250,9 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         class_weight=tuple(float(w) for w in class_weights(spec, counts, classes)),
         logit_adjustment=None if adjustment is None else tuple(map(float, adjustment)),
         device=device, unfreeze=params["unfreeze"], batch_size=params["batch_size"],
-        max_per_class=params["max_per_class"], seed=params["seed"], workers=params["workers"],
+        max_per_class=params["max_per_class"], epoch_size=params["epoch_size"],
+        max_val=resolve_max_val(params["max_val"], len(classes)),
+        seed=params["seed"], workers=params["workers"],
         max_pixels=params["max_pixels"], time_budget=budget,
         weights=params["weights"], cache_dir=params["cache_dir"])
 
@@ -274,4 +310,6 @@ def settings_from_metadata(meta: dict) -> Settings:
                   "max_per_class": None, "seed": int(meta.get("seed", 0)),
                   "max_pixels": int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)),
                   "time_budget": None, "weights": None}
+    for added_later in ("epoch_size", "max_val"):  # models saved before these existed
+        stored.setdefault(added_later, None)
     return Settings.from_dict({**stored, "device": "cpu", "cache_dir": None, "workers": None})

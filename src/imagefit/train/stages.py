@@ -28,6 +28,7 @@ from imagefit.data.sources import as_index
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.features.extract import BackboneRunner, DecodeRunner, compute_features
 from imagefit.features.store import FeatureStore
+from imagefit.models.backbones import create_backbone
 from imagefit.models.net import ImageClassifierNet
 from imagefit.progress import progress_bar
 from imagefit.train import distributed
@@ -43,7 +44,7 @@ from imagefit.train.finetune import (
     split_backbone,
 )
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
-from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size
+from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size, resolve_max_val
 
 log = logging.getLogger(__name__)
 # Probe features past this many bytes (50,000 rows of 1,280) are read from the store a window
@@ -67,12 +68,14 @@ class StageResult:
     n_train: int
     unfreeze: int | None = None
     stage: str = "probe"        # the stage whose best epoch is the model kept
+    n_drawn: int | None = None  # distinct training images drawn, when epochs drew a subset
 
     def summary(self) -> dict:
         """What model.json keeps of the run ("training")."""
         return {"history": self.history, "best_epoch": int(self.best_epoch),
                 "best_stage": self.stage, "unfreeze": self.unfreeze,
-                "n_train": int(self.n_train), "n_val": len(self.val_index)}
+                "n_train": int(self.n_train), "n_val": len(self.val_index),
+                "n_drawn": self.n_drawn}
 
     def best_score(self) -> tuple[float, float] | None:
         """The kept epoch's (validation balanced accuracy, -loss), as the loop ranks epochs;
@@ -116,7 +119,9 @@ class RunContext:
                                   workers=self.settings.workers_for(len(index)),
                                   max_pixels=self.settings.max_pixels, bar=bar,
                                   progress=progress)
-        self.bad_files.extend(result.failed)
+        if result.failed:  # each file once, though each stage may meet it
+            known = {b.path for b in self.bad_files}
+            self.bad_files.extend(b for b in result.failed if b.path not in known)
         return result
 
     def features(self, index: ImageIndex, runner, store: FeatureStore):
@@ -140,14 +145,22 @@ class RunContext:
         """Compute only what the store lacks, a chunk at a time (memory stays bounded); the
         index of the rows that could be computed."""
         self.fill_shard(index, runner, store)
-        todo = np.flatnonzero(store.missing(index.sha256))
-        ok = np.ones(len(index), bool)
+        failed = self.fill_rows(index, runner, store, np.arange(len(index)), desc)
+        return index if not len(failed) else index.take(np.isin(np.arange(len(index)), failed,
+                                                                invert=True))
+
+    def fill_rows(self, index: ImageIndex, runner, store: FeatureStore, rows: np.ndarray,
+                  desc: str | None = None) -> np.ndarray:
+        """Compute the `rows` of `index` that `store` lacks, 2,048 at a time (memory stays
+        bounded; a progress bar named `desc`, if given); returns the rows that failed."""
+        todo = rows[store.missing(index.sha256[rows])]
+        failed = [np.zeros(0, np.int64)]
         with progress_bar(total=len(todo), desc=desc, unit="img",
-                          enabled=self.progress and len(todo) > 0) as bar:
+                          enabled=self.progress and desc is not None and len(todo) > 0) as bar:
             for start in range(0, len(todo), 2048):
-                rows = todo[start:start + 2048]
-                ok[rows] = self.compute(index.take(rows), runner, store, bar=bar).ok
-        return index if ok.all() else index.take(ok)
+                part = todo[start:start + 2048]
+                failed.append(part[~self.compute(index.take(part), runner, store, bar=bar).ok])
+        return np.concatenate(failed)
 
     def fill_shard(self, index: ImageIndex, runner, store: FeatureStore) -> None:
         """Under torchrun, each rank first computes its share of the missing rows into the
@@ -157,18 +170,26 @@ class RunContext:
         todo = np.flatnonzero(store.missing(index.sha256))
         self.compute(index.take(todo[self.dist.shard(len(todo))]), runner, store)
         self.dist.barrier()
+        store.refresh()  # now holding what the other ranks wrote
 
     def draws(self, labels: np.ndarray, shard: bool = True) -> Callable[[int], np.ndarray]:
         """epoch -> the training rows drawn that epoch (balanced sampler or a shuffle); under
         torchrun, this rank's share of them."""
         s = self.settings
         if s.balance == "sampler":
-            full = BalancedSampler(labels, seed=s.seed, max_per_class=s.max_per_class).indices
+            full = BalancedSampler(labels, seed=s.seed, num_samples=s.epoch_size,
+                                   max_per_class=s.max_per_class).indices
         else:
-            full = shuffled_indices(len(labels), s.seed)
+            full = shuffled_indices(len(labels), s.seed, s.epoch_size)
         if not shard or not self.dist.enabled:
             return full
         return lambda epoch: self.dist.shard_epoch(full(epoch))
+
+    def draws_a_subset(self, labels: np.ndarray) -> bool:
+        """Does an epoch draw fewer images than the training set holds (`max_per_class`,
+        `epoch_size`)? Then each image is decoded, and its features computed, when it is
+        first drawn (`DrawnFirst`), not all of them before the first step."""
+        return len(self.draws(labels, shard=False)(1)) < len(labels)
 
     def batch_files(self, train: ImageIndex, draws) -> Callable[[int, int], np.ndarray]:
         """(epoch, batch) -> the files of that training batch (named when its loss is NaN)."""
@@ -181,6 +202,43 @@ class RunContext:
         return StepSettings(class_weight=np.asarray(s.class_weight),
                             logit_adjustment=(None if s.logit_adjustment is None
                                               else np.asarray(s.logit_adjustment)), **more)
+
+
+class DrawnFirst:
+    """epoch -> the training rows `draws` gives, after computing into `store` the rows it
+    lacks among them: a run that draws a subset of a large set each epoch decodes and stores
+    only what it draws, as it draws it. A row whose file fails is left out of the draws from
+    then on (it joins the context's bad files). Under torchrun each rank fills the rows of its
+    own draws.
+
+    Example:
+        >>> draws = DrawnFirst(ctx, train, runner, store, ctx.draws(labels))  # doctest: +SKIP
+        >>> rows = draws(1)  # epoch 1's rows, each of them now in `store`     # doctest: +SKIP
+    """
+
+    def __init__(self, ctx: RunContext, index: ImageIndex, runner, store: FeatureStore,
+                 draws: Callable[[int], np.ndarray], what: str = "decoded and cached"):
+        self.ctx, self.index, self.runner, self.store, self.draws = ctx, index, runner, store, draws
+        log.info(f"Each epoch draws {len(draws(1)):,} of the {len(index):,} training images: "
+                 f"each is {what} when first drawn.")
+        self.failed = np.zeros(len(index), bool)
+        self.drawn = np.zeros(len(index), bool)
+        self._epoch, self._rows = None, np.zeros(0, np.int64)
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rows = self.draws(epoch)
+            todo = np.unique(rows)
+            todo = todo[~self.failed[todo]]
+            self.failed[self.ctx.fill_rows(self.index, self.runner, self.store, todo)] = True
+            self.drawn[todo] = True
+            self._epoch, self._rows = epoch, rows[~self.failed[rows]]
+        return self._rows
+
+    @property
+    def n_drawn(self) -> int:
+        """Distinct rows drawn so far that could be used."""
+        return int((self.drawn & ~self.failed).sum())
 
 
 def training_data(X, y, val: ImageIndex | None,
@@ -202,6 +260,12 @@ def training_data(X, y, val: ImageIndex | None,
         val = _checked(val, params).with_classes(train.classes)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after the pre-flight check.")
+    limit = resolve_max_val(params["max_val"], len(train.classes))
+    if limit is not None and len(val) > limit:
+        used = val.subset(limit, params["seed"])
+        log.info(f"Validating on a stratified {len(used):,} of the {len(val):,} validation "
+                 f"images (--max-val / max_val; 'all' uses every one).")
+        val = used
     return train, val
 
 
@@ -212,6 +276,14 @@ def _checked(index: ImageIndex, params: dict) -> ImageIndex:
                        max_pixels=params["max_pixels"], progress=params["verbose"])
     result.index.report.bad_files[:] = result.bad_files
     return result.index
+
+
+def new_net(settings: Settings, n_classes: int) -> ImageClassifierNet:
+    """The network a fit starts from: the backbone (pretrained unless from scratch) and a new
+    head."""
+    backbone = create_backbone(settings.backbone, image_size=settings.image_size,
+                               pretrained=settings.mode != "scratch", weights=settings.weights)
+    return ImageClassifierNet(backbone, n_classes, settings.dropout)
 
 
 def make_checkpointer(folder: str | None, resume: bool, params: dict, settings: Settings,
@@ -283,18 +355,26 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
                             cache_dir=s.cache_folder())
     store = runner.store(s.cache_folder())
     store.clean_stale_temp_files()
-    x_train, train = ctx.feature_rows(train, runner, store)
+    drawn = None
+    if ctx.draws_a_subset(train.labels):  # features computed as rows are first drawn
+        drawn = DrawnFirst(ctx, train, runner, store, ctx.draws(train.labels, shard=False),
+                           "run through the backbone")
+        keys = train.sha256
+        rows_of = lambda rows: store.get(keys[rows])  # noqa: E731
+    else:
+        x_train, train = ctx.feature_rows(train, runner, store)
+        rows_of = x_train.__getitem__
     x_val, val = ctx.feature_rows(val, runner, store)
     head = net.head
     yt = torch.from_numpy(train.labels)
     # Head training on features is cheap: every rank runs all of it, identically.
-    draws = ctx.draws(train.labels, shard=False)
+    draws = drawn or ctx.draws(train.labels, shard=False)
     window = max(1, WINDOW_ROWS // s.batch_size) * s.batch_size
 
     def batches(epoch, first):  # rows gathered a window of batches at a time
         order = torch.from_numpy(draws(epoch)[first * s.batch_size:])
         for part in order.split(window):
-            x = torch.from_numpy(x_train[part.numpy()])
+            x = torch.from_numpy(rows_of(part.numpy()))
             yield from zip(x.split(s.batch_size), yt[part].split(s.batch_size))
 
     def val_logits():
@@ -313,7 +393,8 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
                         progress=ctx.progress))
     with torch.no_grad():
         logits = val_logits().numpy()
-    return StageResult(history, best_epoch, val, logits, len(train))
+    return StageResult(history, best_epoch, val, logits, len(train),
+                       n_drawn=drawn.n_drawn if drawn else None)
 
 
 def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
@@ -324,21 +405,25 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     decode = DecodeRunner(s.preprocessing, s.max_pixels)
     images = decode.store(s.cache_folder())
     images.clean_stale_temp_files()
-    train = ctx.fill_store(train, decode, images)
+    lazy = ctx.draws_a_subset(train.labels)  # then images are decoded as first drawn
+    if not lazy:
+        train = ctx.fill_store(train, decode, images)
     val_images, val = ctx.features(val, decode, images)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after decoding.")
+    draws = ctx.draws(train.labels)
+    if lazy:
+        draws = DrawnFirst(ctx, train, decode, images, draws)
+    n_draws = len(draws(1))
     unfreeze = None
-    if s.mode == "finetune":
-        unfreeze = s.unfreeze or default_unfreeze(len(train))
+    if s.mode == "finetune":  # by the images the run can see
+        unfreeze = s.unfreeze or default_unfreeze(min(len(train), n_draws * s.epochs))
         split = split_backbone(net.backbone, unfreeze)
         groups = param_groups(net.head, split, s.lr)
     else:
         split, groups = BackboneSplit(None, net.backbone, []), None
     lower = LowerRunner(split.lower, s.preprocessing, device=s.device,
                         cache_dir=s.cache_folder())
-    draws = ctx.draws(train.labels)
-    n_draws = len(draws(1))
     # Batch norm learns from batch statistics: always from scratch, when fine-tuning only
     # with batches large enough to estimate them; a smaller last batch is then dropped.
     train_bn = s.mode == "scratch" or min(s.batch_size, n_draws) >= MIN_BATCH_FOR_BN
@@ -347,16 +432,21 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     top = TopNet(split.upper, net.head, train_bn=train_bn).to(s.device)
     if s.device == "cpu":
         top = top.to(memory_format=torch.channels_last)
-    dataset = CachedImages(*images.resolve(train.sha256), train.labels, Augmenter(s.augment),
-                           seed=s.seed)
+    dataset = CachedImages([], [], [], train.labels, Augmenter(s.augment), seed=s.seed)
+    located = np.unique(draws(1)) if lazy else np.arange(len(train))
+    dataset.locate(located, *images.resolve(train.sha256[located]))
     loader = TrainLoader(dataset, draws, batch_size=s.batch_size,
                          workers=s.workers_for(len(train)), drop_last=drop_last,
-                         rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+                         rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                         persistent=not lazy)  # an epoch's images are located before it
     # Validation images are never augmented; with a frozen lower part their lower
     # outputs are the same every epoch, so they are computed once.
     val_lower = lower.features(val_images) if split.lower is not None else None
 
     def batches(epoch, first):
+        if lazy:
+            rows = np.unique(draws(epoch))
+            dataset.locate(rows, *images.resolve(train.sha256[rows]))
         for batch, labels in loader.epoch(epoch, first):
             yield lower(batch), labels
 
@@ -383,4 +473,5 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
                         batch_files=ctx.batch_files(train, draws), progress=ctx.progress))
     with torch.no_grad():
         logits = val_logits().numpy()
-    return StageResult(history, best_epoch, val, logits, len(train), unfreeze, s.mode)
+    return StageResult(history, best_epoch, val, logits, len(train), unfreeze, s.mode,
+                       n_drawn=draws.n_drawn if lazy else None)

@@ -36,6 +36,9 @@ from imagefit.workflows.run_folder import RunFolder
 
 GALLERY_SIZE = 8
 GRADCAMS_PER_CLASS = 3
+# Label issues are searched among at most this many training images (a stratified subset of a
+# larger set): each needs its features, which cost ~10 ms on a CPU when not cached.
+MAX_TRAIN_JUDGED = 10_000
 
 
 @dataclass
@@ -66,7 +69,17 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     run_dir = run_folder.path
     where = data.root if isinstance(data, ImageIndex) else data
     clf = load_model(model_dir)
-    train, val = run_folder.read_split(clf.classes_)
+    full_train, full_val = run_folder.read_split(clf.classes_)
+    # The validation rows training used (max_val), and a bounded share of a huge training set.
+    train = full_train.subset(MAX_TRAIN_JUDGED, clf.seed)
+    val = full_val.subset(clf.settings_.max_val, clf.seed)
+    notes = []
+    if len(train) < len(full_train):
+        notes.append(f"Label issues searched among a stratified {len(train):,} of the "
+                     f"{len(full_train):,} training images.")
+    if len(val) < len(full_val) and data is None:
+        notes.append(f"Evaluated on the {len(val):,} validation images training used, a "
+                     f"stratified subset of the {len(full_val):,} (--max-val).")
     parts = {"train": train, "val": val}
     if data is not None:
         test = preflight(open_dataset(data, min_classes=1),
@@ -108,8 +121,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
                           "features, then confident learning); most likely first. Check them "
                           "before trusting the metrics."),
         duplicates=duplicates, gradcams=_gradcams(clf, evaluated.paths, rankings),
-        notes=[f"{(~ok_eval).sum()} evaluated files could not be read."] if (~ok_eval).any()
-        else [])
+        notes=notes + ([f"{(~ok_eval).sum()} evaluated files could not be read."]
+                       if (~ok_eval).any() else []))
     index_html = render_report(report, out_dir)
     evaluation = EvaluationResult(metrics, Predictions(evaluated.paths, proba, clf.classes_,
                                                        extracted.failures), y_eval,

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from imagefit._fileio import cache_folder
 from imagefit.config import TrainConfig
-from imagefit.data.audit import PreflightResult, preflight
+from imagefit.data.audit import PreflightResult, parse_strategy, preflight, resolve_strategy
 from imagefit.data.index import BadFile, ImageIndex, refuse_output_inside
+from imagefit.data.known_hashes import KnownHashes
 from imagefit.data.sources import open_dataset
 from imagefit.data.tables import is_table
 from imagefit.errors import ConfigError, StrictModeError
@@ -72,6 +74,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     tables = [d for d in (config.data, config.val) if d and is_table(d)]
     if not tables and distributed.current().is_main:
         run.check_writable()
+    parse_strategy(config.preflight)  # a bad --preflight fails before the scan
     params = config.estimator_params()
     resume = params.pop("resume")
     clf = ImageClassifier(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
@@ -137,6 +140,10 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     runtime_bad = [b for b in clf.bad_files_ if b not in set(bad_files)]
     bad_files += runtime_bad
     run.write_bad_files(bad_files)
+    if runtime_bad:
+        log.warning(f"{len(runtime_bad)} more files could not be decoded when training drew "
+                    f"them; they were skipped and are listed in {run.bad_files}.")
+        run.write_scan_summary(index, bad_files)
     model_dir = clf.save(run.model)
     run.write_config(_resolved_config(config, clf))
     run.write_history(clf.history_)
@@ -179,8 +186,16 @@ def _augment_name(config) -> str:
 
 def _preflight(index: ImageIndex, config: TrainConfig, size: int,
                progress: bool) -> PreflightResult:
+    strategy, sample = resolve_strategy(config.preflight, len(index), config.strict)
+    if strategy != "full" and config.preflight == "auto":
+        log.info(f"Pre-flight: {len(index):,} files, so each is read and hashed now and "
+                 f"decoded when first drawn, {sample:,} of them now (--preflight full to "
+                 f"decode every one first).")
+    known = (KnownHashes.for_folder(cache_folder(config.cache_dir), index.root)
+             if index.root else None)  # unchanged files are not read again to be hashed
     return preflight(index, image_size=size, workers=config.workers,
-                     max_pixels=config.max_pixels, progress=progress)
+                     max_pixels=config.max_pixels, progress=progress, strategy=strategy,
+                     sample=sample, seed=config.seed, known=known)
 
 
 def _validation_result(clf: ImageClassifier) -> EvaluationResult:
