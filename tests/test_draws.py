@@ -231,3 +231,38 @@ def test_a_damaged_or_unwritable_hash_memory_only_costs_reads(tmp_path, monkeypa
     (tmp_path / "file").write_text("a file where a folder should be")
     assert np.array_equal(preflight(index, workers=1, strategy="lazy",
                                     known=blocked).index.sha256, expected)
+
+
+def test_after_the_barrier_a_rank_reuses_the_rows_the_other_rank_stored(tmp_path):
+    """torchrun: each rank computes its share of the missing rows into the shared store; after
+    the barrier, no rank computes the others' share again (a rank that died mid-way leaves
+    whole chunks only, and the rerun computes what is missing)."""
+    from imagefit.features.extract import DecodeRunner
+    from imagefit.train.distributed import Distributed
+    from imagefit.train.settings import resolve_settings
+    from imagefit.train.stages import RunContext
+
+    index = preflight(scan_class_folders(make_dataset(tmp_path / "data", {"cat": 6, "dog": 6})),
+                      workers=1).index
+    settings = resolve_settings(ImageClassifier(image_size=TEST_IMAGE_SIZE, workers=0,
+                                                cache_dir=str(tmp_path / "cache")).get_params(),
+                                index.counts(), index.classes)
+    runner = DecodeRunner(settings.preprocessing, settings.max_pixels)
+    computed = []
+
+    class Counting(DecodeRunner):
+        def __call__(self, images):
+            computed.append(len(images))
+            return super().__call__(images)
+
+    class OtherRankWritesAtTheBarrier(Distributed):
+        def barrier(self):  # rank 1's share, by another process's store object
+            other = RunContext(settings, Distributed(1, 2, active=False))
+            mine = np.arange(len(index))[1::2]
+            other.compute(index.take(mine), runner, runner.store(settings.cache_folder()))
+
+    ctx = RunContext(settings, OtherRankWritesAtTheBarrier(0, 2))
+    store = runner.store(settings.cache_folder())
+    ctx.fill_store(index, Counting(settings.preprocessing, settings.max_pixels), store)
+    assert sum(computed) == 6  # rank 0's share only
+    assert not store.missing(index.sha256).any()
