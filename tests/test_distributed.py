@@ -3,6 +3,7 @@ trains one model, written once by rank 0; and the sharding arithmetic behind it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -159,3 +160,19 @@ def test_ranks_agree_on_skipping_a_nan_step_and_on_stopping(tmp_path):
     saved = torch.load(tmp_path / "s.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2
     assert saved["partial"]["batch"] == 2                          # the step finished
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_features_of_what_they_draw(tmp_path):
+    """Epochs that draw a subset under torchrun: the probe's ranks draw the same rows, so each
+    computes a share of the new ones into the shared store; none is computed twice."""
+    _, run, done = _torchrun_train(tmp_path, "--mode", "probe", "--balance", "sampler",
+                                   "--max-per-class", "4", "--epochs", "3", "--max-val", "6",
+                                   "--preflight", "lazy", "--no-report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    training = json.loads((run / "model" / "model.json").read_text())["training"]
+    assert 4 < training["n_drawn"] < training["n_train"]
+    records = (tmp_path / "cache" / "features").glob("*/chunk-*.json")
+    keys = [key for record in records for key in json.loads(record.read_text())["keys"]]
+    assert len(keys) == len(set(keys)) == training["n_drawn"] + training["n_val"]
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)

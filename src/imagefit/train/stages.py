@@ -167,8 +167,10 @@ class RunContext:
         shared store; after the barrier every rank finds all of them there."""
         if not self.dist.enabled:
             return
-        todo = np.flatnonzero(store.missing(index.sha256))
-        self.compute(index.take(todo[self.dist.shard(len(todo))]), runner, store)
+        # Shares of the whole index, not of what is missing: a rank that lists the missing
+        # rows after another has begun to write them would share out another list.
+        mine = self.dist.shard(len(index))
+        self.compute(index.take(mine[store.missing(index.sha256[mine])]), runner, store)
         self.dist.barrier()
         store.refresh()  # now holding what the other ranks wrote
 
@@ -209,7 +211,9 @@ class DrawnFirst:
     lacks among them: a run that draws a subset of a large set each epoch decodes and stores
     only what it draws, as it draws it. A row whose file fails is left out of the draws from
     then on (it joins the context's bad files). Under torchrun each rank fills the rows of its
-    own draws.
+    own draws; where every rank draws the same rows (`shared`: the probe), each computes its
+    share of them, and after the barrier tries again what is still missing (so that every
+    rank knows the files that failed).
 
     Example:
         >>> draws = DrawnFirst(ctx, train, runner, store, ctx.draws(labels))  # doctest: +SKIP
@@ -217,8 +221,10 @@ class DrawnFirst:
     """
 
     def __init__(self, ctx: RunContext, index: ImageIndex, runner, store: FeatureStore,
-                 draws: Callable[[int], np.ndarray], what: str = "decoded and cached"):
+                 draws: Callable[[int], np.ndarray], what: str = "decoded and cached",
+                 shared: bool = False):
         self.ctx, self.index, self.runner, self.store, self.draws = ctx, index, runner, store, draws
+        self.shared = shared and ctx.dist.enabled
         log.info(f"Each epoch draws {len(draws(1)):,} of the {len(index):,} training images: "
                  f"each is {what} when first drawn.")
         self.failed = np.zeros(len(index), bool)
@@ -230,6 +236,11 @@ class DrawnFirst:
             rows = self.draws(epoch)
             todo = np.unique(rows)
             todo = todo[~self.failed[todo]]
+            if self.shared:
+                mine = todo[self.ctx.dist.shard(len(todo))]
+                self.ctx.fill_rows(self.index, self.runner, self.store, mine)
+                self.ctx.dist.barrier()
+                self.store.refresh()
             self.failed[self.ctx.fill_rows(self.index, self.runner, self.store, todo)] = True
             self.drawn[todo] = True
             self._epoch, self._rows = epoch, rows[~self.failed[rows]]
@@ -358,7 +369,7 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     drawn = None
     if ctx.draws_a_subset(train.labels):  # features computed as rows are first drawn
         drawn = DrawnFirst(ctx, train, runner, store, ctx.draws(train.labels, shard=False),
-                           "run through the backbone")
+                           "run through the backbone", shared=True)
         keys = train.sha256
         rows_of = lambda rows: store.get(keys[rows])  # noqa: E731
     else:
