@@ -5,6 +5,7 @@ stratified subset; the pre-flight can leave decoding to the first draw (lazy, sa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import doctest
 import hashlib
 import json
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import TEST_IMAGE_SIZE, make_dataset, make_image
 from imagefit.config import TrainConfig
-from imagefit.data import audit, known_hashes, sampling
+from imagefit.data import audit, known_hashes, sampling, text
 from imagefit.data.audit import parse_strategy, preflight, resolve_strategy
 from imagefit.data.augment import Augmenter
 from imagefit.data.index import ImageIndex, scan_class_folders
@@ -30,7 +31,7 @@ from imagefit.workflows.train import train_run
 
 
 def test_docstring_examples():
-    for module in (audit, sampling, loader, settings):
+    for module in (audit, sampling, loader, settings, text):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
 
 
@@ -266,3 +267,14 @@ def test_after_the_barrier_a_rank_reuses_the_rows_the_other_rank_stored(tmp_path
     ctx.fill_store(index, Counting(settings.preprocessing, settings.max_pixels), store)
     assert sum(computed) == 6  # rank 0's share only
     assert not store.missing(index.sha256).any()
+
+
+def test_index_text_columns_are_compact_unless_a_name_is_not_utf8(tmp_path):
+    index = ImageIndex.from_paths(["a/1.png", "b/2.png", "b/\udcff.png"], ["a", "b", "b"])
+    assert index.paths.dtype.kind == "U"  # an undecodable name: kept fixed-width, as before
+    clean = index.take(np.array([0, 1]))
+    assert clean.paths.dtype == text.STRINGS and clean.paths.tolist() == ["a/1.png", "b/2.png"]
+    both = text.concat_text([clean.paths, index.take(np.array([2])).paths])
+    assert both.tolist() == ["a/1.png", "b/2.png", "b/\udcff.png"]
+    with_hashes = dataclasses.replace(clean, sha256=np.array(["0" * 64, "f" * 64]))
+    assert with_hashes.sha256.dtype == text.STRINGS

@@ -21,6 +21,7 @@ from PIL import Image
 
 from imagefit._fileio import atomic_write_bytes
 from imagefit.data.index import ImageIndex
+from imagefit.data.text import concat_text
 from imagefit.errors import ConfigError, DatasetError
 
 ARRAY_FOLDER = "arrays"
@@ -66,7 +67,7 @@ def label_names(y: Any, n: int, name: str = "y") -> tuple[list[str], tuple[str, 
                           f"shape {y.shape} instead.")
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)
-    if y.dtype.kind in "iuUO":
+    if y.dtype.kind in "iuUOT":
         names = [str(v) for v in y.tolist()]
         return names, class_order(names)
     raise ConfigError(f"The {name!r} parameter must hold integer or string labels. Got dtype "
@@ -161,7 +162,7 @@ def read_array_file(path: str | os.PathLike, *, folder: str | os.PathLike) -> Im
     report = train.report
     report.warnings += test.report.warnings
     report.bad_files += test.report.bad_files
-    return ImageIndex(np.concatenate([train.paths, test.paths]),
+    return ImageIndex(concat_text([train.paths, test.paths]),
                       np.concatenate([train.labels, test.labels]), classes, subsets,
                       report=report, root=str(path.parent))
 

@@ -21,6 +21,7 @@ import numpy as np
 from imagefit._fileio import sha256_file
 from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
 from imagefit.data.sampling import stratified_subset
+from imagefit.data.text import compact
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
@@ -112,6 +113,8 @@ class ImageIndex:
             column = getattr(self, name)
             if column is not None and len(column) != n:
                 raise ValueError(f"column {name!r} has {len(column)} rows, paths has {n}")
+        for name in ("paths", "subsets", "sha256", "groups"):
+            object.__setattr__(self, name, compact(getattr(self, name)))  # frozen
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | os.PathLike], labels: Sequence[str] | None = None,

@@ -161,7 +161,7 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
         return X
     if isinstance(X, (str, os.PathLike)) or is_table(X):  # a folder, table or array file
         return open_dataset(X, min_classes=1, cache_dir=folder)
-    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUS":
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUST":  # T: variable-width text
         return from_arrays(X, y, folder=folder, classes=None if y is None else classes)
     return ImageIndex.from_paths(X, y, None if y is None else classes)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from imagefit._validation import check_int, check_scalar
+from imagefit.data.text import as_text
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
 from imagefit.train.engine import LoopSettings, StepSettings, fit_loop
@@ -362,7 +363,7 @@ def exact_duplicate_groups(hashes: np.ndarray) -> list[np.ndarray]:
         >>> exact_duplicate_groups(np.array(["b", "a", "b", "c", "a", "b"]))
         [array([0, 2, 5]), array([1, 4])]
     """
-    hashes = np.asarray(hashes).astype(str)
+    hashes = as_text(hashes)
     if hashes.ndim != 1:
         raise ConfigError(f"The 'hashes' parameter must be a 1-D array. "
                           f"Got shape {hashes.shape} instead.")

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagefit._fileio import atomic_write_bytes, remove_orphans, sha256_file
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
 from imagefit.data.index import BadFile
+from imagefit.data.text import as_text
 from imagefit.errors import CacheError, ConfigError, ImageLoadError
 from imagefit.features.store import FeatureStore
 from imagefit.models.backbones import Preprocessing, to_input
@@ -45,7 +46,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: np.ndarray, prep: Preprocessing,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.paths = np.asarray(paths, dtype=str)
+        self.paths = as_text(paths)
         self.prep = prep
         self.max_pixels = max_pixels
 

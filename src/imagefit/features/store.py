@@ -22,6 +22,7 @@ import numpy as np
 from imagefit._fileio import atomic_write_bytes, owner_tag, remove_orphans
 from imagefit.features import cache
 from imagefit.errors import CacheError
+from imagefit.data.text import as_text, fixed_width
 
 CHUNK_ROWS = 4096
 # Rows buffered before a chunk is committed are bounded in bytes too (decoded images are large).
@@ -109,7 +110,7 @@ class FeatureStore:
         index = self.locations()
         at, found = index.find(keys)
         if not found.all():
-            key = str(np.asarray(keys, dtype=str)[np.argmin(found)])
+            key = str(as_text(keys)[np.argmin(found)])
             raise CacheError(f"feature row for {key[:12]}... is not in the store")
         used, chunk = np.unique(index.chunks[at], return_inverse=True)
         names = [index.names[i] for i in used]
@@ -288,7 +289,6 @@ class KeyIndex:
 _HASH_SEEDS = (np.uint64(0xCBF29CE484222325), np.uint64(0x9E3779B97F4A7C15))
 _HASH_PRIMES = (np.uint64(0x100000001B3), np.uint64(0xBF58476D1CE4E5B9))
 _HASH_BLOCK = 1 << 16  # keys hashed at a time (bounds the temporaries)
-_DIGEST = np.dtype("<U64")
 
 
 def key_hashes(keys) -> np.ndarray:
@@ -296,11 +296,12 @@ def key_hashes(keys) -> np.ndarray:
     store's keys are) is decoded to its four 64-bit words, a block of keys at a time without a
     Python string per key, and the words are mixed; any other string is mixed from its
     characters, one key at a time."""
-    keys = np.asarray(keys, dtype=str).reshape(-1)
+    keys = as_text(keys).reshape(-1)
     out = np.empty((len(keys), 2), np.uint64)
     for start in range(0, len(keys), _HASH_BLOCK):
         block = keys[start:start + _HASH_BLOCK]
-        words = _digest_words(block) if block.dtype == _DIGEST else None
+        digests = fixed_width(block, 64)
+        words = _digest_words(digests) if digests is not None else None
         if words is not None:
             out[start:start + len(block)] = _mix(words)
             continue

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imagefit.data.augment import Augmenter
 from imagefit.data.images import DEFAULT_MAX_PIXELS, load_image
+from imagefit.data.text import as_text
 from imagefit.errors import ImageLoadError, WorkerError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class FileImages(_Draws):
                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
                  background: tuple[int, int, int] = (255, 255, 255)):
         super().__init__(labels, augmenter, seed)
-        self.paths = np.asarray(paths, dtype=str)
+        self.paths = as_text(paths)
         self.size, self.max_pixels, self.background = size, max_pixels, background
 
     def image_nbytes(self) -> int:

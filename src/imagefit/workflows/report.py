@@ -17,6 +17,7 @@ from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside
 from imagefit.data.sources import open_dataset
+from imagefit.data.text import concat_text
 from imagefit.errors import ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
@@ -149,7 +150,7 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
 def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
     """Exact groups (same bytes) and near-duplicate pairs (embeddings) over every split, with
     counts of label conflicts (across classes) and leakage (across splits)."""
-    paths = np.concatenate([index.paths for index in parts.values()])
+    paths = concat_text(index.paths for index in parts.values())
     labels = np.concatenate([index.labels for index in parts.values()])
     subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
     hashes = np.concatenate([index.sha256 for index in parts.values()])

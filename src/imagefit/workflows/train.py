@@ -222,6 +222,7 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier) -> dict:
                             "temperature": round(float(clf.temperature_), 6),
                             "best_epoch": int(clf.best_epoch_),
                             "best_stage": clf.training_.get("best_stage"),
+                            "max_val": s.max_val, "n_drawn": clf.training_.get("n_drawn"),
                             "n_train": int(clf.n_train_), "n_val": int(clf.n_val_)}
     return resolved
 
