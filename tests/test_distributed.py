@@ -3,6 +3,7 @@ trains one model, written once by rank 0; and the sharding arithmetic behind it.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -38,13 +39,16 @@ def test_epoch_shards_have_equal_length_and_cover_the_epoch():
     assert Distributed().shard_epoch(draws) is draws  # not distributed: unchanged
 
 
-def _torchrun_train(tmp_path: Path, *options: str):
+def _torchrun_train(tmp_path: Path, *options: str, garbled: int = 0):
     """`torchrun --nproc-per-node 2 imagefit train DATA --out RUN *options` with gloo on 36
-    images: (data, run folder, the finished process)."""
+    images (plus `garbled` JPEGs in class owl that only a decode finds bad): (data, run
+    folder, the finished process)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this Python")
     data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
+    for i in range(garbled):
+        (data / "owl" / f"garbled{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes([i]) * 60)
     run = tmp_path / "run"
     env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
@@ -175,4 +179,19 @@ def test_torchrun_ranks_split_the_features_of_what_they_draw(tmp_path):
     records = (tmp_path / "cache" / "features").glob("*/chunk-*.json")
     keys = [key for record in records for key in json.loads(record.read_text())["keys"]]
     assert len(keys) == len(set(keys)) == training["n_drawn"] + training["n_val"]
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tuning_on_draws_skips_files_that_fail_on_any_rank(tmp_path):
+    """Decoded as first drawn under torchrun, with bad files among the draws: the ranks still
+    take the same number of steps (a rank with fewer would leave the other waiting in the
+    gradient all-reduce), and every bad file is listed once."""
+    _, run, done = _torchrun_train(tmp_path, "--mode", "finetune", "--balance", "sampler",
+                                   "--max-per-class", "6", "--epochs", "2", "--max-val", "6",
+                                   "--preflight", "lazy", "--no-report", garbled=3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(run / "bad_files.csv", newline="") as f:
+        bad = sorted(Path(row["path"]).name for row in csv.DictReader(f))
+    assert any(name.startswith("garbled") for name in bad) and len(set(bad)) == len(bad)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)

@@ -278,3 +278,14 @@ def test_index_text_columns_are_compact_unless_a_name_is_not_utf8(tmp_path):
     assert both.tolist() == ["a/1.png", "b/2.png", "b/\udcff.png"]
     with_hashes = dataclasses.replace(clean, sha256=np.array(["0" * 64, "f" * 64]))
     assert with_hashes.sha256.dtype == text.STRINGS
+
+
+def test_hashes_remembered_for_two_tables_of_one_folder_do_not_replace_each_other(tmp_path):
+    data = make_dataset(tmp_path / "data", {"cat": 4, "dog": 4})
+    paths = sorted(str(p) for p in data.rglob("*.*"))
+    first, second = ImageIndex.from_paths(paths[:4]), ImageIndex.from_paths(paths[4:])
+    known = KnownHashes.for_folder(tmp_path / "cache", data)
+    for part in (first, second):
+        preflight(part, workers=1, strategy="lazy", known=known)
+    for part in (first, second):
+        assert preflight(part, workers=1, strategy="lazy", known=known).n_known == 4

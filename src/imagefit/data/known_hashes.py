@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefit._fileio import atomic_write_bytes
+from imagefit._fileio import atomic_write_bytes, remove_orphans
 from imagefit.data.images import ALLOWED_FORMATS
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -90,20 +90,28 @@ class KnownHashes:
     def save(self, paths: list[str], stats: FileStats, digests: np.ndarray,
              formats: list[str | None]) -> None:
         """Remember the files with a hash, a known format and a stat (the others are read
-        again next time). Never fails a run: a cache that cannot be written is skipped."""
+        again next time), beside what was remembered of other files of the folder (a table of
+        validation images beside the training table). Never fails a run: a cache that cannot
+        be written is skipped."""
         keep = np.array([bool(d) and f in ALLOWED_FORMATS for d, f in zip(digests, formats)],
                         bool) & (stats.size >= 0)
-        keys = path_keys([p for p, k in zip(paths, keep) if k])
-        order = np.argsort(keys, kind="stable")
-        rows = np.flatnonzero(keep)[order]
-        arrays = {"key": keys[order], "size": stats.size[rows], "mtime_ns": stats.mtime_ns[rows],
-                  "inode": stats.inode[rows],
-                  "sha256": _unhex(np.asarray(digests)[rows]),
-                  "format": np.array([ALLOWED_FORMATS.index(formats[i]) for i in rows], np.uint8)}
+        rows, keys = np.flatnonzero(keep), path_keys(paths)
+        new = {"key": keys[rows], "size": stats.size[rows],
+               "mtime_ns": stats.mtime_ns[rows], "inode": stats.inode[rows],
+               "sha256": _unhex(np.asarray(digests)[rows]),
+               "format": np.array([ALLOWED_FORMATS.index(formats[i]) for i in rows], np.uint8)}
+        old = self._load()
+        if old is not None:  # this call's files replace their old entries; the rest stay
+            others = ~np.isin(old["key"], keys)
+            new = {name: np.concatenate([old[name][others], column])
+                   for name, column in new.items()}
+        order = np.argsort(new["key"], kind="stable")
+        arrays = {name: column[order] for name, column in new.items()}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_orphans(self.path.parent.glob(".tmp-*"))  # what a killed run left
             atomic_write_bytes(self.path, buffer.getvalue(), sync=False)
         except OSError:
             pass

@@ -422,9 +422,12 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     val_images, val = ctx.features(val, decode, images)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after decoding.")
-    draws = ctx.draws(train.labels)
-    if lazy:
-        draws = DrawnFirst(ctx, train, decode, images, draws)
+    draws, drawn = ctx.draws(train.labels), None
+    if lazy:  # the ranks fill the whole epoch's new draws together, then each takes its share
+        drawn = DrawnFirst(ctx, train, decode, images, ctx.draws(train.labels, shard=False),
+                           shared=True)
+        draws = (lambda epoch: ctx.dist.shard_epoch(drawn(epoch))) if ctx.dist.enabled \
+            else drawn
     n_draws = len(draws(1))
     unfreeze = None
     if s.mode == "finetune":  # by the images the run can see
@@ -485,4 +488,4 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     with torch.no_grad():
         logits = val_logits().numpy()
     return StageResult(history, best_epoch, val, logits, len(train), unfreeze, s.mode,
-                       n_drawn=draws.n_drawn if lazy else None)
+                       n_drawn=drawn.n_drawn if drawn else None)
