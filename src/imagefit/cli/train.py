@@ -101,24 +101,21 @@ def add_parser(sub, common) -> None:
     p.set_defaults(handler=run)
 
 
-def _max_val(text: str) -> int | str:
-    if text in ("auto", "all"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of images, 'auto' or 'all', got {text!r}") from None
+def _number_or(kind: type, words: tuple[str, str], what: str):
+    """An argparse type: a number of `kind`, or one of two words."""
+    def parse(text: str):
+        if text in words:
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what}, '{words[0]}' or '{words[1]}', got {text!r}") from None
+    return parse
 
 
-def _time_budget(text: str) -> float | str:
-    if text in ("auto", "none"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected minutes, 'auto' or 'none', got {text!r}") from None
+_max_val = _number_or(int, ("auto", "all"), "a number of images")
+_time_budget = _number_or(float, ("auto", "none"), "minutes")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
