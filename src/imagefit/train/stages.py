@@ -385,11 +385,11 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     def batches(epoch, first):  # rows gathered a window of batches at a time
         order = torch.from_numpy(draws(epoch)[first * s.batch_size:])
         for part in order.split(window):
-            x = torch.from_numpy(rows_of(part.numpy()))
+            x = _aligned(rows_of(part.numpy()))
             yield from zip(x.split(s.batch_size), yt[part].split(s.batch_size))
 
     def val_logits():
-        return torch.cat([head(torch.from_numpy(x_val[i:i + WINDOW_ROWS]))
+        return torch.cat([head(_aligned(x_val[i:i + WINDOW_ROWS]))
                           for i in range(0, len(x_val), WINDOW_ROWS)] or
                          [torch.zeros(0, len(train.classes))])
 
@@ -406,6 +406,13 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
         logits = val_logits().numpy()
     return StageResult(history, best_epoch, val, logits, len(train),
                        n_drawn=drawn.n_drawn if drawn else None)
+
+
+def _aligned(rows: np.ndarray) -> torch.Tensor:
+    """`rows` in memory PyTorch allocated (64-byte aligned). A NumPy array's address depends on
+    what the process allocated before; the matrix products of the head may round differently
+    at another alignment, and a resumed run must repeat the uninterrupted one bit for bit."""
+    return torch.from_numpy(np.ascontiguousarray(rows)).clone()
 
 
 def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
