@@ -146,8 +146,11 @@ class RunContext:
         index of the rows that could be computed."""
         self.fill_shard(index, runner, store)
         failed = self.fill_rows(index, runner, store, np.arange(len(index)), desc)
-        return index if not len(failed) else index.take(np.isin(np.arange(len(index)), failed,
-                                                                invert=True))
+        if not len(failed):
+            return index
+        keep = np.ones(len(index), bool)
+        keep[failed] = False
+        return index.take(keep)
 
     def fill_rows(self, index: ImageIndex, runner, store: FeatureStore, rows: np.ndarray,
                   desc: str | None = None) -> np.ndarray:
