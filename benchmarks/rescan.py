@@ -2,9 +2,11 @@
 file), first with an empty cache, then unchanged (hashes remembered: files are only stat'ed),
 then with one file changed. Each in a fresh process.
 
-    .venv/bin/python benchmarks/rescan.py FOLDER [--baseline-src /tmp/old/src]
+    .venv/bin/python benchmarks/rescan.py FOLDER [--make 1000000] [--baseline-src /tmp/old/src]
 
-FOLDER: class sub-folders of images (benchmarks/founding_question.py --corpus DIR makes one).
+FOLDER: class sub-folders of images (benchmarks/founding_question.py --corpus DIR makes one;
+with --make N, this script makes an ImageNet-like tree of N tiny distinct PNG files there, 1,000
+a class folder, unless FOLDER exists).
 With --baseline-src, another checkout's src/ runs the same steps (one without remembered hashes
 re-reads every file each time).
 """
@@ -12,6 +14,7 @@ re-reads every file each time).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -26,9 +29,9 @@ STEP = """
 import json, resource, sys, time
 from imagefit._fileio import cache_folder
 from imagefit.data.audit import preflight
-from imagefit.data.index import scan_class_folders
+from imagefit.data.sources import open_dataset
 started = time.perf_counter()
-index = scan_class_folders(sys.argv[1])
+index = open_dataset(sys.argv[1])
 scanned = time.perf_counter()
 options = {"strategy": "lazy"}
 try:
@@ -52,11 +55,27 @@ def step(src: Path, folder: Path, cache: Path) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def make_tree(folder: Path, n: int) -> None:
+    """n distinct 8 x 8 PNG files (a counter after the image's end), 1,000 a class folder."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 120, 30)).save(buffer, "PNG")
+    for i in range(n):
+        cls = folder / f"n{i // 1000:08d}"
+        if i % 1000 == 0:
+            cls.mkdir(parents=True)
+        (cls / f"{cls.name}_{i:08d}.png").write_bytes(buffer.getvalue() + i.to_bytes(4, "little"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
+    ap.add_argument("--make", type=int, metavar="N")
     ap.add_argument("--baseline-src", type=Path)
     args = ap.parse_args()
+    if args.make and not args.folder.exists():
+        make_tree(args.folder, args.make)
     sides = [("this checkout", REPO / "src")]
     if args.baseline_src:
         sides.append(("baseline", args.baseline_src.resolve()))

@@ -289,3 +289,51 @@ def test_hashes_remembered_for_two_tables_of_one_folder_do_not_replace_each_othe
         preflight(part, workers=1, strategy="lazy", known=known)
     for part in (first, second):
         assert preflight(part, workers=1, strategy="lazy", known=known).n_known == 4
+
+
+def test_a_rescan_opens_only_files_changed_since_the_pre_flight_remembered_them(tmp_path,
+                                                                               monkeypatch):
+    """The scan sniffs each file's first bytes for its format; a file whose inode, size and
+    mtime are what an earlier pre-flight saw is only stat'ed. A changed file is opened again,
+    and one that is no longer an image is reported as before."""
+    from imagefit.data import index as index_module
+    from imagefit.data.sources import open_dataset
+
+    data = make_dataset(tmp_path / "data", {"cat": 4, "dog": 4})
+    cache = tmp_path / "cache"
+    first = open_dataset(data, cache_dir=cache)
+    preflight(first, workers=1, strategy="lazy",
+              known=KnownHashes.for_folder(cache, data))
+    opened = []
+
+    def spying_open(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(index_module, "open", spying_open, raising=False)
+    again = open_dataset(data, cache_dir=cache)
+    assert opened == []
+    assert again.paths.tolist() == first.paths.tolist()
+    assert again.labels.tolist() == first.labels.tolist()
+    assert again.report.extension_mismatch == first.report.extension_mismatch
+    broken = data / "cat" / "cat_001.png"
+    broken.write_bytes(b"not an image any more")
+    changed = data / "dog" / "dog_000.jpg"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = open_dataset(data, cache_dir=cache)
+    assert sorted(opened) == sorted([str(broken), str(changed)])
+    assert [b.path for b in third.report.bad_files] == [str(broken)]
+    assert len(third) == len(first) - 1
+    without_cache = open_dataset(data, cache_dir=tmp_path / "empty")
+    assert without_cache.paths.tolist() == third.paths.tolist()
+
+
+def test_a_pre_flight_that_reads_nothing_does_not_rewrite_the_remembered_hashes(tmp_path):
+    data = make_dataset(tmp_path / "data", {"cat": 3, "dog": 3})
+    index = scan_class_folders(data)
+    known = KnownHashes.for_folder(tmp_path / "cache", data)
+    preflight(index, workers=1, strategy="lazy", known=known)
+    written = known.path.stat().st_mtime_ns
+    os.utime(known.path, ns=(written - 10**9, written - 10**9))
+    assert preflight(index, workers=1, strategy="lazy", known=known).n_known == 6
+    assert known.path.stat().st_mtime_ns == written - 10**9

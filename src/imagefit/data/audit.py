@@ -28,7 +28,7 @@ from imagefit._validation import check_choice
 from imagefit.data.images import (DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS, accepted_format,
                                   decode_image, read_file_bytes)
 from imagefit.data.index import BadFile, ImageIndex
-from imagefit.data.known_hashes import FileStats, KnownHashes
+from imagefit.data.known_hashes import FileStats, KnownHashes, path_keys
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 from imagefit.progress import progress_bar
 
@@ -157,13 +157,14 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
     if strategy == "sample":
         rng = np.random.default_rng([seed, _SAMPLE_STREAM])
         decode[rng.choice(len(paths), min(sample, len(paths)), replace=False)] = True
-    stats = FileStats.of(paths) if known is not None else None
-    results: list = [None] * len(paths)
+    hashes = np.zeros(len(paths), dtype="<U64")
+    formats: list[str | None] = [None] * len(paths)
     if known is not None:
-        digests, formats = known.lookup(paths, stats)
-        for row in np.flatnonzero((digests != "") & ~decode):  # unchanged: not read again
-            results[row] = (str(digests[row]), formats[row], None, 0, False, None)
-    todo = [row for row, result in enumerate(results) if result is None]
+        stats, keys = FileStats.of(paths), path_keys(paths)
+        hashes, formats = known.lookup(keys, stats)
+        hashes[decode] = ""  # to be decoded: read whatever is remembered
+    unchanged = hashes != ""  # not read again
+    todo = np.flatnonzero(~unchanged).tolist()
     jobs = [(paths[row], image_size, max_pixels, background, keep_pixels, bool(decode[row]))
             for row in todo]
     workers = workers or os.cpu_count() or 1
@@ -180,16 +181,13 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
         checked = _check_in_processes(jobs, workers, taken)
     else:
         checked = [taken(_check_file(job)) for job in jobs]
-    for row, result in zip(todo, checked):
-        results[row] = result
     bar.close()
     bad = list(index.report.bad_files)
     out = PreflightResult(index, bad, strategy, int(decode.sum()) if strategy != "full" else 0,
                           len(paths) - len(jobs))
-    keep = np.zeros(len(paths), bool)
-    hashes = np.zeros(len(paths), dtype="<U64")
-    formats: list[str | None] = [None] * len(paths)
-    for row, result in enumerate(results):
+    keep = unchanged.copy()
+    out.formats.update(formats[row] for row in np.flatnonzero(unchanged).tolist())
+    for row, result in zip(todo, checked):
         if isinstance(result, BadFile):
             bad.append(result)
             continue
@@ -202,9 +200,9 @@ def preflight(index: ImageIndex, *, image_size: int | None = None, workers: int 
             out.multi_frame += frames > 1
             out.exif_rotated += rotated
     if strategy == "sample":
-        _check_sample(results, decode)
-    if known is not None:
-        known.save(paths, stats, hashes, formats)
+        _check_sample(checked, decode[todo])
+    if known is not None and jobs:  # with nothing read, nothing new to remember
+        known.save(keys, stats, hashes, formats)
     checked = dataclasses.replace(index, sha256=hashes, checked=True)
     out.index = _without_emptied_classes(checked, keep, bad[len(index.report.bad_files):])
     return out

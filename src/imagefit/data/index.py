@@ -20,6 +20,7 @@ import numpy as np
 
 from imagefit._fileio import sha256_file
 from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
+from imagefit.data.known_hashes import KnownFormats
 from imagefit.data.sampling import stratified_subset
 from imagefit.data.text import compact
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
@@ -328,7 +329,8 @@ def _units(hashes: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, l
 
 
 def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
-                       min_classes: int = 2) -> ImageIndex:
+                       min_classes: int = 2,
+                       known_formats: KnownFormats | None = None) -> ImageIndex:
     """Index a folder of class sub-folders, or a folder holding `train/` + `val/` ones.
 
     Class names are the first-level folder names, sorted; images in deeper sub-folders belong to
@@ -340,6 +342,8 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
     Args:
         min_classes: fewer usable classes is an error (2 for training; 1 to evaluate a folder
             that holds a single class).
+        known_formats: what earlier pre-flights found (`KnownHashes.formats`): a file they
+            saw, unchanged since, is stat'ed but not opened.
 
     Raises:
         DatasetError: no such folder, no class folders, fewer than `min_classes` usable
@@ -350,7 +354,7 @@ def scan_class_folders(root: str | os.PathLike, *, follow_links: bool = True,
         raise DatasetError(f"Dataset folder {str(root_path)!r} does not exist or is not a folder. "
                            f"Pass a folder of class sub-folders, or a table (CSV, TSV, Parquet) "
                            f"of paths and labels.")
-    walker = Walker(follow_links, root_path)
+    walker = Walker(follow_links, root_path, known_formats)
     parts = walker.split_folders(root_path, classes_below=True)
     rows: list[tuple[str, str, str]] = []
     for subset, folder in parts:
@@ -502,8 +506,10 @@ class Walker:
     and drop the class 'dog'.) Links to places outside the dataset are followed in place.
     """
 
-    def __init__(self, follow_links: bool, root: Path | None = None):
+    def __init__(self, follow_links: bool, root: Path | None = None,
+                 known_formats: KnownFormats | None = None):
         self.follow_links = follow_links
+        self._known = known_formats
         self.report = ScanReport()
         self.class_dirs: list[str] = []
         self.root_images = 0
@@ -553,7 +559,7 @@ class Walker:
                     self._deferred.append((entry.path, None, subset, None, True))
                 elif self._first_visit(entry, (subset, entry.name)):
                     yield from self._walk_class(Path(entry.path), entry.name, subset)
-            elif self.classify_file(Path(entry.path), entry.name, entry.name,
+            elif self.classify_file(entry.path, entry.name, entry.name,
                                     register=False) is not None:
                 self.root_images += 1
 
@@ -564,7 +570,7 @@ class Walker:
             path, label, subset, top, is_dir = self._deferred.pop(0)
             name = os.path.basename(path)
             if not is_dir:
-                if self.classify_file(Path(path), name, label, subset=subset) is not None:
+                if self.classify_file(path, name, label, subset=subset) is not None:
                     if top:
                         self._nested.setdefault((subset, label), Counter())[top] += 1
                     yield path, label, subset
@@ -605,23 +611,30 @@ class Walker:
                 detail = ", ".join(f"{k}/ ({v})" for k, v in sorted(nested.items()))
                 self.report.warnings.append(f"Class '{label}' includes sub-folders: {detail}.")
 
-    def classify_file(self, path: Path, name: str, label: str, *, subset: str = "",
-                      register: bool = True) -> str | None:
+    def classify_file(self, path: str, name: str, label: str, *, subset: str = "",
+                      register: bool = True,
+                      remembered: tuple[os.stat_result, str] | None = None) -> str | None:
         """Return the format of a usable image; otherwise count it as ignored or bad.
 
         With `register`, a file already indexed (same device and inode, reached through a
-        link) is counted once, under the class it was first indexed with."""
+        link) is counted once, under the class it was first indexed with. `remembered`: the
+        file's stat and the format an earlier run found in it, unchanged since (the file is
+        then not opened)."""
         category = _clutter_category(name)
         if category:
             self.report.ignored[category] += 1
             return None
-        suffix = Path(name).suffix.lower()
+        suffix = os.path.splitext(name)[1].lower()  # pathlib's suffix (faster), but for a
+        suffix = "" if suffix == "." else suffix     # name ending in a dot
         try:
-            stat = path.stat()
-            with open(path, "rb") as f:
-                head = f.read(32)
+            if remembered is None:
+                stat = os.stat(path)
+                with open(path, "rb") as f:
+                    head = f.read(32)
+            else:
+                stat, head = remembered[0], b""
         except OSError as exc:
-            self.report.bad_files.append(BadFile(str(path), "io_error", exc.strerror or str(exc)))
+            self.report.bad_files.append(BadFile(path, "io_error", exc.strerror or str(exc)))
             return None
         key = (stat.st_dev, stat.st_ino)
         if register and key in self._seen_files:
@@ -635,20 +648,20 @@ class Walker:
             return None
         if register:
             self._seen_files[key] = (subset, label)
-        fmt = sniff_format(head)
+        fmt = sniff_format(head) if remembered is None else remembered[1]
         if fmt in ALLOWED_FORMATS:
             if suffix in IMAGE_SUFFIXES and not _suffix_matches(suffix, fmt):
                 self.report.extension_mismatch += 1
             return fmt
         if fmt is not None:
-            self.report.bad_files.append(BadFile(str(path), "format_not_allowed",
+            self.report.bad_files.append(BadFile(path, "format_not_allowed",
                                                  f"{fmt} images are not accepted; supported: "
                                                  f"{', '.join(ALLOWED_FORMATS)}"))
         elif suffix in IMAGE_SUFFIXES:
             reason = "empty" if stat.st_size == 0 else "unidentified"
             message = ("file is empty (0 bytes)" if reason == "empty" else
                        f"named {suffix} but its content is not an image ({stat.st_size:,} bytes)")
-            self.report.bad_files.append(BadFile(str(path), reason, message))
+            self.report.bad_files.append(BadFile(path, reason, message))
         else:
             self.report.ignored[suffix or "no extension"] += 1
         return None
@@ -662,7 +675,9 @@ class Walker:
 
     def _walk_files(self, folder: Path, label: str, subset: str,
                     top: str | None = None) -> Iterable[str]:
-        for entry in self._entries(folder):
+        entries = self._entries(folder)
+        remembered = self._remembered(entries)
+        for entry in entries:
             if entry.is_dir(follow_symlinks=True):
                 if not self._usable_dir(entry):
                     continue
@@ -674,11 +689,32 @@ class Walker:
             elif entry.is_file(follow_symlinks=True) or entry.is_symlink():
                 if self._points_inside(entry):
                     self._deferred.append((entry.path, label, subset, top, False))
-                elif self.classify_file(Path(entry.path), entry.name, label,
-                                        subset=subset) is not None:
+                elif self.classify_file(entry.path, entry.name, label, subset=subset,
+                                        remembered=remembered.get(entry.name)) is not None:
                     if top:
                         self._nested.setdefault((subset, label), Counter())[top] += 1
                     yield entry.path
+
+    def _remembered(self, entries: list[os.DirEntry]) -> dict[str, tuple[os.stat_result, str]]:
+        """name -> (stat, format) for the plain files of one folder that `known_formats`
+        holds unchanged (same inode, size and modification time): looked up a folder at a time,
+        in NumPy."""
+        if self._known is None:
+            return {}
+        names, stats = [], []
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):  # links are opened, as always
+                try:
+                    stats.append(entry.stat(follow_symlinks=False))
+                except OSError:
+                    continue
+                names.append(entry.name)
+        if not names:
+            return {}
+        formats = self._known.of(np.array([(s.st_ino, s.st_size, s.st_mtime_ns) for s in stats],
+                                          np.int64).T)
+        return {name: (stat, fmt) for name, stat, fmt in zip(names, stats, formats)
+                if fmt is not None}
 
     def _points_inside(self, entry: os.DirEntry) -> bool:
         """Is `entry` a link whose target lies inside the dataset (then it waits its turn)?"""
@@ -738,7 +774,10 @@ def _clutter_category(name: str) -> str | None:
     return None
 
 
+_SUFFIXES_OF = {"JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "PNG": (".png",),
+                "WEBP": (".webp",), "BMP": (".bmp", ".dib"), "GIF": (".gif",),
+                "TIFF": (".tif", ".tiff")}
+
+
 def _suffix_matches(suffix: str, fmt: str) -> bool:
-    expected = {"JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "PNG": (".png",), "WEBP": (".webp",),
-                "BMP": (".bmp", ".dib"), "GIF": (".gif",), "TIFF": (".tif", ".tiff")}
-    return suffix in expected.get(fmt, ())
+    return suffix in _SUFFIXES_OF.get(fmt, ())

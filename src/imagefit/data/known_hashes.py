@@ -54,7 +54,7 @@ class KnownHashes:
     Example:
         >>> known = KnownHashes.for_folder(cache, "data/")     # doctest: +SKIP
         >>> stats = FileStats.of(paths)                         # doctest: +SKIP
-        >>> digests, formats = known.lookup(paths, stats)       # doctest: +SKIP
+        >>> digests, formats = known.lookup(path_keys(paths), stats)  # doctest: +SKIP
         >>> digests[0]  # '' where the file must be read       # doctest: +SKIP
         '9f86d081884c7d65...'
     """
@@ -67,14 +67,14 @@ class KnownHashes:
         key = hashlib.sha256(os.fsencode(os.path.realpath(folder))).hexdigest()[:24]
         return cls(Path(cache) / "hashes" / f"{key}.npz")
 
-    def lookup(self, paths: list[str], stats: FileStats) -> tuple[np.ndarray, list[str | None]]:
-        """(SHA-256 hex per file, '' where unknown or changed; its format, None there)."""
-        digests = np.zeros(len(paths), "<U64")
-        formats: list[str | None] = [None] * len(paths)
+    def lookup(self, keys: np.ndarray, stats: FileStats) -> tuple[np.ndarray, list[str | None]]:
+        """For the files of `path_keys(paths)`: (SHA-256 hex per file, '' where unknown or
+        changed; its format, None there)."""
+        digests = np.zeros(len(keys), "<U64")
+        formats: list[str | None] = [None] * len(keys)
         stored = self._load()
-        if stored is None or not len(paths):
+        if stored is None or not len(keys):
             return digests, formats
-        keys = path_keys(paths)
         at = np.minimum(np.searchsorted(stored["key"], keys), len(stored["key"]) - 1)
         hit = ((stored["key"][at] == keys) & (stored["size"][at] == stats.size)
                & (stored["mtime_ns"][at] == stats.mtime_ns) & (stored["inode"][at] == stats.inode)
@@ -87,7 +87,17 @@ class KnownHashes:
                 digests[i] = ""
         return digests, formats
 
-    def save(self, paths: list[str], stats: FileStats, digests: np.ndarray,
+    def formats(self) -> "KnownFormats | None":
+        """The remembered formats, by inode, size and modification time (None: nothing
+        remembered): a scan does not open a file it finds there."""
+        stored = self._load()
+        if stored is None:
+            return None
+        order = np.argsort(stored["inode"], kind="stable")
+        return KnownFormats(*(stored[name][order] for name in ("inode", "size", "mtime_ns",
+                                                              "format")))
+
+    def save(self, keys: np.ndarray, stats: FileStats, digests: np.ndarray,
              formats: list[str | None]) -> None:
         """Remember the files with a hash, a known format and a stat (the others are read
         again next time), beside what was remembered of other files of the folder (a table of
@@ -95,7 +105,7 @@ class KnownHashes:
         be written is skipped."""
         keep = np.array([bool(d) and f in ALLOWED_FORMATS for d, f in zip(digests, formats)],
                         bool) & (stats.size >= 0)
-        rows, keys = np.flatnonzero(keep), path_keys(paths)
+        rows = np.flatnonzero(keep)
         new = {"key": keys[rows], "size": stats.size[rows],
                "mtime_ns": stats.mtime_ns[rows], "inode": stats.inode[rows],
                "sha256": _unhex(np.asarray(digests)[rows]),
@@ -128,6 +138,28 @@ class KnownHashes:
                 or stored["sha256"].shape != (n, 32):
             return None
         return stored
+
+
+@dataclass
+class KnownFormats:
+    """Formats the pre-flight found, by the file's inode, size and mtime_ns (sorted by
+    inode). Without the path: a file moved within the dataset keeps its format (its bytes are
+    the same), and the scan asks before it has a path key."""
+
+    inode: np.ndarray
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    format: np.ndarray
+
+    def of(self, stats: np.ndarray) -> list[str | None]:
+        """For a (3, n) array of (inode, size, mtime_ns): each file's format, or None where
+        not remembered or changed."""
+        inode, size, mtime_ns = stats
+        at = np.minimum(np.searchsorted(self.inode, inode), len(self.inode) - 1)
+        hit = ((self.inode[at] == inode) & (self.size[at] == size)
+               & (self.mtime_ns[at] == mtime_ns))
+        codes = np.where(hit, self.format[at], len(ALLOWED_FORMATS)).tolist()
+        return [ALLOWED_FORMATS[c] if c < len(ALLOWED_FORMATS) else None for c in codes]
 
 
 def path_keys(paths: list[str]) -> np.ndarray:

@@ -22,10 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from imagefit._fileio import cache_folder
+from imagefit._fileio import cache_folder, default_cache_dir
 from imagefit.data.arrays import from_arrays, read_array_file
 from imagefit.data.index import (ARRAY_SUFFIXES, ImageIndex, Walker, check_classes,
                                  scan_class_folders)
+from imagefit.data.known_hashes import KnownFormats, KnownHashes
 from imagefit.data.labels import (compile_pattern, labels_from_folders, labels_from_names,
                                   with_group_regex)
 from imagefit.data.tables import from_table, is_table
@@ -132,10 +133,13 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
     if table_only:
         raise ConfigError(f"{', '.join(table_only)} apply to tables (CSV, TSV, Parquet); "
                           f"{data} is not one.")
+    known = KnownHashes.for_folder(Path(cache_dir) if cache_dir else default_cache_dir(),
+                                   data).formats()  # unchanged files are not opened again
     if options.label_regex or options.label_depth:
-        index = _scan_tree(Path(data), options, min_classes, follow_links)
+        index = _scan_tree(Path(data), options, min_classes, follow_links, known)
     else:
-        index = scan_class_folders(data, min_classes=min_classes, follow_links=follow_links)
+        index = scan_class_folders(data, min_classes=min_classes, follow_links=follow_links,
+                                   known_formats=known)
     return with_group_regex(index, options.group_regex)
 
 
@@ -166,12 +170,12 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
     return ImageIndex.from_paths(X, y, None if y is None else classes)
 
 
-def _scan_tree(root: Path, options: SourceOptions, min_classes: int,
-               follow_links: bool) -> ImageIndex:
+def _scan_tree(root: Path, options: SourceOptions, min_classes: int, follow_links: bool,
+               known: KnownFormats | None) -> ImageIndex:
     """Every image under `root`, labelled by folder depth or by a file-name pattern."""
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {str(root)!r} does not exist or is not a folder.")
-    walker = Walker(follow_links, root)
+    walker = Walker(follow_links, root, known)
     parts = walker.split_folders(root, classes_below=False)  # train/ + val/: kept as a split
     found = [(path, Path(folder), subset) for subset, folder in parts
              for path in walker.walk_tree(Path(folder))]

@@ -164,7 +164,7 @@ def _usable_rows(name: str, raw_paths: list[str], labels: list[str], lines: list
                 conflicting.add(path)
         else:
             first_row[path] = row
-            if not check_files or walker.classify_file(Path(path), Path(path).name,
+            if not check_files or walker.classify_file(path, os.path.basename(path),
                                                        label) is not None:
                 rows.append(row)
                 paths.append(path)
