@@ -39,23 +39,41 @@ def test_epoch_shards_have_equal_length_and_cover_the_epoch():
     assert Distributed().shard_epoch(draws) is draws  # not distributed: unchanged
 
 
-def _torchrun_train(tmp_path: Path, *options: str, garbled: int = 0):
+# Each rank's cache in a folder of its own, as on nodes without a shared filesystem.
+RANK_CACHE_SCRIPT = """
+import os, sys
+os.environ["IMAGEFIT_CACHE"] = os.path.join(sys.argv.pop(1), "rank" + os.environ["RANK"])
+from imagefit.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _torchrun_train(tmp_path: Path, *options: str, garbled: int = 0, run: str = "run",
+                    cache_per_rank: bool = False):
     """`torchrun --nproc-per-node 2 imagefit train DATA --out RUN *options` with gloo on 36
-    images (plus `garbled` JPEGs in class owl that only a decode finds bad): (data, run
-    folder, the finished process)."""
+    images (plus `garbled` JPEGs in class owl that only a decode finds bad), the cache in
+    tmp_path/cache, or with `cache_per_rank` in tmp_path/cache/rank<N>: (data, run folder,
+    the finished process)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this Python")
-    data = make_dataset(tmp_path / "data", {"cat": 16, "dog": 12, "owl": 8})
+    data = tmp_path / "data"
+    if not data.exists():
+        make_dataset(data, {"cat": 16, "dog": 12, "owl": 8})
     for i in range(garbled):
         (data / "owl" / f"garbled{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes([i]) * 60)
-    run = tmp_path / "run"
+    out = tmp_path / run
     env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE,
-           str(Path(sys.executable).with_name("imagefit")), "train", str(data), "--out", str(run),
-           "--image-size", str(TEST_IMAGE_SIZE), *options]
+    if cache_per_rank:
+        script = tmp_path / "rank_cache.py"
+        script.write_text(RANK_CACHE_SCRIPT)
+        program = [str(script), str(tmp_path / "cache")]
+    else:
+        program = [str(Path(sys.executable).with_name("imagefit"))]
+    cmd = [str(torchrun), "--nproc-per-node", "2", *STANDALONE, *program, "train", str(data),
+           "--out", str(out), "--image-size", str(TEST_IMAGE_SIZE), *options]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
-    return data, run, done
+    return data, out, done
 
 
 @pytest.mark.slow
@@ -195,3 +213,32 @@ def test_torchrun_fine_tuning_on_draws_skips_files_that_fail_on_any_rank(tmp_pat
         bad = sorted(Path(row["path"]).name for row in csv.DictReader(f))
     assert any(name.startswith("garbled") for name in bad) and len(set(bad)) == len(bad)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_with_separate_cache_folders_train_the_model_one_shared_folder_trains(
+        tmp_path):
+    """Nodes without a shared filesystem: each rank has its own cache folder, finds only its
+    own share there after the barrier, and computes the rest itself (no faster than one
+    process, but correct): the model is the one a shared folder gives."""
+    options = ("--mode", "probe", "--epochs", "3", "--no-report")
+    data, shared_run, done = _torchrun_train(tmp_path / "shared", *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copytree(data, tmp_path / "separate" / "data")
+    _, separate_run, done = _torchrun_train(tmp_path / "separate", *options, cache_per_rank=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    training = json.loads((separate_run / "model" / "model.json").read_text())["training"]
+    for rank in (0, 1):  # each rank's store holds every training and validation row
+        records = (tmp_path / "separate" / "cache" / f"rank{rank}" / "features").glob(
+            "*/chunk-*.json")
+        keys = {key for record in records for key in json.loads(record.read_text())["keys"]}
+        assert len(keys) == training["n_train"] + training["n_val"]
+    assert not (tmp_path / "separate" / "cache" / "features").exists()
+
+    from imagefit import load_model
+
+    files = sorted(str(p) for p in (data / "owl").iterdir())[:4]
+    np.testing.assert_allclose(load_model(separate_run).predict_proba(files),
+                               load_model(shared_run).predict_proba(files), atol=1e-4)
+    shutil.rmtree(tmp_path / "shared" / "cache", ignore_errors=True)
+    shutil.rmtree(tmp_path / "separate" / "cache", ignore_errors=True)
