@@ -1,5 +1,6 @@
-"""Classification metrics from arrays: true labels and predicted probabilities in, plain numbers
-out. No model, no files, no plotting here (STYLE: reports work on arrays).
+"""Metrics from arrays: true labels (or values) and predictions in, plain numbers out, for the
+three tasks: `classification_metrics`, `multilabel_metrics`, `regression_metrics`. No model, no
+files, no plotting here (STYLE: reports work on arrays).
 """
 
 from __future__ import annotations
@@ -108,6 +109,134 @@ def hierarchy_accuracy(y_true: np.ndarray, y_pred: np.ndarray,
     return out
 
 
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, lower: np.ndarray | None = None,
+                       upper: np.ndarray | None = None) -> dict:
+    """MAE, RMSE, R², median absolute error and Spearman's rank correlation; with prediction
+    intervals [`lower`, `upper`], their empirical coverage and mean width.
+
+    R² is 1 - SSE / SST (scikit-learn's `r2_score`; nan for constant targets). Spearman's rho is
+    Pearson's correlation of the ranks, ties given their mean rank (nan when either side is
+    constant).
+
+    Example:
+        >>> m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 2.5]))
+        >>> round(m["mae"], 4), round(m["r2"], 4), m["spearman"]
+        (0.3333, 0.75, 0.8660254037844387)
+    """
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    n = len(y_true)
+    nan = float("nan")
+    error = y_pred - y_true
+    sst = float(((y_true - y_true.mean()) ** 2).sum()) if n else 0.0
+    metrics = {
+        "n": int(n),
+        "mae": float(np.abs(error).mean()) if n else nan,
+        "rmse": float(np.sqrt((error ** 2).mean())) if n else nan,
+        "r2": 1.0 - float((error ** 2).sum()) / sst if sst > 0 else nan,
+        "median_absolute_error": float(np.median(np.abs(error))) if n else nan,
+        "spearman": _pearson(_ranks(y_true), _ranks(y_pred)) if n > 1 else nan,
+    }
+    if lower is not None and upper is not None:
+        lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+        inside = (y_true >= lower) & (y_true <= upper)
+        metrics["interval_coverage"] = float(inside.mean()) if n else nan
+        metrics["interval_mean_width"] = float((upper - lower).mean()) if n else nan
+    return metrics
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(values)] - 1
+    ranks = np.empty(len(values))
+    ranks[order] = (first[group] + last[group]) / 2.0 + 1.0
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a ** 2).sum() * (b ** 2).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Average precision of one label: the precision at each positive, ranked by `score`,
+    averaged over the positives (scikit-learn's `average_precision_score`: tied scores form
+    one threshold). nan without positives.
+
+    Example:
+        >>> average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1]))
+        0.8333333333333333
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    positives = int(y_true.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(score, np.float64), kind="stable")
+    score, y_true = np.asarray(score, np.float64)[order], y_true[order]
+    last_of_tie = np.r_[score[1:] != score[:-1], True]  # thresholds: distinct scores
+    tp = np.cumsum(y_true)[last_of_tie]
+    predicted = (np.flatnonzero(last_of_tie) + 1)
+    precision = tp / predicted
+    recall_gain = np.diff(np.r_[0, tp]) / positives
+    return float((precision * recall_gain).sum())
+
+
+def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str],
+                       thresholds: np.ndarray | float = 0.5) -> dict:
+    """Multi-label metrics of an indicator matrix `y_true` (n, k) and probabilities `proba`:
+    labels are predicted where `proba >= thresholds` (one per label, or one for all).
+
+    Keys: micro/macro/samples F1 (macro over the labels with positives or predictions; samples
+    over images, where an image with no true and no predicted label agrees fully and scores 1,
+    scikit-learn's `zero_division=1`), mAP (over the labels with positives) and per-label AP,
+    subset accuracy, Hamming loss, and per label precision, recall, F1, AP, support and the
+    threshold.
+
+    Example:
+        >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[.9, .2], [.6, .4]]),
+        ...                        ["cat", "dog"])
+        >>> m["subset_accuracy"], m["hamming_loss"], m["per_label"]["dog"]["recall"]
+        (0.5, 0.25, 0.0)
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    proba = np.asarray(proba, np.float64)
+    n, k = y_true.shape
+    predicted = proba >= np.broadcast_to(np.asarray(thresholds, np.float64), (k,))
+    tp = (y_true & predicted).sum(axis=0).astype(float)
+    support, n_predicted = y_true.sum(axis=0), predicted.sum(axis=0)
+    precision = np.divide(tp, n_predicted, out=np.zeros(k), where=n_predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * tp, support + n_predicted, out=np.zeros(k),
+                   where=(support + n_predicted) > 0)
+    ap = np.array([average_precision(y_true[:, j], proba[:, j]) for j in range(k)])
+    active = (support + n_predicted) > 0
+    row_tp = (y_true & predicted).sum(axis=1)
+    row_total = y_true.sum(axis=1) + predicted.sum(axis=1)
+    row_f1 = np.divide(2 * row_tp, row_total, out=np.ones(n), where=row_total > 0)
+    all_tp, all_total = tp.sum(), float(support.sum() + n_predicted.sum())
+    nan = float("nan")
+    return {
+        "n": int(n),
+        "labels": list(labels),
+        "micro_f1": 2 * all_tp / all_total if all_total else nan,
+        "macro_f1": float(f1[active].mean()) if active.any() else nan,
+        "samples_f1": float(row_f1.mean()) if n else nan,
+        "map": float(np.nanmean(ap)) if (support > 0).any() else nan,
+        "subset_accuracy": float((predicted == y_true).all(axis=1).mean()) if n else nan,
+        "hamming_loss": float((predicted != y_true).mean()) if n else nan,
+        "per_label": {name: {"precision": float(precision[j]), "recall": float(recall[j]),
+                             "f1": float(f1[j]), "ap": float(ap[j]),
+                             "support": int(support[j]),
+                             "threshold": float(np.broadcast_to(thresholds, (k,))[j])}
+                      for j, name in enumerate(labels)},
+    }
+
+
 def format_per_class_table(metrics: dict) -> str:
     """A fixed-width per-class table plus the headline line, for the terminal."""
     width = max([len(printable(c)) for c in metrics["classes"]] + [5])
@@ -124,3 +253,16 @@ def format_per_class_table(metrics: dict) -> str:
             f"{name.replace('_', ' ')} {value:.3f}"
             for name, value in metrics["hierarchy_accuracy"].items()))
     return "\n".join(lines)
+
+
+def format_regression_line(metrics: dict) -> str:
+    """A regression's metrics on one line, for the terminal."""
+    line = (f"MAE {metrics['mae']:.4g} | RMSE {metrics['rmse']:.4g} | R² {metrics['r2']:.3f} | "
+            f"median |error| {metrics['median_absolute_error']:.4g} | Spearman "
+            f"{metrics['spearman']:.3f}")
+    if "interval_coverage" in metrics:
+        promised = metrics.get("interval_promised")
+        line += (f" | interval coverage {metrics['interval_coverage']:.3f}"
+                 + (f" (promised {promised:.0%})" if promised else "")
+                 + f", mean width {metrics['interval_mean_width']:.4g}")
+    return line + f" | n={metrics['n']}"

@@ -1,6 +1,7 @@
-"""The training loop shared by every mode: epochs of mini-batches, weighted cross-entropy,
-validation after each epoch, model selection on validation balanced accuracy (ties: lower
-validation loss), early stopping, a time budget (to which a decaying schedule is fitted once
+"""The training loop shared by every mode and task: epochs of mini-batches, the task's loss
+(`objectives`: weighted cross-entropy for classes), validation after each epoch, model selection
+on the task's validation score (balanced accuracy for classes; ties: lower validation loss),
+early stopping, a time budget (to which a decaying schedule is fitted once
 the first epochs are timed), the best epoch's weights restored at the end;
 optionally a checkpoint after every epoch, from which a killed run continues exactly, and on
 SIGINT/SIGTERM one mid-epoch. Steps with a non-finite loss or gradient are skipped and named;
@@ -26,14 +27,15 @@ from torch import nn
 from tqdm import tqdm
 
 from imagefit.errors import TrainingDivergedError, TrainingInterrupted
-from imagefit.metrics import classification_metrics
 from imagefit.progress import progress_bar
 from imagefit.train.checkpoint import Checkpointer
 from imagefit.train.interrupt import StopRequest, stop_requests
+from imagefit.train.objectives import Classification, MultiLabel, Regression
 
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Objective = Classification | Regression | MultiLabel
 
 
 # Steps in a row whose loss or gradient is not finite before a run gives up (each is skipped).
@@ -62,6 +64,8 @@ class StepSettings:
     Attributes:
         class_weight: per-class weights of the cross-entropy (default: none).
         logit_adjustment: added to the logits inside the loss only (Menon et al. 2021).
+        objective: the task's loss and validation score (`objectives`); default: a
+            `Classification` with the two settings above.
         param_groups: optimizer groups, each with its own "lr" (discriminative rates); default
             every trainable parameter at `LoopSettings.lr`.
         device: where the batches and the loss's tensors go.
@@ -69,6 +73,7 @@ class StepSettings:
 
     class_weight: np.ndarray | None = None
     logit_adjustment: np.ndarray | None = None
+    objective: Objective | None = None
     param_groups: list[dict] | None = None
     device: str = "cpu"
 
@@ -114,10 +119,12 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
     """Train `model` in place; return (history rows, best epoch).
 
     Args:
-        train_batches: (epoch, first batch) -> iterable of (inputs, int64 targets): the epoch's
-            batches, freshly shuffled, from that batch on (a resumed epoch skips what it did).
-        val_logits: computes validation logits with the model in eval mode.
+        train_batches: (epoch, first batch) -> iterable of (inputs, targets): the epoch's
+            batches, freshly shuffled, from that batch on (a resumed epoch skips what it did);
+            targets as the objective takes them (int64 classes, float values, 0/1 rows).
+        val_logits: computes validation outputs with the model in eval mode.
         y_val: validation targets (may be empty: then the last epoch is kept).
+        n_classes: the classes of the default objective (ignored with another).
         step_settings: the loss, optimizer groups and device (default `StepSettings()`).
         hooks: checkpointer, DDP-wrapped model, batch files, progress (default `LoopHooks()`).
 
@@ -127,7 +134,8 @@ def fit_loop(model: nn.Module, train_batches: Callable[[int, int], Batches],
             epoch; a non-finite model never becomes the best one.
         TrainingInterrupted: a signal stopped the loop after it saved its state.
     """
-    loop = _Loop.start(model, settings, step_settings or StepSettings(), hooks or LoopHooks())
+    loop = _Loop.start(model, settings, step_settings or StepSettings(), hooks or LoopHooks(),
+                       n_classes)
     checkpointer = loop.hooks.checkpointer
     guard = contextlib.nullcontext(StopRequest()) if checkpointer is None else stop_requests()
     in_a_row = 0  # non-finite steps in a row, across epoch boundaries
@@ -180,7 +188,7 @@ def _train_step(loop: "_Loop", run: "_EpochRun", inputs: torch.Tensor,
     for group, base in zip(loop.optimizer.param_groups, loop.base_lrs):
         group["lr"] = base * lr_factor(run.step, loop.settings, loop.state.planned)
     run.step += 1
-    loss = _step(loop.train_model, loop.optimizer, loop.criterion, loop.adjust, loop.params,
+    loss = _step(loop.train_model, loop.optimizer, loop.objective, loop.params,
                  inputs.to(loop.device), targets.to(loop.device))
     if isinstance(loss, float):
         run.in_a_row = 0
@@ -197,18 +205,19 @@ def _validate_epoch(loop: "_Loop", run: "_EpochRun", val_logits: Callable[[], to
     started = time.perf_counter()
     row = {"epoch": run.epoch, "stage": loop.settings.stage,
            "train_loss": run.total / max(run.count, 1)}
-    row.update(_val_metrics(loop.model, val_logits, y_val, n_classes))
+    row.update(_val_metrics(loop.model, val_logits, y_val, loop.objective))
     run.seconds += time.perf_counter() - started
     row.update(lr=loop.optimizer.param_groups[-1]["lr"], seconds=round(run.seconds, 4))
     return row
 
 
 def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool) -> None:
-    """Keep the best model (on validation balanced accuracy, then lower loss), decide whether
-    the stage is done (patience, time budget, last epoch), save, report."""
+    """Keep the best model (on the objective's validation score, e.g. balanced accuracy, then
+    lower loss), decide whether the stage is done (patience, time budget, last epoch), save,
+    report."""
     state, settings, epoch = loop.state, loop.settings, run.epoch
     # Without validation data, later is better: the last epoch is kept.
-    score = (row["val_balanced_accuracy"], -row["val_loss"]) if has_val else (0.0, epoch)
+    score = loop.objective.score(row) if has_val else (0.0, epoch)
     if not all(math.isfinite(v) for v in score):
         raise TrainingDivergedError(
             f"The validation loss of epoch {epoch} of {settings.stage} is not finite. "
@@ -229,7 +238,8 @@ def _select_stop_save(loop: "_Loop", run: "_EpochRun", row: dict, has_val: bool)
                       or epoch >= state.planned)
     loop.save()
     loop.bar.update()
-    loop.bar.set_postfix(val_bacc=f"{row['val_balanced_accuracy']:.3f}", best=state.best_epoch)
+    key = loop.objective.progress_key
+    loop.bar.set_postfix({key: f"{row[key]:.3f}", "best": state.best_epoch})
     if over_budget:
         log.warning("Time budget reached after epoch %d of %s; keeping the best epoch (%d).",
                     epoch, settings.stage, state.best_epoch)
@@ -272,8 +282,7 @@ class _Loop:
     settings: LoopSettings
     hooks: LoopHooks
     train_model: nn.Module          # what steps call: `model`, or `hooks.train_model`
-    criterion: nn.Module
-    adjust: torch.Tensor | None     # the logit adjustment, on the device
+    objective: Objective
     params: list[torch.Tensor]
     base_lrs: list[float]           # each group's rate before the schedule
     optimizer: torch.optim.Optimizer
@@ -283,15 +292,11 @@ class _Loop:
 
     @classmethod
     def start(cls, model: nn.Module, settings: LoopSettings, step: StepSettings,
-              hooks: LoopHooks) -> "_Loop":
-        """The loss and the optimizer; the state of the checkpoint, when there is one."""
+              hooks: LoopHooks, n_classes: int) -> "_Loop":
+        """The objective and the optimizer; the state of the checkpoint, when there is one."""
         train_model = model if hooks.train_model is None else hooks.train_model
-        weight = (None if step.class_weight is None
-                  else torch.as_tensor(step.class_weight, dtype=torch.float32, device=step.device))
-        adjust = (None if step.logit_adjustment is None
-                  else torch.as_tensor(step.logit_adjustment, dtype=torch.float32,
-                                       device=step.device))
-        criterion = nn.CrossEntropyLoss(weight=weight)
+        objective = step.objective or Classification(n_classes, step.class_weight,
+                                                     step.logit_adjustment, step.device)
         groups = step.param_groups
         if groups is None:
             groups = [{"params": [p for p in model.parameters() if p.requires_grad],
@@ -307,7 +312,7 @@ class _Loop:
                 state.planned = state.planned or settings.epochs
         bar = progress_bar(total=settings.epochs, desc=f"Training ({settings.stage})",
                            unit="epoch", enabled=hooks.progress, initial=state.epoch)
-        return cls(model, settings, hooks, train_model, criterion, adjust, params, base_lrs,
+        return cls(model, settings, hooks, train_model, objective, params, base_lrs,
                    optimizer, step.device, state, bar)
 
     def save(self) -> None:
@@ -345,14 +350,14 @@ class _EpochRun:
         return cls(epoch, step=(epoch - 1) * settings.steps_per_epoch, in_a_row=in_a_row)
 
 
-def _step(train_model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-          adjust: torch.Tensor | None, params: list[torch.Tensor], inputs: torch.Tensor,
+def _step(train_model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
+          params: list[torch.Tensor], inputs: torch.Tensor,
           targets: torch.Tensor) -> float | np.ndarray:
     """One optimizer step; its loss, or, when the loss or a gradient is not finite, no step
     and which rows were at fault (batch-norm statistics are put back as they were)."""
     buffers = [b.clone() for b in train_model.buffers()]
     logits = train_model(inputs)
-    loss = criterion(logits if adjust is None else logits + adjust, targets)
+    loss = objective.loss(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     finite = not _any_rank(not bool(torch.isfinite(loss)))
     if finite:  # under DDP every rank takes part in the gradients' all-reduce, or none does
@@ -364,7 +369,7 @@ def _step(train_model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     with torch.no_grad():
         for buffer, saved in zip(train_model.buffers(), buffers):
             buffer.copy_(saved)
-    return _bad_rows(logits, targets)
+    return _bad_rows(objective, logits, targets)
 
 
 def _interrupt(signum: int, loop: _Loop, run: _EpochRun) -> None:
@@ -377,10 +382,10 @@ def _interrupt(signum: int, loop: _Loop, run: _EpochRun) -> None:
         f"saved in {loop.hooks.checkpointer.path(loop.settings.stage)}.", signum)
 
 
-def _bad_rows(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+def _bad_rows(objective: Objective, logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """Which rows of a batch have a non-finite loss (none: the gradient was the problem)."""
     with torch.no_grad():
-        losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        losses = objective.row_losses(logits, targets)
     return (~torch.isfinite(losses)).cpu().numpy()
 
 
@@ -480,14 +485,9 @@ class _State:
 
 
 def _val_metrics(model: nn.Module, val_logits: Callable[[], torch.Tensor], y_val: np.ndarray,
-                 n_classes: int) -> dict:
+                 objective: Objective) -> dict:
     if not len(y_val):
-        return {"val_loss": float("nan"), "val_accuracy": float("nan"),
-                "val_balanced_accuracy": float("nan")}
+        return objective.val_metrics(torch.zeros(0), y_val)
     model.eval()
     with torch.no_grad():
-        logits = val_logits().float().cpu()
-    proba = torch.softmax(logits, dim=1).numpy()
-    metrics = classification_metrics(y_val, proba, [str(i) for i in range(n_classes)])
-    return {"val_loss": metrics["log_loss"], "val_accuracy": metrics["accuracy"],
-            "val_balanced_accuracy": metrics["balanced_accuracy"]}
+        return objective.val_metrics(val_logits().float().cpu(), y_val)
