@@ -575,6 +575,7 @@ def test_finetune_ships_the_probe_only_when_it_is_clearly_better(monkeypatch, ca
     from types import SimpleNamespace
 
     from imagefit.models.net import ImageClassifierNet
+    from imagefit.train.objectives import Classification
     from imagefit.train.stages import StageResult, run_stages
 
     net = ImageClassifierNet(create_backbone("simple_cnn", image_size=32, pretrained=False), 2)
@@ -596,7 +597,8 @@ def test_finetune_ships_the_probe_only_when_it_is_clearly_better(monkeypatch, ca
 
     monkeypatch.setattr(stages_module, "probe_stage", probe_stage)
     monkeypatch.setattr(stages_module, "image_stage", image_stage)
-    ctx = SimpleNamespace(settings=SimpleNamespace(mode="finetune"), budget_left=lambda: None)
+    ctx = SimpleNamespace(settings=SimpleNamespace(mode="finetune"), budget_left=lambda: None,
+                          objective=None, score=Classification.score)  # a classifier's
     before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
     with caplog.at_level(logging.WARNING):
         result = run_stages(net, None, val, ctx)

@@ -35,9 +35,12 @@ _EXPORTS = {
     "TrainingInterrupted": "imagefit.errors",
     "ImageClassifier": "imagefit.estimator",
     "load_model": "imagefit.estimator",
+    "RegressionResult": "imagefit.evaluation.regression",
+    "evaluate_regressor": "imagefit.evaluation.regression",
     "EvaluationResult": "imagefit.evaluation.result",
     "evaluate": "imagefit.evaluation.result",
     "Predictions": "imagefit.features.extract",
+    "ImageRegressor": "imagefit.regressor",
     "train_run": "imagefit.workflows.train",
 }
 

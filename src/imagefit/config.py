@@ -31,6 +31,10 @@ class TrainConfig:
     label_regex: str | None = None    # label = first group of this pattern in the file name
     label_depth: Any = None           # folders: class = first N folder levels, or "leaf"
     group_regex: str | None = None    # group = first group of this pattern in the file name
+    task: str = "auto"                # tables: auto | classify | regress (auto: regress when
+                                      # every label is a number and some are not whole)
+    loss: str = "mse"                 # regression: mse | huber | l1
+    interval: float = 0.9             # regression: coverage of the prediction intervals
     val_fraction: float = 0.2         # share of each class held out when there is no val folder
     mode: str = "auto"                # auto | probe | finetune | scratch (auto: finetune a
                                       # pretrained backbone on GPU or <= 20k images, else probe)
@@ -84,6 +88,29 @@ class TrainConfig:
 
     def estimator_params(self) -> dict:
         """The subset of settings that are `ImageClassifier` parameters."""
-        skip = ({"data", "out", "val", "strict", "report", "preflight"}
+        skip = ({"data", "out", "val", "strict", "report", "preflight"} | _REGRESSION_ONLY
                 | {f.name for f in fields(SourceOptions)})
         return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+    def regressor_params(self) -> dict:
+        """The subset of settings that are `ImageRegressor` parameters.
+
+        Raises:
+            ConfigError: a setting only classes have (balance, class weights, per-class
+                draws, logit adjustment) was given.
+        """
+        defaults = TrainConfig()
+        given = [name for name in _CLASSIFICATION_ONLY
+                 if getattr(self, name) != getattr(defaults, name)]
+        if given:
+            options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            raise ConfigError(f"{options} balance classes; a regression has none. Leave "
+                              f"{'it' if len(given) == 1 else 'them'} out.")
+        params = self.estimator_params()
+        for name in _CLASSIFICATION_ONLY:
+            params.pop(name)
+        return {**params, "loss": self.loss, "interval": self.interval}
+
+
+_REGRESSION_ONLY = {"loss", "interval"}
+_CLASSIFICATION_ONLY = ("balance", "class_weight", "max_per_class", "logit_adjustment")

@@ -283,18 +283,17 @@ class ImageClassifier(BaseEstimator):
         return self._runner
 
 
-def load_model(path: str | os.PathLike) -> ImageClassifier:
-    """Load a model folder (or a run folder) into a fitted `ImageClassifier`.
-
-    Only the folder is needed: no training data, no pretrained-weights package, no network.
+def load_model(path: str | os.PathLike):
+    """Load a model folder (or a run folder) into a fitted `ImageClassifier`, or an
+    `ImageRegressor` for a regression's folder. Only the folder is needed: no training data,
+    no pretrained-weights package, no network.
 
     Raises:
         ModelFormatError: missing files, a pickle file, a weights checksum mismatch, or a
             `model.json` this version cannot read.
-
-    Example:
-        >>> imagefit.load_model("runs/demo").classes_   # doctest: +SKIP
-        ('cat', 'dog')
     """
     meta, state, _ = read_model_folder(path)
+    if meta.get("task") == "regress":
+        from imagefit.regressor import ImageRegressor  # it imports what this module does
+        return ImageRegressor.from_config(meta, state)
     return ImageClassifier.from_config(meta, state)

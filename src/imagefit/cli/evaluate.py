@@ -8,10 +8,10 @@ from pathlib import Path
 
 from imagefit.cli.cache import add_limit_option
 from imagefit._fileio import check_output_file, check_output_folder
-from imagefit._validation import check_int
+from imagefit._validation import check_classifier, check_int
 from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
 from imagefit.data.index import refuse_output_inside
-from imagefit.metrics import format_per_class_table
+from imagefit.metrics import format_per_class_table, format_regression_line
 from imagefit.progress import printable
 from imagefit.workflows.run_folder import RunFolder
 
@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   imagefit evaluate runs/cats data/test
   imagefit evaluate runs/cats/model data/test --json test-metrics.json
   imagefit evaluate runs/scans held-out.csv --path-col file --label-col diagnosis
+  imagefit evaluate runs/age test-ages.csv --label-col age   # a regression: MAE, R², coverage
 """
 
 
@@ -46,15 +47,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     model = load_model(args.run)  # a refused model file says so before anything else
+    regression = not hasattr(model, "classes_")
+    if args.report and regression:
+        check_classifier(model, "--report")
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
-    data = open_test_data(args, args.data)
+    data = open_test_data(args, args.data, task="regress" if regression else None)
     if args.report:
         refuse_output_inside(args.report, [args.data, data])  # before anything is created
         check_output_folder(args.report, "--report")
     result = evaluate(model, data, progress=not args.quiet)
     if not args.quiet:
-        print(format_per_class_table(result.metrics))
+        print(format_regression_line(result.metrics) if regression
+              else format_per_class_table(result.metrics))
         if result.bad_files:
             print(f"Skipped {len(result.bad_files)} unreadable files "
                   f"(first: {printable(result.bad_files[0].path)}: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imagefit._validation import check_classifier
 from imagefit.progress import printable
 
 EXAMPLES = """examples:
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
+    check_classifier(clf, "imagefit explain")
     out = (Path(args.out) if args.out
            else model_dir.parent / "explain" / safe_name(Path(args.image).stem))
     result = explain_image(clf, args.image, out, true_label=args.true_label)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imagefit._validation import check_classifier
 from imagefit.workflows.run_folder import RunFolder
 from imagefit.export import FORMATS, TOLERANCE
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
+    check_classifier(clf, "imagefit export")
     suffix = "onnx" if args.format == "onnx" else "pt"
     out = Path(args.out) if args.out else model_dir.parent / "export" / f"model.{suffix}"
     result = export_model(clf, out, format=args.format,

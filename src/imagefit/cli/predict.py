@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from imagefit.data.index import expand_paths
 from imagefit._fileio import cache_folder
 from imagefit.data.arrays import array_file_images
@@ -38,7 +40,8 @@ def add_parser(sub, common) -> None:
                    "(default: path, filename, file, image...)")
     p.add_argument("--root", metavar="DIR", help="table: the folder relative paths start from "
                    "(default: the table's folder)")
-    p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>...")
+    p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>... "
+                   "(a regression's model: path,value,lower,upper)")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
                    "the cap the model was trained with, from model.json)")
@@ -54,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out, "--out")
     model = load_model(args.run)
+    regression = not hasattr(model, "classes_")
+    if regression and (args.top_k is not None or args.tta):
+        raise ConfigError("--top-k and --tta apply to classifiers; this model is a "
+                          "regression: it predicts a number per image (value, lower, upper).")
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
-    if args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
+    if not regression and args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
         raise ConfigError(f"The 'top_k' parameter must be an int in [1, {len(model.classes_)}]. "
                           f"Got {args.top_k} instead.")
     leading = None
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         paths = expand_paths(args.paths)
     if not paths:
         raise ConfigError(f"No image files found in {args.paths}.")
+    if regression:
+        return _predict_values(model, paths, leading, args)
     errors = []  # per chunk, counted as the chunks stream past
     chunks = model.iter_predict_files(paths, progress=not args.quiet, tta=args.tta)
     if args.out:
@@ -84,6 +93,32 @@ def run(args: argparse.Namespace) -> int:
         for preds in _counting(chunks, errors):
             _print_chunk(preds, args.top_k or 1)
         n_errors = sum(errors)
+    return 0 if n_errors < len(paths) else 1
+
+
+def _predict_values(model, paths: list[str], leading, args: argparse.Namespace) -> int:
+    """A regression's predictions: `value, lower, upper` per file (the interval's coverage is
+    the model's), to the CSV or the terminal; exit 1 when no file could be read."""
+    from imagefit.evaluation.regression import write_value_predictions_csv
+
+    values, errors = [], []
+    for _, value, failures in model.iter_predict_files(paths, progress=not args.quiet):
+        values.append(value)
+        errors += ["" if f is None else f"{f.reason}: {f.message}" for f in failures]
+    value = np.concatenate(values)
+    lower, upper = value - model.halfwidth_, value + model.halfwidth_
+    n_errors = sum(bool(e) for e in errors)
+    if args.out:
+        write_value_predictions_csv(args.out, paths, value, lower, upper, errors,
+                                    leading=leading)
+        if not args.quiet:
+            print(f"Wrote {len(paths):,} predictions ({model.interval:.0%} intervals) to "
+                  f"{args.out}" + (f" ({n_errors} unreadable, see the error column)"
+                                   if n_errors else "") + ".")
+    else:
+        for path, v, lo, hi, error in zip(paths, value, lower, upper, errors):
+            print(f"{printable(path)}	ERROR	{printable(error)}" if error else
+                  f"{printable(path)}	{v:.6g}	[{lo:.6g}, {hi:.6g}]")
     return 0 if n_errors < len(paths) else 1
 
 

@@ -41,15 +41,18 @@ def source_values(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def open_data(args: argparse.Namespace, data: str, *, min_classes: int = 1) -> ImageIndex:
-    """`data` read with the command line's data-shape options."""
-    return open_dataset(data, SourceOptions(**source_values(args)), min_classes=min_classes)
+def open_data(args: argparse.Namespace, data: str, *, min_classes: int = 1,
+              task: str | None = None) -> ImageIndex:
+    """`data` read with the command line's data-shape options (and `task`, when given)."""
+    values = source_values(args) | ({"task": task} if task else {})
+    return open_dataset(data, SourceOptions(**values), min_classes=min_classes)
 
 
-def open_test_data(args: argparse.Namespace, data: str) -> ImageIndex:
+def open_test_data(args: argparse.Namespace, data: str, task: str | None = None) -> ImageIndex:
     """`data` to evaluate: only its test rows when a split column marks some (the others
-    were trained or validated on), said unless --quiet."""
-    index = open_data(args, data)
+    were trained or validated on), said unless --quiet. `task`: "regress" for a model that
+    predicts numbers (its values are read as such)."""
+    index = open_data(args, data, task=task)
     if len(index.test_part()):
         index = index.test_part()
         if not args.quiet:

@@ -9,6 +9,8 @@ import sys
 
 from imagefit.cli.cache import add_limit_option
 from imagefit.config import MODES, TrainConfig
+from imagefit.data.tables import TASKS
+from imagefit.train.objectives import REGRESSION_LOSSES
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.cli.source import DATA_HELP, add_source_options, source_values
 from imagefit.errors import TrainingInterrupted
@@ -27,6 +29,7 @@ EXAMPLES = r"""examples:
   imagefit train data/ --strict          # stop (exit 3) if any file is unreadable
   imagefit train data/ --augment keras --balance sampler --time-budget 15 --out runs/x
   imagefit train data/ --out runs/x --resume   # continue an interrupted run
+  imagefit train ages.csv --task regress --label-col age --out runs/age   # a number per image
 """
 
 
@@ -47,7 +50,8 @@ def add_parser(sub, common) -> None:
                    "top stages on augmented images; scratch: small CNN from random weights")
     p.add_argument("--augment", metavar="PRESET|FILE.yaml", help="training augmentation: "
                    "none, light (default when training on images, but none from scratch on "
-                   "20,000+), keras (the Keras blog's settings), strong, or a YAML file of "
+                   "20,000+), keras (the Keras blog's settings), strong, photometric (colour "
+                   "and blur only: the regression default), or a YAML file of "
                    "ImageDataGenerator-style settings")
     p.add_argument("--unfreeze", type=int, metavar="N", help="finetune: top stages to train "
                    "(default 1 below 2,000 images, 2 below 20,000, else 3)")
@@ -75,6 +79,13 @@ def add_parser(sub, common) -> None:
                    "(default auto: full up to 50,000 files, else sample:1000; --strict: full)")
     p.add_argument("--logit-adjustment", type=float, metavar="TAU", help="logit-adjusted loss "
                    "(Menon et al. 2021) with this tau, e.g. 1.0")
+    p.add_argument("--task", choices=TASKS, help="tables: classify (labels are class names), "
+                   "regress (a number per image), or auto (default: regress when every label "
+                   "is a number and some are not whole)")
+    p.add_argument("--loss", choices=REGRESSION_LOSSES, help="regression loss (default mse; "
+                   "huber is robust to a few wrong values)")
+    p.add_argument("--interval", type=float, metavar="P", help="regression: coverage of the "
+                   "split-conformal prediction intervals (default 0.9)")
     p.add_argument("--time-budget", type=_time_budget, metavar="MINUTES|auto|none",
                    help="minutes of training: the schedule is fitted to them and the best "
                    "epoch kept (default auto: a minute per 200 training images on a CPU, 3 to "
@@ -124,9 +135,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
                 "augment", "balance", "class_weight", "max_per_class", "epoch_size", "max_val",
-                "preflight", "logit_adjustment", "unfreeze", "epochs", "batch_size", "lr",
-                "dropout", "seed", "device", "workers", "max_pixels", "time_budget", "resume",
-                "strict", "report"):
+                "preflight", "logit_adjustment", "loss", "interval", "unfreeze", "epochs",
+                "batch_size", "lr", "dropout", "seed", "device", "workers", "max_pixels",
+                "time_budget", "resume", "strict", "report"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -177,11 +188,24 @@ def resume_command(argv: list[str] | None, out: str, world_size: int = 1) -> str
 def report(result, echo) -> None:
     clf = result.classifier
     stage = clf.training_.get("best_stage")
+    if result.evaluation.metrics.get("task") == "regress":
+        m = result.evaluation.metrics
+        echo(f"Mode: {clf.mode_}; loss: {clf.loss}; best epoch {clf.best_epoch_}"
+             + (f" of {stage}" if stage and stage != clf.mode_ else "") + ".")
+        echo(f"Validation: MAE {m['mae']:.4g} | RMSE {m['rmse']:.4g} | R² {m['r2']:.3f} | "
+             f"Spearman {m['spearman']:.3f} | n={m['n']}; {m['interval_promised']:.0%} "
+             f"prediction interval ±{clf.halfwidth_:.4g} (fitted on these images)")
+        _paths(result, echo)
+        return
     echo(f"Mode: {clf.mode_}; balance: {clf.balance_}; best epoch {clf.best_epoch_}"
          + (f" of {stage}" if stage and stage != clf.mode_ else "")
          + f"; temperature {clf.temperature_:.3f}.")
     echo("Validation metrics:")
     echo(format_per_class_table(result.evaluation.metrics))
+    _paths(result, echo)
+
+
+def _paths(result, echo) -> None:
     echo(f"Model:   {result.model_dir}")
     run = RunFolder(result.run_dir)
     echo(f"Metrics: {run.eval / 'metrics.json'}  (predictions.csv beside it)")

@@ -181,6 +181,9 @@ PRESETS: dict[str, AugmentConfig] = {
                            fill_mode="nearest"),
     "strong": AugmentConfig(crop_scale=(0.35, 1.0), horizontal_flip=True, fill_mode="reflect",
                             policy="trivialaugment", erase_p=0.25),
+    # Colour and focus only: nothing moves, so targets that are angles, positions or counts
+    # of what is in the frame stay true (the regression default).
+    "photometric": AugmentConfig(color_jitter=0.2, blur_p=0.1),
 }
 
 

@@ -91,6 +91,9 @@ class ImageIndex:
         report: what the scan skipped, ignored or warned about.
         checked: whether every file went through the pre-flight (`data.audit.preflight`);
             `fit` runs it on an index that did not.
+        targets: optional float array: each image's value, for regression (`from_values`);
+            `labels` and `classes` then hold the values' quantile bins, so that splits and
+            subsets are stratified by value.
 
     Example:
         >>> index = ImageIndex.from_paths(["a.png", "b.png"], ["cat", "dog"])
@@ -107,10 +110,11 @@ class ImageIndex:
     root: str | None = None
     checked: bool = False
     groups: np.ndarray | None = None
+    targets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        for name in ("labels", "subsets", "sha256", "groups"):
+        for name in ("labels", "subsets", "sha256", "groups", "targets"):
             column = getattr(self, name)
             if column is not None and len(column) != n:
                 raise ValueError(f"column {name!r} has {len(column)} rows, paths has {n}")
@@ -134,6 +138,32 @@ class ImageIndex:
             raise ConfigError(f"Labels {unknown[:5]} are not among the classes {list(class_list)}.")
         return cls(path_array, np.array([lookup[n] for n in names], np.int64), class_list)
 
+    @classmethod
+    def from_values(cls, paths: Sequence[str | os.PathLike], values: Sequence[float]
+                    ) -> "ImageIndex":
+        """An index of images with a number each (regression): `targets` holds the values,
+        `labels` their quantile bins (`value_strata`).
+
+        Raises:
+            ConfigError: lengths differ, or a value is not a finite number.
+        """
+        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
+        try:
+            targets = np.asarray(values, np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ConfigError("Regression targets must be numbers.") from None
+        if len(targets) != len(path_array):
+            raise ConfigError(f"Got {len(path_array)} paths but {len(targets)} values.")
+        if not np.isfinite(targets).all():
+            raise ConfigError(f"Regression targets must be finite numbers; "
+                              f"{int((~np.isfinite(targets)).sum())} are NaN or infinite.")
+        labels, classes = value_strata(targets)
+        return cls(path_array, labels, classes, targets=targets)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.targets is not None
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -152,7 +182,7 @@ class ImageIndex:
         pick = (lambda a: None if a is None else a[rows])
         return dataclasses.replace(self, paths=self.paths[rows], labels=self.labels[rows],
                                    subsets=pick(self.subsets), sha256=pick(self.sha256),
-                                   groups=pick(self.groups))
+                                   groups=pick(self.groups), targets=pick(self.targets))
 
     def without_test(self) -> "ImageIndex":
         """The rows for training and validation: all but those marked `test`.
@@ -255,6 +285,22 @@ class ImageIndex:
                 f"validation moved by up to {abs(shares[worst] - overall) * 100:.1f} points "
                 f"('{index.classes[worst]}': {shares[worst]:.0%} vs {overall:.0%} overall).")
         return train, val
+
+
+def value_strata(values: np.ndarray, max_bins: int = 10) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(bin of each value, bin names): up to `max_bins` quantile bins, at least 5 values a bin
+    where there are enough, so that a split or subset stratified by bin spreads the range of
+    the values over both sides.
+
+    Example:
+        >>> value_strata(np.arange(10.0)[::-1], max_bins=2)
+        (array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0]), ('bin 1', 'bin 2'))
+    """
+    n_bins = int(max(1, min(max_bins, len(values) // 5)))
+    edges = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]) if len(values) else []
+    bins = np.searchsorted(np.asarray(edges), values, side="right")
+    used, labels = np.unique(bins, return_inverse=True)  # equal edges: no empty bin
+    return labels.astype(np.int64), tuple(f"bin {i + 1}" for i in range(len(used)))
 
 
 def _validation_shares(labels: np.ndarray, is_val: np.ndarray, n_classes: int) -> np.ndarray:

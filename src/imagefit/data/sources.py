@@ -29,7 +29,7 @@ from imagefit.data.index import (ARRAY_SUFFIXES, ImageIndex, Walker, check_class
 from imagefit.data.known_hashes import KnownFormats, KnownHashes
 from imagefit.data.labels import (compile_pattern, labels_from_folders, labels_from_names,
                                   with_group_regex)
-from imagefit.data.tables import from_table, is_table
+from imagefit.data.tables import TASKS, from_table, is_table
 from imagefit.errors import ConfigError, DatasetError
 
 TABLE_ONLY = ("root", "path_col", "label_col", "split_col", "group_col")
@@ -51,6 +51,7 @@ class SourceOptions:
         group_regex: the group is the first group of this pattern, searched in the file name.
         check_files: tables: check that every file exists and looks like an image (False
             trusts the table, for very large ones; the pre-flight still decodes each file).
+        task: tables: "classify", "regress" (a number per image) or "auto" (`from_table`).
     """
 
     root: str | None = None
@@ -62,8 +63,11 @@ class SourceOptions:
     label_depth: int | str | None = None
     group_regex: str | None = None
     check_files: bool = True
+    task: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"The task must be one of {', '.join(TASKS)}, not {self.task!r}.")
         depth = self.label_depth
         if depth is not None and depth != "leaf":
             try:
@@ -128,6 +132,10 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
             raise DatasetError(f"{data} has {len(index.classes)} class; a classifier needs at "
                                f"least {min_classes}.")
         return index
+    if options.task == "regress":
+        raise ConfigError(f"Regression reads each image's number from a table (CSV, TSV, "
+                          f"Parquet or a DataFrame: a path and a value column); {data} is not "
+                          f"one.")
     table_only = [f"--{name.replace('_', '-')}" for name in TABLE_ONLY
                   if getattr(options, name)]
     if table_only:

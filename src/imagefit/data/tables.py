@@ -25,6 +25,7 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 PATH_COLUMNS = ("path", "filename", "file", "image", "file_name", "filepath", "image_path",
                 "image_id", "img")
 LABEL_COLUMNS = ("label", "class", "category")
+VALUE_COLUMNS = ("value", "target")  # recognised as the label column when regressing
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test"}
 _TABLES_EXTRA = "pip install 'imagefit[tables]' (pandas and pyarrow)"
@@ -39,7 +40,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
                label_col: str | None = None, split_col: str | None = None,
                group_col: str | None = None, label_regex: str | None = None,
                group_regex: str | None = None, label_depth: Any = None, check_files: bool = True,
-               min_classes: int = 2) -> ImageIndex:
+               min_classes: int = 2, task: str = "auto") -> ImageIndex:
     """Index a table of images: a CSV, TSV or Parquet file, or a pandas DataFrame.
 
     Columns are found by name when not given (path: `path`, `filename`, `file`, `image`...;
@@ -53,10 +54,14 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     Args:
         check_files: False trusts the paths (no existence or format check): for tables of
             millions of rows whose files are checked later by the pre-flight.
+        task: "classify" (labels are class names), "regress" (labels are numbers: the index
+            has `targets`), or "auto": regress when every label is a number and some are not
+            whole (a column of whole numbers stays class names: ids, or counts; say
+            "regress" to predict them as numbers). What was decided is said in the notes.
 
     Raises:
         DatasetError: unreadable table, missing or ambiguous columns, bad split values, too
-            few classes.
+            few classes, or (regress) a label that is not a number.
 
     Example:
         >>> index = from_table("labels.csv", path_col="file", group_col="patient")  # doctest: +SKIP
@@ -69,7 +74,8 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
     label_name = None
     if label_regex is None:
-        label_name = _pick_column(name, header, label_col, LABEL_COLUMNS, "label", report_notes)
+        candidates = LABEL_COLUMNS + (VALUE_COLUMNS if task == "regress" else ())
+        label_name = _pick_column(name, header, label_col, candidates, "label", report_notes)
     split_name = _pick_column(name, header, split_col, ("split",), "split", report_notes,
                               required=False)
     group_name = _pick_column(name, header, group_col, (), "group", report_notes,
@@ -95,9 +101,15 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
         raise DatasetError(f"None of the files {name} names exists: {len(missing)} are missing "
                            f"under {base} (e.g. {missing[0].path}). Set --root to the folder "
                            f"its paths start from.")
-    classes = check_classes(names, walker, Path(name), min_classes)
-    walker.report.min_classes = min_classes
-    index = ImageIndex.from_paths(paths, names, classes)
+    task = _decide_task(task, name, label_name, names, [lines[r] for r in rows],
+                        walker.report.notes)
+    if task == "regress":
+        index = ImageIndex.from_values(paths, [float(v) for v in names])
+        walker.report.min_classes = 1
+    else:
+        classes = check_classes(names, walker, Path(name), min_classes)
+        walker.report.min_classes = min_classes
+        index = ImageIndex.from_paths(paths, names, classes)
     index = dataclasses.replace(
         index, report=walker.report, root=str(base),
         subsets=np.array([splits[r] for r in rows], dtype=str) if splits else None)
@@ -110,6 +122,48 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
                 f"them is a group of its own.")
         index = with_groups(index, [groups[r].strip() for r in rows])
     return with_group_regex(index, group_regex) if group_regex and groups is None else index
+
+
+TASKS = ("auto", "classify", "regress")
+
+
+def _decide_task(task: str, table: str, column: str | None, values: list[str],
+                 lines: list[int], notes: list[str]) -> str:
+    """"classify" or "regress" for the label `values` (see `from_table`)."""
+    if task not in TASKS:
+        raise ConfigError(f"The task must be one of {', '.join(TASKS)}, not {task!r}.")
+    if task == "classify" or column is None:
+        if task == "regress":
+            raise ConfigError("Regression reads its values from a label column "
+                              "(--label-col), not from file names.")
+        return "classify"
+    numbers = [_number(v) for v in values]
+    if task == "regress":
+        bad = [(line, v) for line, v, x in zip(lines, values, numbers) if x is None]
+        if bad:
+            shown = ", ".join(f"line {line}: {v!r}" for line, v in bad[:5])
+            raise DatasetError(f"{table}: column '{column}' must hold a number on every row "
+                               f"to regress; {len(bad)} do not ({shown}). Fix them, or "
+                               f"classify with --task classify.")
+        notes.append(f"Task: regression on column '{column}'.")
+        return "regress"
+    if not values or any(x is None for x in numbers):
+        return "classify"
+    if all(x.is_integer() for x in numbers):
+        notes.append(f"Column '{column}' holds whole numbers: they are class names here "
+                     f"(--task regress predicts them as numbers).")
+        return "classify"
+    notes.append(f"Task: regression (column '{column}' holds numbers, not all whole; "
+                 f"--task classify treats them as class names).")
+    return "regress"
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from imagefit.data.index import BadFile, ImageIndex
-from imagefit.data.sources import scan_folder
+from imagefit.data.sources import SourceOptions, open_dataset, scan_folder
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.ranking import Rankings, rank_per_class
 from imagefit.features.extract import Predictions
@@ -74,7 +74,8 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
     """Predict every image of `data` and compute the metrics.
 
     Args:
-        model: a fitted classifier (e.g. from `load_model`).
+        model: a fitted classifier (e.g. from `load_model`); an `ImageRegressor` gets
+            `evaluation.regression.evaluate_regressor` (a table of values as `data`).
         data: an `ImageIndex` or a dataset folder/CSV; class names are matched by name, and
             classes unknown to the model are an error.
 
@@ -83,6 +84,12 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
         >>> round(result.metrics["balanced_accuracy"], 3)    # doctest: +SKIP
         0.912
     """
+    if not hasattr(model, "classes_"):  # an ImageRegressor
+        from imagefit.evaluation.regression import evaluate_regressor
+
+        index = data if isinstance(data, ImageIndex) else open_dataset(
+            data, SourceOptions(task="regress"), min_classes=1)
+        return evaluate_regressor(model, index, progress=progress)
     index = data if isinstance(data, ImageIndex) else scan_folder(data, min_classes=1)
     index = index.with_classes(model.classes_)
     preds = model.predict_files(index.paths, progress=progress)

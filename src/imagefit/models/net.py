@@ -32,6 +32,11 @@ class ImageClassifierNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    @property
+    def n_outputs(self) -> int:
+        """The head's outputs: one per class (one value for a regression)."""
+        return self.head[-1].out_features
+
     def calibrated_proba(self, logits: torch.Tensor) -> torch.Tensor:
         return calibrated_proba(logits, self.temperature)
 
@@ -106,8 +111,12 @@ class StoredNet:
     def calibrated_proba(self, logits: torch.Tensor) -> torch.Tensor:
         return calibrated_proba(logits, self.temperature)
 
+    def outputs(self, features: np.ndarray) -> np.ndarray:
+        """The head's raw outputs from backbone features (logits; a regression's value)."""
+        with torch.no_grad():
+            return self.head.eval()(torch.from_numpy(np.asarray(features, np.float32))).numpy()
+
     def proba(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from backbone features (the head plus temperature)."""
         with torch.no_grad():
-            logits = self.head.eval()(torch.from_numpy(np.asarray(features, np.float32)))
-            return self.calibrated_proba(logits).numpy()
+            return self.calibrated_proba(torch.from_numpy(self.outputs(features))).numpy()

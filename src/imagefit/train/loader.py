@@ -36,10 +36,12 @@ def draw_generator(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 
 class _Draws(Dataset):
-    """Base: `dataset[(index, epoch, position)]` -> (augmented uint8 image, label, ok)."""
+    """Base: `dataset[(index, epoch, position)]` -> (augmented uint8 image, label, ok). Labels
+    are class indices (int64), or the numbers a regression trains on (float32)."""
 
     def __init__(self, labels: np.ndarray, augmenter: Augmenter, seed: int):
-        self.labels = np.asarray(labels, np.int64)
+        labels = np.asarray(labels)
+        self.labels = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
         self.augmenter = augmenter
         self.seed = seed
         # Once, not per draw: comparing configs costs more than reading a small cached image.
@@ -59,10 +61,10 @@ class _Draws(Dataset):
         index, epoch, position = key
         image = self.image(index)
         if image is None:  # unreadable at run time: the collate drops it
-            return None, int(self.labels[index])
+            return None, self.labels[index].item()
         if not self._identity:
             image = self.augmenter(image, draw_generator(self.seed, epoch, position))
-        return image, int(self.labels[index])
+        return image, self.labels[index].item()
 
 
 class CachedImages(_Draws):
@@ -157,12 +159,14 @@ def _epoch_draws(indices: np.ndarray, epoch: int, start: int, rank: int,
 
 
 def collate_uint8(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (image, label) pairs into a uint8 (B, H, W, 3) batch, dropping failed draws."""
+    """Stack (image, label) pairs into a uint8 (B, H, W, 3) batch, dropping failed draws;
+    labels int64, or float32 where they are numbers (regression)."""
+    dtype = torch.float32 if items and isinstance(items[0][1], float) else torch.int64
     items = [(image, label) for image, label in items if image is not None]
     if not items:
-        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(0, dtype=dtype)
     images = torch.from_numpy(np.stack([image for image, _ in items]))
-    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+    return images, torch.tensor([label for _, label in items], dtype=dtype)
 
 
 class TrainLoader:

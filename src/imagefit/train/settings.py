@@ -215,10 +215,11 @@ def resolve_time_budget(budget: float | str | None, n_train: int, device: str) -
     return float(min(max(n_train / AUTO_BUDGET_IMAGES_PER_MINUTE, low), high))
 
 
-def resolve_settings(params: dict[str, Any], counts: np.ndarray,
-                     classes: tuple[str, ...]) -> Settings:
+def resolve_settings(params: dict[str, Any], counts: np.ndarray, classes: tuple[str, ...],
+                     *, auto_augment: str = "light") -> Settings:
     """Every setting of a run, from the estimator's parameters and the training classes'
-    sizes. Warns (UserWarning) where settings contradict each other."""
+    sizes; `auto_augment` is what augment "auto" means when it augments (a regression's
+    is "photometric"). Warns (UserWarning) where settings contradict each other."""
     check_estimator_params(params)
     backbone = resolve_backbone(params["mode"], params["backbone"])
     device = resolve_device(params["device"])
@@ -245,7 +246,7 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         preprocessing=preprocessing_for(backbone, params["image_size"]),
         epochs=params["epochs"] or epochs, patience=patience, lr=params["lr"] or lr,
         dropout=dropout if params["dropout"] is None else params["dropout"],
-        augment=resolve_augment(_augment_spec(params["augment"], mode, n_train)),
+        augment=resolve_augment(_augment_spec(params["augment"], mode, n_train, auto_augment)),
         balance=balance,
         class_weight=tuple(float(w) for w in class_weights(spec, counts, classes)),
         logit_adjustment=None if adjustment is None else tuple(map(float, adjustment)),
@@ -257,16 +258,16 @@ def resolve_settings(params: dict[str, Any], counts: np.ndarray,
         weights=params["weights"], cache_dir=params["cache_dir"])
 
 
-def _augment_spec(augment, mode: str, n_train: int):
+def _augment_spec(augment, mode: str, n_train: int, auto: str = "light"):
     """"auto": none for a probe (it trains on features) and for training from scratch on
-    `AUTO_SCRATCH_PLAIN_MIN` images or more, else "light"."""
+    `AUTO_SCRATCH_PLAIN_MIN` images or more, else `auto` ("light")."""
     if isinstance(augment, str) and augment == "auto":
         if mode == "scratch" and n_train >= AUTO_SCRATCH_PLAIN_MIN:
             log.info("augment 'auto': none (training from scratch on %s images, where "
                      "augmentation costs more epochs than it saves; --augment light to use it).",
                      f"{n_train:,}")
             return "none"
-        return "none" if mode == "probe" else "light"
+        return "none" if mode == "probe" else auto
     if mode == "probe" and not resolve_augment(augment).is_identity:
         log.warning("mode 'probe' trains on features computed once per image, so the "
                     "augmentation is not used; use mode 'finetune' to train with it.")

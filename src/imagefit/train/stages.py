@@ -44,6 +44,7 @@ from imagefit.train.finetune import (
     split_backbone,
 )
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
+from imagefit.train.objectives import Classification, Regression
 from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size, resolve_max_val
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 # at a time (StoredRows), never gathered.
 IN_MEMORY_FEATURES = 256_000_000
 WINDOW_ROWS = 16384  # rows gathered at a time: batches of one window, validation in windows
+# A regression's probe starts from the ridge solution up to this many training rows (an SVD of
+# N x 1,280: seconds); beyond, there are steps enough to get there.
+RIDGE_START_MAX = 20_000
 
 # Parameters that do not change what a run computes: left out of the checkpoint fingerprint.
 _NOT_FINGERPRINTED = {"verbose", "workers", "cache_dir", "resume", "time_budget",
@@ -77,11 +81,12 @@ class StageResult:
                 "n_train": int(self.n_train), "n_val": len(self.val_index),
                 "n_drawn": self.n_drawn}
 
-    def best_score(self) -> tuple[float, float] | None:
-        """The kept epoch's (validation balanced accuracy, -loss), as the loop ranks epochs;
-        None without a usable validation set."""
+    def best_score(self, score: Callable[[dict], tuple] = Classification.score
+                   ) -> tuple[float, float] | None:
+        """The kept epoch's `score` (the objective's: e.g. validation balanced accuracy,
+        -loss), as the loop ranks epochs; None without a usable validation set."""
         rows = [r for r in self.history if r.get("stage") == self.stage]
-        scores = [(r["val_balanced_accuracy"], -r["val_loss"]) for r in rows]
+        scores = [score(r) for r in rows]
         finite = [sc for sc in scores if all(np.isfinite(sc))]
         return max(finite) if finite and len(self.val_index) else None
 
@@ -96,6 +101,7 @@ class RunContext:
     progress: bool = False
     bad_files: list[BadFile] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    objective: Regression | None = None  # None: classification, by the settings' weights
 
     @classmethod
     def for_data(cls, settings: Settings, dist: distributed.Distributed, train: ImageIndex,
@@ -202,11 +208,21 @@ class RunContext:
         return lambda epoch, batch: train.paths[draws(epoch)[batch * size:(batch + 1) * size]]
 
     def step_settings(self, **more) -> StepSettings:
-        """The loss's class weights and logit adjustment, plus `more` (groups, device)."""
+        """The loss's class weights and logit adjustment (or the regression objective), plus
+        `more` (groups, device)."""
         s = self.settings
         return StepSettings(class_weight=np.asarray(s.class_weight),
                             logit_adjustment=(None if s.logit_adjustment is None
-                                              else np.asarray(s.logit_adjustment)), **more)
+                                              else np.asarray(s.logit_adjustment)),
+                            objective=self.objective, **more)
+
+    def targets(self, index: ImageIndex) -> np.ndarray:
+        """What the loss compares the outputs with: class indices, or standardised values."""
+        return index.labels if self.objective is None else self.objective.encode(index.targets)
+
+    def score(self, row: dict) -> tuple:
+        """How the loop ranks a history row (higher is better)."""
+        return (Classification if self.objective is None else self.objective).score(row)
 
 
 class DrawnFirst:
@@ -270,8 +286,9 @@ def training_data(X, y, val: ImageIndex | None,
     train = _checked(index.without_test() if val is not None else index, params)
     if val is None:
         train, val = train.split(params["val_fraction"], params["seed"])
-    else:
-        val = _checked(val, params).with_classes(train.classes)
+    else:  # a regression's classes are its own value bins: nothing to match
+        val = _checked(val, params)
+        val = val if val.is_regression else val.with_classes(train.classes)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after the pre-flight check.")
     limit = resolve_max_val(params["max_val"], len(train.classes))
@@ -340,10 +357,18 @@ def run_stages(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
         probe = result
         probe_state = copy.deepcopy(net.state_dict()) if probe else None
         result = image_stage(net, train, val, ctx)
-        probe_score, score = (probe.best_score(), result.best_score()) if probe else (None, None)
+        probe_score, score = ((probe.best_score(ctx.score), result.best_score(ctx.score))
+                              if probe else (None, None))
         result.history = (probe.history if probe else []) + result.history
-        if probe_score is not None and score is not None and _clearly_better(
-                probe_score[0], score[0], len(result.val_index)):
+        if probe_score is None or score is None:
+            return result
+        if ctx.objective is not None and probe_score > score:
+            log.warning("Fine-tuning ended worse than the probe on validation (MAE %.4g vs "
+                        "%.4g): keeping the probe's model.", -score[0], -probe_score[0])
+            net.load_state_dict(probe_state)
+            result = dataclasses.replace(probe, history=result.history)
+        elif ctx.objective is None and _clearly_better(probe_score[0], score[0],
+                                                       len(result.val_index)):
             log.warning("Fine-tuning ended clearly worse than the probe on validation (balanced "
                         "accuracy %.3f vs %.3f, %d images): keeping the probe's model.",
                         score[0], probe_score[0], len(result.val_index))
@@ -380,7 +405,9 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
         rows_of = x_train.__getitem__
     x_val, val = ctx.feature_rows(val, runner, store)
     head = net.head
-    yt = torch.from_numpy(train.labels)
+    yt = torch.from_numpy(ctx.targets(train))
+    if ctx.objective is not None and drawn is None and len(train) <= RIDGE_START_MAX:
+        ctx.objective.start_head(head[-1], x_train, yt.numpy())
     # Head training on features is cheap: every rank runs all of it, identically.
     draws = drawn or ctx.draws(train.labels, shard=False)
     window = max(1, WINDOW_ROWS // s.batch_size) * s.batch_size
@@ -394,14 +421,14 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     def val_logits():
         return torch.cat([head(_aligned(x_val[i:i + WINDOW_ROWS]))
                           for i in range(0, len(x_val), WINDOW_ROWS)] or
-                         [torch.zeros(0, len(train.classes))])
+                         [torch.zeros(0, net.n_outputs)])
 
     loop.steps_per_epoch = -(-len(draws(1)) // s.batch_size)
     # Dropout draws from torch's global generator; seed it here so that what ran before
     # (decoding or not, depending on the cache) cannot change the run.
     torch.manual_seed(s.seed)
     history, best_epoch = fit_loop(
-        head, batches, val_logits, val.labels, len(train.classes), loop,
+        head, batches, val_logits, ctx.targets(val), len(train.classes), loop,
         step_settings=ctx.step_settings(),
         hooks=LoopHooks(checkpointer=ctx.checkpointer, batch_files=ctx.batch_files(train, draws),
                         progress=ctx.progress))
@@ -456,7 +483,7 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
     top = TopNet(split.upper, net.head, train_bn=train_bn).to(s.device)
     if s.device == "cpu":
         top = top.to(memory_format=torch.channels_last)
-    dataset = CachedImages([], [], [], train.labels, Augmenter(s.augment), seed=s.seed)
+    dataset = CachedImages([], [], [], ctx.targets(train), Augmenter(s.augment), seed=s.seed)
     located = np.unique(draws(1)) if lazy else np.arange(len(train))
     dataset.locate(located, *images.resolve(train.sha256[located]))
     loader = TrainLoader(dataset, draws, batch_size=s.batch_size,
@@ -481,7 +508,7 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
         else:
             chunks = [top(lower(torch.from_numpy(val_images[i:i + 256]))).cpu()
                       for i in range(0, len(val_images), 256)]
-        return torch.cat(chunks) if chunks else torch.zeros(0, len(train.classes))
+        return torch.cat(chunks) if chunks else torch.zeros(0, net.n_outputs)
 
     steps = n_draws // s.batch_size if drop_last else -(-n_draws // s.batch_size)
     loop = LoopSettings(s.epochs, s.lr, s.patience, s.mode,
@@ -490,7 +517,7 @@ def image_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
                         time_budget_s=ctx.budget_left())
     torch.manual_seed(s.seed + 1)  # as in probe_stage; a stream of its own
     history, best_epoch = fit_loop(
-        top, batches, val_logits, val.labels, len(train.classes), loop,
+        top, batches, val_logits, ctx.targets(val), len(train.classes), loop,
         step_settings=ctx.step_settings(param_groups=groups, device=s.device),
         hooks=LoopHooks(checkpointer=ctx.checkpointer,
                         train_model=distributed.wrap(top, ctx.dist, s.device),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagefit._validation import check_classifier
 from imagefit.bundle import resolve_model_dir
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
@@ -70,6 +71,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     run_dir = run_folder.path
     where = data.root if isinstance(data, ImageIndex) else data
     clf = load_model(model_dir)
+    check_classifier(clf, "The HTML report")
     full_train, full_val = run_folder.read_split(clf.classes_)
     # The validation rows training used (max_val), and a bounded share of a huge training set.
     train = full_train.subset(MAX_TRAIN_JUDGED, clf.seed)

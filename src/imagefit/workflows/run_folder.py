@@ -23,6 +23,9 @@ from imagefit.errors import DatasetError
 
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
                    "val_balanced_accuracy", "lr", "seconds"]
+# A regression's validation columns instead of the accuracies (`train.objectives`).
+REGRESSION_HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_mae", "val_rmse",
+                              "val_r2", "lr", "seconds"]
 
 
 def default_run_dir() -> str:
@@ -155,11 +158,13 @@ class RunFolder:
                                encoding="utf-8")
 
     def write_history(self, history: list[dict]) -> None:
+        columns = (REGRESSION_HISTORY_COLUMNS if history and "val_mae" in history[0]
+                   else HISTORY_COLUMNS)
         with open(self.history, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             for row in history:
-                writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
+                writer.writerow({k: row[k] for k in columns})
 
     def read_history(self) -> list[dict] | None:
         """The numeric columns of `history.csv` (NaN where empty); None without the file."""

@@ -22,9 +22,12 @@ from imagefit.data.sources import open_dataset
 from imagefit.data.tables import is_table
 from imagefit.errors import ConfigError, StrictModeError
 from imagefit.estimator import ImageClassifier
+from imagefit.evaluation.regression import (RegressionResult, evaluate_regressor,
+                                            validation_result)
 from imagefit.evaluation.result import EvaluationResult, evaluate
 from imagefit.metrics import classification_metrics
 from imagefit.progress import printable
+from imagefit.regressor import ImageRegressor
 from imagefit.train import distributed
 from imagefit.train.settings import input_size
 from imagefit.workflows.run_folder import RunFolder, default_run_dir
@@ -49,7 +52,8 @@ class TrainResult:
 
 
 def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train a classifier from `config.data` and write the run folder.
+    """Train a classifier (or, for a table of values, a regressor) from `config.data` and
+    write the run folder.
 
     What it finds and chooses is said on the `imagefit` logger (INFO), what needs attention
     as warnings; the CLI prints both (`logging.basicConfig(level=logging.INFO)` in a script).
@@ -75,13 +79,14 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if not tables and distributed.current().is_main:
         run.check_writable()
     parse_strategy(config.preflight)  # a bad --preflight fails before the scan
-    params = config.estimator_params()
-    resume = params.pop("resume")
-    clf = ImageClassifier(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
-                          verbose=progress)
-    size = input_size(clf.get_params())
-
+    resume = config.resume
     index = open_dataset(config.data, source, cache_dir=config.cache_dir)
+    params = config.regressor_params() if index.is_regression else config.estimator_params()
+    params.pop("resume")
+    estimator = ImageRegressor if index.is_regression else ImageClassifier
+    clf = estimator(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
+                    verbose=progress)
+    size = input_size(clf.get_params())
     val_index = (open_dataset(config.val, source.for_data(config.val), cache_dir=config.cache_dir)
                  if config.val else None)
     refuse_output_inside(run_dir, [index] + ([val_index] if val_index is not None else []))
@@ -89,8 +94,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         run.check_writable()
     for line in index.report.notes:
         log.info(line)
-    log.info(f"Found {len(index):,} images in {len(index.classes)} classes: "
-             + ", ".join(f"{c} ({n})" for c, n in zip(index.classes, index.counts())))
+    log.info(_found(index))
     if index.report.ignored_summary():
         log.info(index.report.ignored_summary())
     for line in index.report.warnings:
@@ -102,7 +106,9 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         val_checked = _preflight(val_index, config, size, progress)
         bad_files += val_checked.bad_files
         train = checked.index.without_test()
-        val = val_checked.index.without_test().with_classes(train.classes)
+        val = val_checked.index.without_test()
+        if not val.is_regression:  # a regression's classes are its own value bins
+            val = val.with_classes(train.classes)
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     test = checked.index.test_part()
@@ -110,7 +116,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     for line in checked.index.report.warnings[n_scan_warnings:]:
         log.warning(line)  # warnings the split added
     for name, count in zip(train.classes, train.counts() + val.counts()):
-        if count < MIN_IMAGES_PER_CLASS:
+        if count < MIN_IMAGES_PER_CLASS and not index.is_regression:
             log.warning(f"class '{name}' has only {count} usable images; its "
                  f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
     main = distributed.current().is_main  # under torchrun, only rank 0 writes files
@@ -151,23 +157,48 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     evaluation.save(run.eval)
     test_evaluation = None
     if len(test):
-        test_evaluation = evaluate(clf, test)
+        test_evaluation = (evaluate_regressor(clf, test) if index.is_regression
+                           else evaluate(clf, test))
         test_evaluation.save(run.test_eval)
-        m = test_evaluation.metrics
-        log.info(f"Test ({len(test):,} images held out of training): accuracy "
-             f"{m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}; "
-             f"{run.test_eval / 'metrics.json'}")
+        log.info(f"Test ({len(test):,} images held out of training): "
+                 f"{_headline(test_evaluation.metrics)}; {run.test_eval / 'metrics.json'}")
     report = None
-    if config.report:
+    if config.report and index.is_regression:
+        log.info("The HTML report is built for classifiers only so far; a regression's "
+                 "metrics and predictions are in RUN/eval/.")
+    elif config.report:
         from imagefit.workflows.report import build_run_report
 
         report = build_run_report(run_dir, progress=progress).index_html
     return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report, test_evaluation)
 
 
-def _choices(clf: ImageClassifier) -> str:
+def _found(index: ImageIndex) -> str:
+    """What the scan found: the classes and their sizes, or the range of the values."""
+    if index.is_regression:
+        t = index.targets
+        return (f"Found {len(index):,} images with values from {t.min():.4g} to {t.max():.4g} "
+                f"(median {np.median(t):.4g}).")
+    return (f"Found {len(index):,} images in {len(index.classes)} classes: "
+            + ", ".join(f"{c} ({n})" for c, n in zip(index.classes, index.counts())))
+
+
+def _headline(metrics: dict) -> str:
+    if metrics.get("task") == "regress":
+        return (f"MAE {metrics['mae']:.4g}, R² {metrics['r2']:.3f}, "
+                f"{metrics['interval_promised']:.0%} interval coverage "
+                f"{metrics['interval_coverage']:.3f}")
+    return (f"accuracy {metrics['accuracy']:.3f}, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}")
+
+
+def _choices(clf: ImageClassifier | ImageRegressor) -> str:
     """One line naming what "auto" settings became (also stored in config.yaml)."""
-    parts = [f"mode {clf.mode_}", f"balance {clf.balance_}"]
+    parts = [f"mode {clf.mode_}"]
+    if isinstance(clf, ImageRegressor):
+        parts.append(f"loss {clf.loss}")
+    else:
+        parts.append(f"balance {clf.balance_}")
     if clf.mode_ != "probe":
         parts.append("augment " + ("none" if clf.augment_.is_identity else
                                    _augment_name(clf.augment_)))
@@ -198,16 +229,21 @@ def _preflight(index: ImageIndex, config: TrainConfig, size: int,
                      sample=sample, seed=config.seed, known=known)
 
 
-def _validation_result(clf: ImageClassifier) -> EvaluationResult:
+def _validation_result(clf: ImageClassifier | ImageRegressor
+                       ) -> EvaluationResult | RegressionResult:
     """Metrics on the validation set from the predictions `fit` already made."""
+    if isinstance(clf, ImageRegressor):
+        return validation_result(clf)
     preds, y_val = clf.validation_
     metrics = classification_metrics(y_val, preds.proba, clf.classes_)
     return EvaluationResult(metrics, replace(preds, proba=preds.proba.astype(np.float32)),
                             y_val, [])
 
 
-def _resolved_config(config: TrainConfig, clf: ImageClassifier) -> dict:
+def _resolved_config(config: TrainConfig, clf: ImageClassifier | ImageRegressor) -> dict:
     """config.yaml: the configuration as given, with what each "auto" became."""
+    if isinstance(clf, ImageRegressor):
+        return _resolved_regression_config(config, clf)
     s = clf.settings_
     resolved = config.to_dict()
     resolved.update(mode=s.mode, backbone=s.backbone, image_size=s.image_size,
@@ -224,6 +260,24 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier) -> dict:
                             "best_stage": clf.training_.get("best_stage"),
                             "max_val": s.max_val, "n_drawn": clf.training_.get("n_drawn"),
                             "n_train": int(clf.n_train_), "n_val": int(clf.n_val_)}
+    return resolved
+
+
+def _resolved_regression_config(config: TrainConfig, reg: ImageRegressor) -> dict:
+    s = reg.settings_
+    resolved = config.to_dict()
+    resolved.update(task="regress", mode=s.mode, backbone=s.backbone, image_size=s.image_size,
+                    device=s.device, augment=json.loads(json.dumps(s.augment.to_dict())),
+                    unfreeze=reg.unfreeze_, epochs=s.epochs, lr=s.lr, dropout=s.dropout,
+                    time_budget=s.time_budget)
+    resolved["resolved"] = {"task_requested": config.task, "mode_requested": config.mode,
+                            "augment_requested": config.augment,
+                            "target_mean": reg.target_mean_, "target_scale": reg.target_scale_,
+                            "interval_halfwidth": reg.halfwidth_,
+                            "best_epoch": int(reg.best_epoch_),
+                            "best_stage": reg.training_.get("best_stage"),
+                            "max_val": s.max_val, "n_drawn": reg.training_.get("n_drawn"),
+                            "n_train": int(reg.n_train_), "n_val": int(reg.n_val_)}
     return resolved
 
 

@@ -1,0 +1,278 @@
+"""`ImageRegressor`: a number per image (an age, a count, a score, an angle), the scikit-learn
+way (`score` is R²). It trains exactly as `ImageClassifier` does (the same probe and fine-tuning
+stages, caches, checkpoints and torchrun support) with a one-output head on standardised targets
+and a regression loss (`train.objectives.Regression`), and ends with a split-conformal
+prediction interval fitted on the validation set (`train.calibrate.conformal_halfwidth`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from imagefit._fileio import cache_folder
+from imagefit._validation import check_is_fitted
+from imagefit.base import BaseEstimator
+from imagefit.bundle import write_model_folder
+from imagefit.data.augment import resolve_augment
+from imagefit.data.images import DEFAULT_MAX_PIXELS
+from imagefit.data.index import ImageIndex
+from imagefit.data.sources import as_index
+from imagefit.errors import ConfigError, ModelFormatError
+from imagefit.features.extract import BackboneRunner, compute_features, raise_first_failure
+from imagefit.models.net import StoredNet
+from imagefit.progress import progress_bar
+from imagefit.seeding import seed_everything
+from imagefit.train import distributed
+from imagefit.train.calibrate import conformal_halfwidth
+from imagefit.train.objectives import REGRESSION_LOSSES, Regression
+from imagefit.train.settings import (Settings, model_metadata, resolve_settings,
+                                     settings_from_metadata, workers_for)
+from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_stages,
+                                   training_data)
+
+log = logging.getLogger(__name__)
+
+# What ImageClassifier's training takes and a regression fixes: no classes to balance.
+_CLASSIFICATION_ONLY = {"balance": "none", "class_weight": None, "logit_adjustment": False,
+                        "max_per_class": None}
+
+
+class ImageRegressor(BaseEstimator):
+    """A number per image, trained from image files and their values.
+
+    Args:
+        loss: "mse" (default), "huber" (robust to a few wrong values: squared within one
+            standard deviation of the targets, linear beyond) or "l1".
+        interval: the coverage of the prediction intervals, in (0, 1) (default 0.9): split
+            conformal on the validation set, so that on new images like the validation ones
+            at least this share of true values falls inside.
+        augment: "auto" is "photometric" (colour and blur only: flips and rotations change
+            targets such as angles or positions); any `ImageClassifier` preset, file or
+            mapping otherwise, with a warning when it moves the image.
+        The others as `ImageClassifier`'s (mode, backbone, image_size, epoch_size, max_val,
+        unfreeze, epochs, batch_size, lr, dropout, val_fraction, seed, device, workers,
+        weights, cache_dir, max_pixels, time_budget, checkpoint_dir, resume, verbose).
+        Model selection and early stopping use the validation MAE.
+
+    Fitted attributes: `settings_`, `net_`, `target_mean_`, `target_scale_`, `halfwidth_` (the
+    interval's half-width, in the target's unit), `history_`, `best_epoch_`, `n_train_`,
+    `n_val_`; `validation_` (paths, true values, predictions) and `bad_files_` after `fit`.
+
+    Example:
+        >>> reg = ImageRegressor(image_size=96).fit(paths, ages)       # doctest: +SKIP
+        >>> value, lower, upper = reg.predict_interval(["new.jpg"])   # doctest: +SKIP
+    """
+
+    def __init__(self, backbone: str | None = None, *, mode: str = "auto",
+                 image_size: int | None = None, augment="auto", loss: str = "mse",
+                 interval: float = 0.9, epoch_size: int | None = None,
+                 max_val: int | str | None = "auto", unfreeze: int | None = None,
+                 epochs: int | None = None, batch_size: int = 64, lr: float | None = None,
+                 dropout: float | None = None, val_fraction: float = 0.2, seed: int = 0,
+                 device: str = "auto", workers: int | None = None, weights: str | None = None,
+                 cache_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 time_budget: float | str | None = "auto", checkpoint_dir: str | None = None,
+                 resume: bool = False, verbose: bool = False):
+        self.backbone, self.mode, self.image_size = backbone, mode, image_size
+        self.augment, self.loss, self.interval = augment, loss, interval
+        self.epoch_size, self.max_val = epoch_size, max_val
+        self.unfreeze, self.epochs, self.batch_size, self.lr = unfreeze, epochs, batch_size, lr
+        self.dropout, self.val_fraction, self.seed = dropout, val_fraction, seed
+        self.device, self.workers, self.weights = device, workers, weights
+        self.cache_dir, self.max_pixels, self.time_budget = cache_dir, max_pixels, time_budget
+        self.checkpoint_dir, self.resume, self.verbose = checkpoint_dir, resume, verbose
+
+    def fit(self, X, y=None, *, val: ImageIndex | None = None) -> "ImageRegressor":
+        """Train on `X` and fit the prediction interval on the validation set; returns self.
+
+        Args:
+            X: an `ImageIndex` with values (`ImageIndex.from_values`, or a table read with
+                task "regress"), or image paths with their values `y`.
+            y: the values for paths; for an `ImageIndex` X, may be the validation index.
+            val: validation `ImageIndex` with values; default: split off `val_fraction` of X
+                (stratified by value: each tenth of the range sends its share).
+        """
+        params = self._training_params()
+        train, val = training_data(_with_values(X, y), None, _with_values(val, None), params)
+        settings = resolve_settings(params, train.counts(), train.classes,
+                                    auto_augment="photometric")
+        net = new_net(settings, 1)
+        ctx = RunContext.for_data(settings, distributed.current(), train, val,
+                                  progress=self.verbose)
+        ctx.objective = Regression.fitted(self.loss, train.targets)
+        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume, params, settings,
+                                             train, val, ctx.dist)
+        result = run_stages(net, train, val, ctx)
+        predicted = ctx.objective.decode(result.val_logits)
+        truth = result.val_index.targets
+        halfwidth = conformal_halfwidth(truth - predicted, self.interval)
+        if not np.isfinite(halfwidth):
+            log.warning(f"{len(truth)} validation images are too few for a {self.interval:.0%} "
+                        f"prediction interval (it needs {self.interval / (1 - self.interval):.0f}"
+                        f"); the intervals are unbounded.")
+        net = net.cpu().eval()
+        meta = _metadata(settings, net, result.summary(), ctx.objective, self.interval, halfwidth)
+        self._restore(meta, StoredNet.of(net), settings)
+        self.bad_files_ = ctx.bad_files
+        self.validation_ = (result.val_index.paths, truth, predicted)
+        return self
+
+    def _training_params(self) -> dict:
+        """The parameters as the shared training code takes them (checked first)."""
+        if self.loss not in REGRESSION_LOSSES:
+            raise ConfigError(f"The 'loss' parameter must be one of "
+                              f"{', '.join(REGRESSION_LOSSES)}. Got {self.loss!r} instead.")
+        if not isinstance(self.interval, (int, float)) or not 0 < self.interval < 1:
+            raise ConfigError(f"The 'interval' parameter must be a coverage in (0, 1), e.g. "
+                              f"0.9. Got {self.interval!r} instead.")
+        params = {k: v for k, v in self.get_params().items() if k not in ("loss", "interval")}
+        seed_everything(self.seed)
+        augment = params["augment"]
+        if not (isinstance(augment, str) and augment == "auto") and _moves_the_image(augment):
+            log.warning("The augmentation flips, rotates, shifts or zooms the images: right for "
+                        "values that do not depend on orientation or position, wrong for "
+                        "angles, positions or counts of what is in the frame (augment "
+                        "'photometric' keeps to colour and blur).")
+        return {**params, **_CLASSIFICATION_ONLY}
+
+    def get_config(self) -> dict:
+        """The metadata this fitted model rebuilds itself from (model.json's content)."""
+        check_is_fitted(self, "halfwidth_")
+        return dict(self._meta)
+
+    @classmethod
+    def from_config(cls, meta: dict, state: dict[str, torch.Tensor]) -> "ImageRegressor":
+        """Rebuild a fitted regressor from `get_config()` metadata and its weights."""
+        try:
+            settings = settings_from_metadata(meta)
+            target = meta["target"]
+            reg = cls(settings.backbone, mode=settings.mode, image_size=settings.image_size,
+                      loss=target["loss"], interval=float(target["interval"]),
+                      dropout=settings.dropout, max_pixels=settings.max_pixels,
+                      seed=settings.seed)
+            stored = StoredNet(settings.backbone, settings.image_size, 1, settings.dropout, state)
+            reg._restore(meta, stored, settings)
+        except Exception as exc:  # JSON of the wrong shape, weights that do not fit it
+            raise ModelFormatError(f"The model could not be rebuilt from its metadata: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        reg.bad_files_ = reg.validation_ = None
+        return reg
+
+    def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
+        self._meta, self.settings_, self._stored = meta, settings, stored
+        self._backbone_key, self._runner = meta.get("backbone_key"), None
+        target = meta["target"]
+        self.objective_ = Regression(target["loss"], float(target["scale"]),
+                                     float(target["mean"]))
+        self.target_mean_, self.target_scale_ = self.objective_.mean, self.objective_.scale
+        halfwidth = target["halfwidth"]  # None: too few validation images to bound it
+        self.halfwidth_ = float("inf") if halfwidth is None else float(halfwidth)
+        self.training_ = dict(meta.get("training") or {})
+        self.history_ = list(self.training_.get("history", []))
+        for key in ("best_epoch", "unfreeze", "n_train", "n_val"):
+            setattr(self, f"{key}_", self.training_.get(key))
+        self.mode_, self.augment_, self.device_ = settings.mode, settings.augment, settings.device
+        self.preprocessing_, self.backbone_name_ = settings.preprocessing, settings.backbone
+
+    @property
+    def net_(self):
+        return self._stored.net
+
+    def save(self, path: str | os.PathLike):
+        """Write the model folder (model.safetensors + model.json); returns its path."""
+        meta = self.get_config()  # raises NotFittedError first
+        return write_model_folder(path, self.net_.state_dict(), meta)
+
+    def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
+                           progress: bool = False):
+        """(paths, values, failures) a chunk of files at a time, in input order; a file that
+        cannot be decoded gets NaN and its reason."""
+        check_is_fitted(self, "halfwidth_")
+        runner = self._get_runner()
+        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
+        bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
+        try:
+            for start in range(0, len(path_array), chunk_size):
+                chunk = path_array[start:start + chunk_size]
+                result = compute_features(chunk, runner, batch_size=self.batch_size,
+                                          workers=workers_for(self.workers, len(path_array)),
+                                          max_pixels=self.max_pixels, bar=bar)
+                values = self.objective_.decode(self._stored.outputs(result.features))
+                values[~result.ok] = np.nan
+                yield chunk, values, result.failures
+        finally:
+            bar.close()
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted values (float64); `X` is what `fit` takes, without values.
+
+        Raises:
+            ImageLoadError: a file cannot be decoded (`iter_predict_files` gives NaN instead).
+        """
+        check_is_fitted(self, "halfwidth_")
+        paths = as_index(X, folder=cache_folder(self.cache_dir)).paths
+        parts = list(self.iter_predict_files(paths, chunk_size=max(len(paths), 1)))
+        if not parts:
+            return np.zeros(0)
+        _, values, failures = parts[0]
+        raise_first_failure(failures, paths)
+        return values
+
+    def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(value, lower, upper): the prediction and its `interval` coverage bounds."""
+        values = self.predict(X)
+        return values, values - self.halfwidth_, values + self.halfwidth_
+
+    def score(self, X, y=None) -> float:
+        """R² of the predictions (scikit-learn's `RegressorMixin.score`)."""
+        index = _with_values(X, y)
+        predicted = self.predict(index.paths)
+        sse = float(((index.targets - predicted) ** 2).sum())
+        sst = float(((index.targets - index.targets.mean()) ** 2).sum())
+        return 1.0 - sse / sst if sst > 0 else float("nan")
+
+    def _get_runner(self) -> BackboneRunner:
+        if self._runner is None:
+            self._runner = BackboneRunner.of_model(self._stored, self._backbone_key,
+                                                   self.preprocessing_, device=self.device_,
+                                                   cache_dir=cache_folder(self.cache_dir))
+        return self._runner
+
+
+def _with_values(X, y) -> ImageIndex | None:
+    """`X` (and `y`) as an index with values, or None for None."""
+    if X is None:
+        return None
+    if isinstance(X, ImageIndex):
+        if X.targets is None:
+            raise ConfigError("This ImageIndex has class labels, not values: build one with "
+                              "ImageIndex.from_values(paths, values), or read a table with "
+                              "SourceOptions(task='regress').")
+        return X
+    if y is None:
+        raise ConfigError("ImageRegressor needs the images' values: fit(paths, values).")
+    return ImageIndex.from_values(X, y)
+
+
+def _moves_the_image(augment) -> bool:
+    config = resolve_augment(augment)
+    return bool(config.rotation_range or config.width_shift_range or config.height_shift_range
+                or config.shear_range or config.zoom_range or config.horizontal_flip
+                or config.vertical_flip or config.crop_scale or config.policy)
+
+
+def _metadata(settings: Settings, net, training: dict, objective: Regression, interval: float,
+              halfwidth: float) -> dict:
+    """model.json of a regression: the classifier's keys, no classes, and "task" and
+    "target" (standardisation, loss, interval)."""
+    meta = model_metadata(settings, [], net, 1.0, training)
+    meta["task"] = "regress"
+    meta["target"] = {"mean": objective.mean, "scale": objective.scale, "loss": objective.loss_name,
+                      "interval": float(interval),
+                      "halfwidth": halfwidth if np.isfinite(halfwidth) else None}
+    return meta

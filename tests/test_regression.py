@@ -1,0 +1,222 @@
+"""A number per image (issue 12): tables of image -> value read as a regression, the
+`ImageRegressor` estimator (standardised targets, probe and fine-tuning, split-conformal
+intervals, save and load), and `imagefit train / predict / evaluate` on such a table."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TEST_IMAGE_SIZE, make_dataset
+from imagefit.data.index import ImageIndex, value_strata
+from imagefit.data.sources import SourceOptions, open_dataset
+from imagefit.errors import ConfigError, DatasetError
+from imagefit.regressor import ImageRegressor
+from imagefit.train.calibrate import conformal_halfwidth
+
+
+def make_value_images(folder: Path, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """n noisy images whose red level is their value (0 to 100): learnable from features."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    values = rng.uniform(0, 100, n).round(2)
+    paths = []
+    for i, v in enumerate(values):
+        pixels = np.zeros((40, 40, 3))
+        pixels[..., 0] = v * 2.4
+        pixels[..., 1] = rng.integers(0, 60)
+        pixels += rng.normal(0, 8, pixels.shape)
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths, values
+
+
+def write_table(path: Path, rows: list[list], header: list[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("values")
+    paths, values = make_value_images(folder, 90)
+    reg = ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=60,
+                         time_budget="none", workers=0)
+    reg.fit(paths[:70], values[:70])
+    return reg, paths, values
+
+
+def test_a_table_of_decimals_is_a_regression_and_of_whole_numbers_a_classification(tmp_path):
+    paths, values = make_value_images(tmp_path / "img", 12)
+    table = write_table(tmp_path / "t.csv", [[p, v] for p, v in zip(paths, values)],
+                        ["path", "label"])
+    index = open_dataset(table)
+    assert index.is_regression and np.allclose(index.targets, values)
+    assert any("Task: regression" in note for note in index.report.notes)
+    whole = write_table(tmp_path / "w.csv", [[p, i % 3] for i, p in enumerate(paths)],
+                        ["path", "label"])
+    classes = open_dataset(whole)
+    assert not classes.is_regression and classes.classes == ("0", "1", "2")
+    assert any("--task regress" in note for note in classes.report.notes)
+    forced = open_dataset(whole, SourceOptions(task="regress"))
+    assert forced.is_regression and forced.targets.tolist() == [i % 3 for i in range(12)]
+    assert not open_dataset(table, SourceOptions(task="classify")).is_regression
+
+
+def test_a_value_that_is_not_a_number_is_an_error_naming_its_line(tmp_path):
+    paths, _ = make_value_images(tmp_path / "img", 4)
+    table = write_table(tmp_path / "t.csv", [[paths[0], "1.5"], [paths[1], "n/a"],
+                                             [paths[2], "inf"], [paths[3], "2"]],
+                        ["path", "age"])
+    with pytest.raises(DatasetError, match=r"line 3: 'n/a', line 4: 'inf'"):
+        open_dataset(table, SourceOptions(task="regress", label_col="age"))
+    assert not open_dataset(table, SourceOptions(label_col="age")).is_regression  # auto
+    with pytest.raises(ConfigError, match="from a table"):
+        open_dataset(make_dataset(tmp_path / "folder", {"cat": 2, "dog": 2}),
+                     SourceOptions(task="regress"))
+    with pytest.raises(ConfigError, match="task must be one of"):
+        SourceOptions(task="tags")
+
+
+def test_a_regression_split_spreads_the_range_over_both_sides():
+    values = np.arange(200.0)
+    labels, names = value_strata(values)
+    assert len(names) == 10 and np.bincount(labels).tolist() == [20] * 10
+    index = dataclasses.replace(ImageIndex.from_values([f"{i}.png" for i in range(200)], values),
+                                sha256=np.array([f"{i:064x}" for i in range(200)]))
+    train, val = index.split(0.2, seed=0)
+    assert len(val) == 40 and sorted(train.targets.tolist() + val.targets.tolist()) == list(values)
+    # every tenth of the range sends its share (a random split could miss the top values)
+    assert np.bincount(np.searchsorted(np.arange(20, 200, 20), val.targets, "right")).tolist() \
+        == [4] * 10
+    with pytest.raises(ConfigError, match="finite"):
+        ImageIndex.from_values(["a.png"], [float("nan")])
+
+
+@pytest.mark.parametrize("coverage", [0.8, 0.9])
+def test_split_conformal_intervals_cover_as_promised(coverage):
+    """Exchangeable residuals: over many calibration/test draws, the share of new residuals
+    within the half-width is at least the promised coverage (and not far above it)."""
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(400):
+        residuals = rng.standard_t(3, size=60)
+        q = conformal_halfwidth(residuals[:40], coverage)
+        covered.append(np.mean(np.abs(residuals[40:]) <= q))
+    assert coverage - 0.01 <= np.mean(covered) <= coverage + 0.06
+    assert conformal_halfwidth(np.ones(5), 0.9) == float("inf")  # too few to promise 90 %
+
+
+def test_the_regressor_learns_the_value_and_its_interval_covers_new_images(fitted):
+    reg, paths, values = fitted
+    value, lower, upper = reg.predict_interval(paths[70:])
+    truth = values[70:]
+    assert reg.score(paths[70:], truth) > 0.8
+    assert np.all(lower < value) and np.allclose(upper - value, reg.halfwidth_)
+    assert np.mean((truth >= lower) & (truth <= upper)) >= 0.75  # 90 % promised, 20 images
+    assert reg.history_ and "val_mae" in reg.history_[0]
+    assert reg.target_scale_ == pytest.approx(values[:70].std(), rel=0.3)
+
+
+def test_a_saved_regressor_loads_and_predicts_the_same(fitted, tmp_path):
+    import imagefit
+
+    reg, paths, _ = fitted
+    folder = reg.save(tmp_path / "model")
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["task"] == "regress" and meta["target"]["loss"] == "mse"
+    loaded = imagefit.load_model(folder)
+    assert isinstance(loaded, ImageRegressor)
+    np.testing.assert_allclose(loaded.predict(paths[70:75]), reg.predict(paths[70:75]),
+                               rtol=1e-5)
+    assert loaded.halfwidth_ == reg.halfwidth_
+    assert loaded.get_params()["interval"] == reg.interval
+
+
+def test_regressor_parameters_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="loss"):
+        ImageRegressor(loss="squared").fit(["a.png"], [1.0])
+    with pytest.raises(ConfigError, match="interval"):
+        ImageRegressor(interval=1.5).fit(["a.png"], [1.0])
+    with pytest.raises(ConfigError, match="values"):
+        ImageRegressor().fit(["a.png"])
+    with pytest.raises(ConfigError, match="class labels, not values"):
+        ImageRegressor().fit(ImageIndex.from_paths(["a.png"], ["cat"]))
+    assert ImageRegressor(loss="huber").set_params(interval=0.8).get_params()["interval"] == 0.8
+
+
+def test_fine_tuning_a_regression_trains_on_float_targets(tmp_path):
+    paths, values = make_value_images(tmp_path / "img", 40, seed=1)
+    reg = ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="finetune", epochs=2, loss="huber",
+                         time_budget="none", workers=0, batch_size=16)
+    reg.fit(paths, values)
+    stages = {row["stage"] for row in reg.history_}
+    assert stages == {"probe", "finetune"}
+    assert all(np.isfinite(row["val_mae"]) for row in reg.history_)
+    assert reg.settings_.augment.horizontal_flip is False  # photometric by default
+    assert reg.settings_.augment.color_jitter > 0
+
+
+def _imagefit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("imagefit")), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_predict_and_evaluate_a_table_of_values(tmp_path):
+    paths, values = make_value_images(tmp_path / "img", 60, seed=2)
+    rows = [[Path(p).name, f"{v:.2f}", "test" if i >= 50 else "train"]
+            for i, (p, v) in enumerate(zip(paths, values))]
+    table = write_table(tmp_path / "img" / "ages.csv", rows, ["file", "age", "split"])
+    run = tmp_path / "run"
+    done = _imagefit("train", str(table), "--label-col", "age", "--out", str(run),
+                     "--image-size", str(TEST_IMAGE_SIZE), "--mode", "probe", "--epochs", "30",
+                     "--interval", "0.8", "--loss", "l1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Validation: MAE" in done.stdout and "80% prediction interval" in done.stdout
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "regress" and metrics["interval_promised"] == 0.8
+    test = json.loads((run / "test" / "metrics.json").read_text())
+    assert test["n"] == 10 and 0 <= test["interval_coverage"] <= 1
+    history = (run / "history.csv").read_text().splitlines()[0]
+    assert history == "epoch,stage,train_loss,val_loss,val_mae,val_rmse,val_r2,lr,seconds"
+    assert "task: regress" in (run / "config.yaml").read_text()
+
+    out = tmp_path / "pred.csv"
+    done = _imagefit("predict", str(run), str(table), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out, newline="") as f:
+        rows_out = list(csv.DictReader(f))
+    assert list(rows_out[0])[-5:] == ["path", "value", "lower", "upper", "error"]
+    assert len(rows_out) == 60
+    assert float(rows_out[0]["lower"]) < float(rows_out[0]["value"]) < float(rows_out[0]["upper"])
+
+    done = _imagefit("evaluate", str(run), str(table), "--label-col", "age", "--json",
+                     str(tmp_path / "m.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MAE" in done.stdout and "promised 80%" in done.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["n"] == 10  # the test rows
+
+    for command in (["export", str(run)], ["report", str(run)],
+                    ["predict", str(run), paths[0], "--top-k", "2"]):
+        refused = _imagefit(*command)
+        assert refused.returncode == 2 and "regression" in refused.stderr
+
+
+def test_class_balancing_options_are_refused_for_a_regression(tmp_path):
+    paths, values = make_value_images(tmp_path / "img", 12)
+    table = write_table(tmp_path / "t.csv", [[p, v] for p, v in zip(paths, values)],
+                        ["path", "value"])
+    done = _imagefit("train", str(table), "--task", "regress", "--balance", "sampler",
+                     "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "--balance balance classes" in done.stderr
+    assert not (tmp_path / "run" / "model").exists()
