@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TEST_IMAGE_SIZE, make_dataset
@@ -172,7 +173,10 @@ def _imagefit(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_train_predict_and_evaluate_a_table_of_values(tmp_path):
+@pytest.fixture(scope="module")
+def value_run(tmp_path_factory):
+    """`imagefit train` on a table of 60 images (10 marked test) with an 80 % interval."""
+    tmp_path = tmp_path_factory.mktemp("value-run")
     paths, values = make_value_images(tmp_path / "img", 60, seed=2)
     rows = [[Path(p).name, f"{v:.2f}", "test" if i >= 50 else "train"]
             for i, (p, v) in enumerate(zip(paths, values))]
@@ -182,7 +186,14 @@ def test_train_predict_and_evaluate_a_table_of_values(tmp_path):
                      "--image-size", str(TEST_IMAGE_SIZE), "--mode", "probe", "--epochs", "30",
                      "--interval", "0.8", "--loss", "l1")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Validation: MAE" in done.stdout and "80% prediction interval" in done.stdout
+    return {"run": run, "table": table, "paths": paths, "stdout": done.stdout,
+            "tmp": tmp_path}
+
+
+def test_train_writes_a_regression_run_folder(value_run):
+    run = value_run["run"]
+    assert "Validation: MAE" in value_run["stdout"]
+    assert "80% prediction interval" in value_run["stdout"]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["task"] == "regress" and metrics["interval_promised"] == 0.8
     test = json.loads((run / "test" / "metrics.json").read_text())
@@ -190,7 +201,15 @@ def test_train_predict_and_evaluate_a_table_of_values(tmp_path):
     history = (run / "history.csv").read_text().splitlines()[0]
     assert history == "epoch,stage,train_loss,val_loss,val_mae,val_rmse,val_r2,lr,seconds"
     assert "task: regress" in (run / "config.yaml").read_text()
+    with open(run / "split.csv", newline="") as f:
+        split = list(csv.DictReader(f))
+    given = {Path(r[0]).name: float(r[1]) for r in
+             csv.reader(value_run["table"].read_text().splitlines()[1:])}
+    assert all(float(r["label"]) == given[Path(r["path"]).name] for r in split)  # the values
 
+
+def test_predict_and_evaluate_a_table_of_values(value_run):
+    run, table, tmp_path = value_run["run"], value_run["table"], value_run["tmp"]
     out = tmp_path / "pred.csv"
     done = _imagefit("predict", str(run), str(table), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -206,10 +225,92 @@ def test_train_predict_and_evaluate_a_table_of_values(tmp_path):
     assert "MAE" in done.stdout and "promised 80%" in done.stdout
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 10  # the test rows
 
-    for command in (["export", str(run)], ["report", str(run)],
-                    ["predict", str(run), paths[0], "--top-k", "2"]):
+    for command in (["report", str(run)], ["explain", str(run), value_run["paths"][0]],
+                    ["predict", str(run), value_run["paths"][0], "--top-k", "2"]):
         refused = _imagefit(*command)
         assert refused.returncode == 2 and "regression" in refused.stderr
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_regressor_gives_the_value_and_its_interval(value_run, fmt):
+    import imagefit
+    from imagefit.data.images import load_image
+    from imagefit.export.onnx import export_model
+
+    reg = imagefit.load_model(value_run["run"])
+    paths = value_run["paths"][:6]
+    result = export_model(reg, value_run["tmp"] / f"model.{fmt}", format=fmt,
+                          verify_images=paths)
+    assert result.verified_on == "given images" and result.max_abs_diff < 1e-4
+    images = np.stack([load_image(p, TEST_IMAGE_SIZE) for p in paths])
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime as ort
+
+        meta = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+        assert meta["imagefit.task"] == "regress" and meta["imagefit.interval"] == "0.8"
+        got = ort.InferenceSession(str(result.path)).run(None, {"images": images})[0]
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(result.path))(torch.from_numpy(images)).numpy()
+    expected = reg.predict(paths)
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got[:, 2] - got[:, 0], reg.halfwidth_, rtol=1e-4)
+
+
+def test_the_service_answers_a_value_with_its_interval(value_run):
+    from starlette.testclient import TestClient
+
+    import imagefit
+    from imagefit.serve.app import ServeSettings, create_app
+
+    reg = imagefit.load_model(value_run["run"])
+    client = TestClient(create_app(reg, ServeSettings()), base_url="http://127.0.0.1:8000")
+    assert client.get("/health").json()["task"] == "regress"
+    path = value_run["paths"][3]
+    answer = client.post("/predict", content=Path(path).read_bytes(),
+                         headers={"Content-Type": "image/png"}).json()
+    assert answer["value"] == pytest.approx(reg.predict([path])[0], rel=1e-4)
+    assert answer["upper"] - answer["value"] == pytest.approx(reg.halfwidth_)
+    assert answer["interval"] == 0.8
+
+
+def test_the_page_shows_a_regressions_value(value_run, tmp_path):
+    from test_serve import BROWSER_WAIT_S, CHROMEDRIVER, CHROMIUM, _browser_available, \
+        _start_server, _stop
+
+    _browser_available()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import imagefit
+
+    (tmp_path / "server").mkdir()
+    proc, port = _start_server(value_run["run"], tmp_path / "server")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(driver, BROWSER_WAIT_S)
+        wait.until(lambda d: d.find_element(By.ID, "model").text.startswith("a number"))
+        path = value_run["paths"][5]
+        driver.find_element(By.ID, "file").send_keys(path)
+        status = driver.find_element(By.ID, "status")
+        wait.until(lambda d: status.get_attribute("data-value")
+                   or status.get_attribute("class") == "error")
+        assert status.get_attribute("class") != "error", status.text
+        expected = imagefit.load_model(value_run["run"]).predict([path])[0]
+        assert float(status.get_attribute("data-value")) == pytest.approx(expected, rel=1e-4)
+        assert "80% interval" in status.text
+    finally:
+        driver.quit()
+        _stop(proc)
 
 
 def test_class_balancing_options_are_refused_for_a_regression(tmp_path):

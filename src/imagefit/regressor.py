@@ -223,6 +223,15 @@ class ImageRegressor(BaseEstimator):
         raise_first_failure(failures, paths)
         return values
 
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Backbone features of a uint8 batch (n, s, s, 3) at the model's input size."""
+        check_is_fitted(self, "halfwidth_")
+        return self._get_runner()(np.asarray(images, np.uint8))
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Predicted values of a uint8 batch (n, s, s, 3) at the model's input size."""
+        return self.objective_.decode(self._stored.outputs(self.embed(images)))
+
     def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, lower, upper): the prediction and its `interval` coverage bounds."""
         values = self.predict(X)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagefit._validation import check_classifier
 from imagefit.workflows.run_folder import RunFolder
 from imagefit.export import FORMATS, TOLERANCE
 
@@ -39,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
-    check_classifier(clf, "imagefit export")
     suffix = "onnx" if args.format == "onnx" else "pt"
     out = Path(args.out) if args.out else model_dir.parent / "export" / f"model.{suffix}"
     result = export_model(clf, out, format=args.format,
@@ -47,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         source = ("validation images" if result.verified_on == "given images"
                   else result.verified_on + " (no validation images found)")
+        what = ("value difference (in standard deviations of the target)"
+                if hasattr(clf, "halfwidth_") else "probability difference")
         print(f"Wrote {result.path} ({args.format}); verified on {result.n_verified} {source}: "
-              f"largest probability difference {result.max_abs_diff:.1e} "
-              f"(tolerance {TOLERANCE:.0e}).")
+              f"largest {what} {result.max_abs_diff:.1e} (tolerance {TOLERANCE:.0e}).")
     return 0

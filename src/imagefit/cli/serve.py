@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagefit._validation import check_classifier
 from imagefit.errors import ConfigError
 
 EXAMPLES = """examples:
@@ -80,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.api_key is None and settings.allowed_hosts == ("*",):
         print(f"WARNING: serving on {args.host} with no API key (--insecure): anyone who can "
               f"reach this machine can use it.", file=sys.stderr)
-    model = load_model(args.run)
-    check_classifier(model, "imagefit serve")
-    app = create_app(model, settings)
+    app = create_app(load_model(args.run), settings)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Serving {args.run} on http://{host}:{args.port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",

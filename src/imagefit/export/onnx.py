@@ -1,6 +1,7 @@
-"""Exporting a fitted classifier to a file that runs without imagefit: ONNX (for ONNX Runtime) or
+"""Exporting a fitted model to a file that runs without imagefit: ONNX (for ONNX Runtime) or
 TorchScript. The exported graph takes uint8 RGB images already resized to the model's size and
-returns calibrated probabilities; the export verifies itself against PyTorch before it is kept.
+returns calibrated probabilities (a classifier) or the value and its prediction interval (a
+regression); the export verifies itself against PyTorch before it is kept.
 """
 
 from __future__ import annotations
@@ -42,9 +43,26 @@ class DeployableClassifier(nn.Module):
         self.register_buffer("offset", torch.tensor(prep.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("scale", torch.tensor(prep.std).view(1, 3, 1, 1) * 255)
 
+    def outputs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images.permute(0, 3, 1, 2).float() - self.offset) / self.scale)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.permute(0, 3, 1, 2).float() - self.offset) / self.scale
-        return torch.softmax(self.net(x) / self.net.temperature, dim=-1)
+        return torch.softmax(self.outputs(images) / self.net.temperature, dim=-1)
+
+
+class DeployableRegressor(DeployableClassifier):
+    """uint8 (N, S, S, 3) RGB -> (N, 3): the value, then the lower and upper bounds of its
+    prediction interval, in the target's unit (infinite bounds where unbounded)."""
+
+    def __init__(self, reg):
+        super().__init__(reg)
+        target = reg.objective_
+        self.register_buffer("target", torch.tensor([target.scale, target.mean,
+                                                     reg.halfwidth_], dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        value = self.outputs(images)[:, 0] * self.target[0] + self.target[1]
+        return torch.stack([value, value - self.target[2], value + self.target[2]], dim=1)
 
 
 @dataclass
@@ -76,8 +94,9 @@ def export_model(clf: ImageClassifier, out: str | os.PathLike, *, format: str = 
         ExportResult(path=PosixPath('model.onnx'), format='onnx', max_abs_diff=2.9e-07, ...)
     """
     check_choice("format", format, FORMATS)
-    check_is_fitted(clf)
-    module = DeployableClassifier(clf).eval().cpu()
+    regression = hasattr(clf, "halfwidth_")
+    check_is_fitted(clf, "halfwidth_" if regression else "classes_")
+    module = (DeployableRegressor if regression else DeployableClassifier)(clf).eval().cpu()
     images, source = _verification_batch(clf, verify_images, max_verify)
     with torch.no_grad():
         expected = module(torch.from_numpy(images)).numpy()
@@ -87,15 +106,26 @@ def export_model(clf: ImageClassifier, out: str | os.PathLike, *, format: str = 
         got = _run_onnx(data, images) if format == "onnx" else _run_torchscript(data, images)
     except Exception as exc:  # exporters and runtimes raise many types
         raise ExportError(f"{format} export failed: {type(exc).__name__}: {exc}") from None
-    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    # A regression's values compare in units of the targets' standard deviation.
+    unit = clf.objective_.scale if regression else 1.0
+    diff = _largest_difference(got, expected) / unit
     if not diff <= TOLERANCE:
+        what = "value difference (in standard deviations)" if regression else "probability " \
+            "difference"
         raise ExportError(f"The {format} export does not reproduce the PyTorch model: largest "
-                          f"probability difference {diff:.2e} > {TOLERANCE:.0e} on {len(images)} "
-                          f"{source}. Nothing was written.")
+                          f"{what} {diff:.2e} > {TOLERANCE:.0e} on {len(images)} {source}. "
+                          f"Nothing was written.")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return ExportResult(path, format, diff, len(images), source)
+
+
+def _largest_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected|, equal infinities counting as equal; inf for another shape."""
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.where(got == expected, 0.0, np.abs(got - expected)).max(initial=0.0))
 
 
 def _verification_batch(clf: ImageClassifier, paths, limit: int) -> tuple[np.ndarray, str]:
@@ -119,30 +149,41 @@ def _export_onnx(module: nn.Module, clf: ImageClassifier) -> bytes:
     import onnx
 
     size = clf.preprocessing_.image_size
+    regression = isinstance(module, DeployableRegressor)
+    output = "prediction" if regression else "probabilities"
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), buffer,
-                          input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                          input_names=["images"], output_names=[output],
+                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
                           opset_version=17, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     bg = clf.preprocessing_.background
     meta = {
-        "imagefit.classes": json.dumps(list(clf.classes_), ensure_ascii=True),
+        "imagefit.task": "regress" if regression else "classify",
         "imagefit.image_size": str(size),
         "imagefit.preprocessing": json.dumps(clf.preprocessing_.to_dict()),
-        "imagefit.temperature": repr(float(clf.temperature_)),
         "imagefit.backbone": clf.backbone_name_,
         "imagefit.version": __version__,
         "imagefit.input": INPUT_DESCRIPTION.format(s=size, bg=f"RGB{tuple(bg)}"),
-        "imagefit.output": "probabilities, shape (batch, n_classes), calibrated, in the order "
-                           "of imagefit.classes",
     }
+    if regression:
+        meta["imagefit.interval"] = repr(float(clf.interval))
+        meta["imagefit.interval_halfwidth"] = repr(float(clf.halfwidth_))
+        meta["imagefit.output"] = ("prediction, shape (batch, 3): the value, then the lower and "
+                                   "upper bounds of its imagefit.interval prediction interval "
+                                   "(split conformal), in the target's unit")
+    else:
+        meta["imagefit.classes"] = json.dumps(list(clf.classes_), ensure_ascii=True)
+        meta["imagefit.temperature"] = repr(float(clf.temperature_))
+        meta["imagefit.output"] = ("probabilities, shape (batch, n_classes), calibrated, in the "
+                                   "order of imagefit.classes")
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.doc_string = f"imagefit {__version__} image classifier ({clf.backbone_name_})"
+    kind = "regressor" if regression else "classifier"
+    model.doc_string = f"imagefit {__version__} image {kind} ({clf.backbone_name_})"
     return model.SerializeToString()
 
 

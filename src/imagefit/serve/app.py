@@ -136,7 +136,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
 
     Endpoints: `GET /` (a page to drop an image on), `GET /health`, `POST /predict` (raw image
     bytes as `application/octet-stream` or `image/*`; JSON `{label, confidence,
-    probabilities}`).
+    probabilities}`, or for an `ImageRegressor` `{value, lower, upper, interval}`, the bounds
+    null when too few validation images bounded them).
 
     Example:
         >>> app = create_app(imagefit.load_model("runs/x"))   # doctest: +SKIP
@@ -144,7 +145,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
     """
     model.embed(np.zeros((1, model.preprocessing_.image_size, model.preprocessing_.image_size, 3),
                          np.uint8))  # export/load the backbone now, not on the first request
-    classes = list(model.classes_)
+    regression = not hasattr(model, "classes_")
+    classes = [] if regression else list(model.classes_)
     size = model.preprocessing_.image_size
     background = model.preprocessing_.background
     limiter_box: list[_Limiter] = []  # made inside the running event loop
@@ -161,8 +163,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
 
     def batcher() -> _Batcher:
         if not batcher_box or batcher_box[0].loop is not asyncio.get_running_loop():
-            batcher_box[:] = [_Batcher(model.predict_proba_images, settings.max_batch,
-                                       settings.max_wait_s)]
+            predict = model.predict_images if regression else model.predict_proba_images
+            batcher_box[:] = [_Batcher(predict, settings.max_batch, settings.max_wait_s)]
         return batcher_box[0]
 
     def decode(data: bytes) -> np.ndarray:
@@ -170,6 +172,11 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
                               background=background)
 
     def answer(proba: np.ndarray) -> dict:
+        if regression:  # `proba` is the predicted value
+            value, half = float(proba), model.halfwidth_
+            bounded = np.isfinite(half)
+            return {"value": value, "lower": value - half if bounded else None,
+                    "upper": value + half if bounded else None, "interval": model.interval}
         best = int(proba.argmax())
         return {"label": classes[best], "confidence": float(proba[best]),
                 "probabilities": {c: float(p) for c, p in zip(classes, proba)}}
@@ -217,9 +224,10 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
             limiter().release()
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "classes": classes, "backbone":
-                             model.backbone_name_, "image_size": size,
-                             "auth": settings.api_key is not None}, headers=_SECURITY_HEADERS)
+        return JSONResponse({"status": "ok", "task": "regress" if regression else "classify",
+                             "classes": classes, "backbone": model.backbone_name_,
+                             "image_size": size, "auth": settings.api_key is not None},
+                            headers=_SECURITY_HEADERS)
 
     async def page(request: Request) -> Response:
         return _static("index.html", "text/html; charset=utf-8")

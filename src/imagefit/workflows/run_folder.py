@@ -95,9 +95,9 @@ class RunFolder:
 
     def write_split(self, train: ImageIndex, val: ImageIndex,
                     test: ImageIndex | None = None) -> None:
-        """`path,label,split,sha256` for every image used, and a `group` column when the data
-        has groups. Names that are not valid UTF-8 on disk are written byte for byte
-        (surrogateescape), so `read_split` reads them back."""
+        """`path,label,split,sha256` for every image used (a regression's label is the
+        value), and a `group` column when the data has groups. Names that are not valid UTF-8
+        on disk are written byte for byte (surrogateescape), so `read_split` reads them back."""
         parts = [("train", train), ("val", val)] + ([("test", test)] if test else [])
         grouped = any(part.groups is not None for _, part in parts)
         with open(self.split, "w", newline="", encoding="utf-8",
@@ -107,8 +107,9 @@ class RunFolder:
             for name, part in parts:
                 hashes = part.sha256 if part.sha256 is not None else [""] * len(part)
                 groups = part.groups if part.groups is not None else [""] * len(part)
-                for p, label, digest, group in zip(part.paths, part.label_names(), hashes,
-                                                   groups):
+                labels = (part.label_names() if part.targets is None
+                          else [repr(float(v)) for v in part.targets])
+                for p, label, digest, group in zip(part.paths, labels, hashes, groups):
                     group = "" if group.startswith(UNGROUPED) else group
                     writer.writerow([p, label, name, digest] + ([group] if grouped else []))
 
@@ -146,7 +147,8 @@ class RunFolder:
         """What the scan and the pre-flight saw, for machines: images found per class, ignored
         entries per category, bad files per reason, and the warnings printed."""
         summary = {"n_found": len(index),
-                   "classes": dict(zip(index.classes, map(int, index.counts()))),
+                   "classes": ({} if index.is_regression else
+                               dict(zip(index.classes, map(int, index.counts())))),
                    "ignored": dict(sorted(index.report.ignored.items())),
                    "bad_files": dict(sorted(Counter(b.reason for b in bad_files).items())),
                    "extension_mismatch": index.report.extension_mismatch,

@@ -1,4 +1,5 @@
-// The imagefit page: send the chosen image's bytes to POST /predict and draw the top classes.
+// The imagefit page: send the chosen image's bytes to POST /predict and draw the top classes
+// (or, for a regression, the predicted value and its interval).
 // Class names are data, so they are only ever set with textContent.
 "use strict";
 
@@ -9,8 +10,8 @@ let needsKey = false;
 async function loadModelInfo() {
   try {
     const info = await (await fetch("/health")).json();
-    $("model").textContent =
-      `${info.classes.length} classes · ${info.backbone} · ${info.image_size}px`;
+    const what = info.task === "regress" ? "a number per image" : `${info.classes.length} classes`;
+    $("model").textContent = `${what} · ${info.backbone} · ${info.image_size}px`;
     needsKey = info.auth;
     $("key-row").hidden = !needsKey;
   } catch (err) {
@@ -21,6 +22,14 @@ async function loadModelInfo() {
 function showStatus(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
+}
+
+function showValue(result) {
+  const fmt = (x) => Number(x.toPrecision(4)).toString();
+  const interval = result.lower === null ? "" :
+    ` (${Math.round(100 * result.interval)}% interval ${fmt(result.lower)} to ${fmt(result.upper)})`;
+  showStatus(`${fmt(result.value)}${interval}`, false);
+  $("status").dataset.value = result.value;
 }
 
 function drawBars(result) {
@@ -65,7 +74,7 @@ async function predict(file) {
       showStatus(body.error || `Error ${response.status}`, true);
       return;
     }
-    drawBars(body);
+    if (body.value !== undefined) showValue(body); else drawBars(body);
   } catch (err) {
     showStatus("The request failed.", true);
   }
