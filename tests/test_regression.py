@@ -225,10 +225,27 @@ def test_predict_and_evaluate_a_table_of_values(value_run):
     assert "MAE" in done.stdout and "promised 80%" in done.stdout
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 10  # the test rows
 
-    for command in (["report", str(run)], ["explain", str(run), value_run["paths"][0]],
-                    ["predict", str(run), value_run["paths"][0], "--top-k", "2"]):
+    for command in (["report", str(run)],
+                    ["predict", str(run), value_run["paths"][0], "--top-k", "2"],
+                    ["explain", str(run), value_run["paths"][0], "--true-label", "3"]):
         refused = _imagefit(*command)
         assert refused.returncode == 2 and "regression" in refused.stderr
+
+
+def test_explain_draws_where_the_image_raises_the_value(value_run, tmp_path):
+    done = _imagefit("explain", str(value_run["run"]), value_run["paths"][4], "--out",
+                     str(tmp_path / "why"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "why" / "explain.json").read_text())
+    import imagefit
+
+    expected = imagefit.load_model(value_run["run"]).predict([value_run["paths"][4]])[0]
+    assert doc["prediction"] == pytest.approx(expected, rel=1e-4)
+    lower, upper = doc["interval"]
+    assert lower < doc["prediction"] < upper and doc["confidence"] is None
+    assert "gradcam_value.png" in doc["files"] and (tmp_path / "why" / "input.png").is_file()
+    with Image.open(tmp_path / "why" / "gradcam_value.png") as im:
+        assert im.size == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

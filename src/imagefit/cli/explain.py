@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagefit._validation import check_classifier
+from imagefit.errors import ConfigError
 from imagefit.progress import printable
 
 EXAMPLES = """examples:
@@ -42,13 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
-    check_classifier(clf, "imagefit explain")
+    if args.true_label is not None and hasattr(clf, "halfwidth_"):
+        raise ConfigError("--true-label names a class; this model is a regression (its "
+                          "Grad-CAM is of the predicted value).")
     out = (Path(args.out) if args.out
            else model_dir.parent / "explain" / safe_name(Path(args.image).stem))
     result = explain_image(clf, args.image, out, true_label=args.true_label)
     if not args.quiet:
-        print(f"Predicted {printable(result.label)} ({result.confidence:.3f}) for "
-              f"{printable(args.image)}.")
+        detail = (f"[{result.interval[0]:.6g}, {result.interval[1]:.6g}]" if result.interval
+                  else f"({result.confidence:.3f})" if result.value is None else "")
+        print(f"Predicted {printable(result.label)} {detail} for {printable(args.image)}.")
         for note in result.notes:
             print(f"note: {printable(note)}")
         print(f"Wrote {len(result.files)} files to {printable(result.out_dir)}:")

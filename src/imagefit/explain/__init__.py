@@ -1,7 +1,8 @@
 """Explaining one prediction: `explain_image` writes the input, each backbone stage's activations
-as image grids, Grad-CAM overlays for the predicted (and the true) class and `explain.json` into
-one folder. File names made from class names go through `safe_name` and are checked to stay inside
-that folder. `gradcam` and `overlay` are re-exported for use on arrays.
+as image grids, Grad-CAM overlays for the predicted (and the true) class, or for a regression's
+value, and `explain.json` into one folder. File names made from class names go through
+`safe_name` and are checked to stay inside that folder. `gradcam` and `overlay` are
+re-exported for use on arrays.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class ExplainResult:
         confidence: its calibrated probability.
         probabilities: calibrated probability of every class, in `clf.classes_` order.
         out_dir: the folder everything was written to.
+        value, interval: a regression's predicted value and its (lower, upper) bounds (None
+            for a classifier; `label` is then the value as text, `confidence` NaN).
         files: every file written, `explain.json` last.
         notes: what could not be drawn and why (empty when everything was).
     """
@@ -44,6 +47,8 @@ class ExplainResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    value: float | None = None
+    interval: tuple[float, float] | None = None
 
 
 def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -52,8 +57,9 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     Writes `input.png` (the image as the model sees it), `activations/stage_<i>_<name>.png`,
     `gradcam_pred_<label>.png`, `gradcam_true_<label>.png` (when `true_label` is given and
-    differs from the prediction) and `explain.json`. What cannot be drawn for this backbone is
-    skipped with a note rather than failing.
+    differs from the prediction) and `explain.json`. For an `ImageRegressor`, the Grad-CAM is
+    of the predicted value (`gradcam_value.png`: where the image raises it). What cannot be
+    drawn for this backbone is skipped with a note rather than failing.
 
     Args:
         clf: a fitted `ImageClassifier` (or one from `imagefit.load_model`).
@@ -71,6 +77,8 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         >>> result.label, [p.name for p in result.files][-1]             # doctest: +SKIP
         ('cat', 'explain.json')
     """
+    if hasattr(clf, "halfwidth_"):
+        return _explain_value(clf, path, Path(out_dir))
     check_is_fitted(clf)
     classes = list(clf.classes_)
     if true_label is not None and true_label not in classes:
@@ -91,6 +99,30 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         targets.append(("true", classes.index(true_label)))
     _write_gradcams(clf, image, targets, result)
     _write_json(result, true_label, stages)
+    return result
+
+
+def _explain_value(reg, path: str | os.PathLike, out: Path) -> ExplainResult:
+    """`explain_image` for a regression: the value, its interval, and Grad-CAM of the value."""
+    prep = reg.preprocessing_
+    image = load_image(path, prep.image_size, background=prep.background)
+    value = float(reg.predict_images(image[None])[0])
+    bounds = (value - reg.halfwidth_, value + reg.halfwidth_)
+    result = ExplainResult(Path(path), f"{value:.6g}", float("nan"), {}, out, value=value,
+                           interval=bounds if np.isfinite(reg.halfwidth_) else None)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_png(result, "input.png", image)
+    stages = _write_activations(reg, image, result)
+    try:
+        heatmap = gradcam(reg, image, 0)
+    except ConfigError as exc:
+        result.notes.append(f"Grad-CAM skipped: {exc}")
+    else:
+        note = _uniform_note(heatmap, "the value")
+        if note:
+            result.notes.append(note)
+        _write_png(result, "gradcam_value.png", overlay(image, heatmap))
+    _write_json(result, None, stages)
     return result
 
 
@@ -166,6 +198,9 @@ def _write_json(result: ExplainResult, true_label: str | None, stages: list[dict
            "probabilities": result.probabilities, "stages": stages,
            "files": [p.relative_to(result.out_dir).as_posix() for p in result.files],
            "notes": result.notes}
+    if result.value is not None:  # a regression: the value, no class or confidence
+        doc.update(prediction=result.value, confidence=None, interval=result.interval)
+        del doc["true_label"], doc["probabilities"]
     target.write_text(json.dumps(doc, indent=2, ensure_ascii=True), encoding="utf-8")
 
 

@@ -33,7 +33,7 @@ def gradcam(clf, image: np.ndarray, class_index: int) -> np.ndarray:
     divided by its maximum. The logit is taken before temperature and softmax, as in the paper.
 
     Args:
-        clf: a fitted `ImageClassifier`.
+        clf: a fitted `ImageClassifier` (or `ImageRegressor`: its value is index 0).
         image: uint8 (S, S, 3) with S = `clf.preprocessing_.image_size`
             (`imagefit.load_image(path, S, background=clf.preprocessing_.background)`).
         class_index: the class, an index into `clf.classes_`.
@@ -49,7 +49,7 @@ def gradcam(clf, image: np.ndarray, class_index: int) -> np.ndarray:
         >>> gradcam(clf, img, clf.classes_.index("cat")).shape                   # doctest: +SKIP
         (224, 224)
     """
-    n_classes = len(clf.classes_)
+    n_classes = clf.net_.n_outputs  # a regression's single output is index 0
     if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) \
             or not 0 <= class_index < n_classes:
         raise ConfigError(f"The 'class_index' parameter must be an int in [0, {n_classes - 1}]. "
