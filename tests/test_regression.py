@@ -225,11 +225,41 @@ def test_predict_and_evaluate_a_table_of_values(value_run):
     assert "MAE" in done.stdout and "promised 80%" in done.stdout
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 10  # the test rows
 
-    for command in (["report", str(run)],
-                    ["predict", str(run), value_run["paths"][0], "--top-k", "2"],
+    for command in (["predict", str(run), value_run["paths"][0], "--top-k", "2"],
                     ["explain", str(run), value_run["paths"][0], "--true-label", "3"]):
         refused = _imagefit(*command)
         assert refused.returncode == 2 and "regression" in refused.stderr
+
+
+def test_the_report_of_a_regression_shows_its_errors_and_suspicious_values(value_run,
+                                                                          tmp_path):
+    run, table = value_run["run"], value_run["table"]
+    page = (run / "report" / "index.html").read_text()  # train built it
+    for text in ("Predicted (y) against true (x)", "Residuals", "Largest over-estimates",
+                 "Largest under-estimates", "Most accurate", "Likely label issues"):
+        assert text in page
+    assert (run / "report" / "label_issues.csv").read_text().splitlines()[0] == \
+        "path,given_value,out_of_fold,score"
+    # A training value made absurd is found among the label issues.
+    with open(run / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    victim = next(r for r in rows if r["split"] == "train")
+    victim["label"] = "1000.0"
+    with open(tmp_path / "split.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.copy(tmp_path / "split.csv", copy / "split.csv")
+    done = _imagefit("report", str(copy), "--data", str(table), "--label-col", "age")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "10 images evaluated" in done.stdout  # the test rows
+    with open(copy / "report" / "label_issues.csv", newline="") as f:
+        issues = list(csv.DictReader(f))
+    assert issues and issues[0]["path"] == victim["path"]
 
 
 def test_explain_draws_where_the_image_raises_the_value(value_run, tmp_path):

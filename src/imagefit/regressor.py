@@ -23,7 +23,8 @@ from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import as_index
 from imagefit.errors import ConfigError, ModelFormatError
-from imagefit.features.extract import BackboneRunner, compute_features, raise_first_failure
+from imagefit.features.extract import (BackboneRunner, FeatureResult, compute_features,
+                                       raise_first_failure)
 from imagefit.models.net import StoredNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
@@ -202,7 +203,7 @@ class ImageRegressor(BaseEstimator):
                 result = compute_features(chunk, runner, batch_size=self.batch_size,
                                           workers=workers_for(self.workers, len(path_array)),
                                           max_pixels=self.max_pixels, bar=bar)
-                values = self.objective_.decode(self._stored.outputs(result.features))
+                values = self.predict_features(result.features)
                 values[~result.ok] = np.nan
                 yield chunk, values, result.failures
         finally:
@@ -228,9 +229,25 @@ class ImageRegressor(BaseEstimator):
         check_is_fitted(self, "halfwidth_")
         return self._get_runner()(np.asarray(images, np.uint8))
 
+    def embed_index(self, index: ImageIndex, *, progress: bool = False) -> FeatureResult:
+        """Backbone features of an index's files, failures as values; with the files' hashes
+        (`index.sha256`), rows are reused from and added to the feature store."""
+        check_is_fitted(self, "halfwidth_")
+        runner = self._get_runner()
+        store = None if index.sha256 is None else runner.store(cache_folder(self.cache_dir))
+        return compute_features(index.paths, runner, keys=index.sha256, store=store,
+                                batch_size=self.batch_size,
+                                workers=workers_for(self.workers, len(index)),
+                                max_pixels=self.max_pixels, progress=progress)
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """Predicted values from backbone features (the head, de-standardised)."""
+        check_is_fitted(self, "halfwidth_")
+        return self.objective_.decode(self._stored.outputs(features))
+
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Predicted values of a uint8 batch (n, s, s, 3) at the model's input size."""
-        return self.objective_.decode(self._stored.outputs(self.embed(images)))
+        return self.predict_features(self.embed(images))
 
     def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, lower, upper): the prediction and its `interval` coverage bounds."""

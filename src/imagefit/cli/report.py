@@ -33,9 +33,11 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imagefit.bundle import model_task
     from imagefit.workflows.report import build_run_report
 
-    data = None if args.data is None else open_test_data(args, args.data)
+    task = "regress" if model_task(args.run) == "regress" else None
+    data = None if args.data is None else open_test_data(args, args.data, task=task)
     if data is not None and args.out is not None:
         refuse_output_inside(args.out, [args.data, data])
     result = build_run_report(args.run, data=data, out=args.out, progress=not args.quiet)

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from imagefit._validation import check_int, check_scalar
+from imagefit.data.index import value_strata
 from imagefit.data.text import as_text
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
 from imagefit.train.engine import LoopSettings, StepSettings, fit_loop
 from imagefit.train.loader import shuffled_indices
+from imagefit.train.objectives import ridge_fit
 
 # Cosine similarity of EfficientNet-Lite0 features (224 px) from which two images count as near
 # duplicates, measured with benchmarks/near_duplicates.py (400 photo crops + 60 planted copies).
@@ -117,6 +119,32 @@ def _group_fold_ids(labels: np.ndarray, groups: np.ndarray, n_folds: int,
         group_fold[group] = fold
         per_fold[fold] += votes[group]
     return group_fold[g]
+
+
+def out_of_fold_values(features: np.ndarray, values: np.ndarray, *, n_folds: int = 5,
+                       seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """Cross-validated predictions of a regression: each row's value predicted by a ridge
+    regression (`train.objectives.ridge_fit`, penalty by generalised cross-validation) fitted
+    on the other folds; folds stratified by the values' quantile bins, a group's rows in one.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(60, 4))
+        >>> oof = out_of_fold_values(x, x @ [1.0, 2.0, 0.0, -1.0])
+        >>> bool(np.abs(oof - x @ [1.0, 2.0, 0.0, -1.0]).max() < 0.05)
+        True
+    """
+    x, y = np.asarray(features, np.float64), np.asarray(values, np.float64)
+    folds = stratified_fold_ids(value_strata(y)[0], n_folds, seed, groups)
+    oof = np.empty(len(y))
+    for fold in range(n_folds):
+        held = folds == fold
+        if held.any() and (~held).sum() >= 2:
+            weight, bias, _ = ridge_fit(x[~held], y[~held])
+            oof[held] = x[held] @ weight + bias
+        else:
+            oof[held] = y[~held].mean() if (~held).any() else y[held]
+    return oof
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, *,

@@ -111,3 +111,13 @@ def write_value_predictions_csv(path: str | os.PathLike, paths, value: np.ndarra
                 row += [f"{value[i]:.6g}", f"{lower[i]:.6g}", f"{upper[i]:.6g}"]
             writer.writerow(row + [errors[i]])
     return len(paths)
+
+
+def write_value_issues(issues: list[tuple[str, float, float, float]], path: Path) -> None:
+    """A regression's `label_issues.csv`: `path,given_value,out_of_fold,score`, most likely
+    issues first."""
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "given_value", "out_of_fold", "score"])
+        writer.writerows((p, f"{given:.6g}", f"{oof:.6g}", f"{score:.3f}")
+                         for p, given, oof, score in issues)

@@ -1,4 +1,5 @@
-"""Small inline SVG charts for the report (line charts, grouped bars, reliability diagrams).
+"""Small inline SVG charts for the report (line charts, grouped bars, reliability diagrams,
+scatter plots, histograms).
 Pure string building from numbers: no plotting library, no scripts, every label escaped.
 """
 
@@ -119,3 +120,47 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         parts.append(f'<text x="{x0 + t * (x1 - x0):.1f}" y="{_H - _PAD + 14}" '
                      f'text-anchor="middle" class="s">{t:g}</text>')
     return _svg(parts + _legend(list(curves)), title)
+
+
+def scatter(x: np.ndarray, y: np.ndarray, title: str, max_points: int = 2000) -> str:
+    """y against x on one scale for both (a predicted-vs-true plot), with the diagonal y = x;
+    at most `max_points` points (an even subsample beyond)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) > max_points:
+        pick = np.linspace(0, len(x) - 1, max_points).astype(int)
+        x, y = x[pick], y[pick]
+    both = np.concatenate([x, y]) if len(x) else np.array([0.0, 1.0])
+    lo, hi = float(both.min()), float(both.max())
+    hi = hi if hi > lo else lo + 1
+    parts = _axes(lo, hi, [], title)
+    x0, x1, y0, y1 = _PAD, _W - 8, _H - _PAD, 22
+    parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" class="diag"/>')
+    for t in (0.0, 0.5, 1.0):
+        parts.append(f'<text x="{x0 + t * (x1 - x0):.1f}" y="{_H - _PAD + 14}" '
+                     f'text-anchor="middle" class="s">{lo + t * (hi - lo):.3g}</text>')
+    parts += [f'<circle cx="{x0 + (a - lo) / (hi - lo) * (x1 - x0):.1f}" '
+              f'cy="{y0 - (b - lo) / (hi - lo) * (y0 - y1):.1f}" r="2" fill="{PALETTE[0]}" '
+              f'fill-opacity="0.6"/>' for a, b in zip(x, y)]
+    return _svg(parts, title)
+
+
+def histogram(values: np.ndarray, title: str, bins: int = 30) -> str:
+    """Counts of `values` (finite ones) in equal-width bins, the edges' range on the x axis."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    counts, edges = np.histogram(values, bins=bins) if len(values) else (np.zeros(bins),
+                                                                        np.linspace(0, 1, bins + 1))
+    hi = max(float(counts.max()), 1.0)
+    parts = _axes(0, hi, [], title)
+    width = (_W - 8 - _PAD) / bins
+    for i, count in enumerate(counts):
+        h = float(count) / hi * (_H - _PAD - 22)
+        parts.append(f'<rect x="{_PAD + i * width:.1f}" y="{_H - _PAD - h:.1f}" '
+                     f'width="{width * 0.9:.1f}" height="{h:.1f}" fill="{PALETTE[0]}">'
+                     f'<title>{edges[i]:.3g} to {edges[i + 1]:.3g}: {int(count)}</title></rect>')
+    for t, edge in ((0.0, edges[0]), (1.0, edges[-1])):
+        parts.append(f'<text x="{_PAD + t * (_W - 8 - _PAD):.1f}" y="{_H - _PAD + 14}" '
+                     f'text-anchor="middle" class="s">{edge:.3g}</text>')
+    return _svg(parts, title)

@@ -202,3 +202,82 @@ def _duplicates(dups: dict, assets: _Assets) -> dict:
     groups = [[_tile(assets, path, [f"{label} · {subset}"]) for path, label, subset in group[:6]]
               for group in dups.get("groups", [])[:30]]
     return {"summary": summary, "groups": groups}
+
+
+@dataclass
+class RegressionReportData:
+    """What a regression's page shows: the evaluated images' true and predicted values with
+    their intervals, the metrics, and what the run folder adds (history, label issues,
+    duplicates)."""
+
+    title: str
+    metrics: dict
+    paths: np.ndarray
+    y_true: np.ndarray
+    value: np.ndarray
+    halfwidth: float
+    subtitle: str = ""
+    history: list[dict] | None = None
+    label_issues: list[tuple[str, float, float, float]] | None = None  # path, given, oof, score
+    label_issue_note: str = ""
+    duplicates: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+REGRESSION_GALLERIES = (("over", "Largest over-estimates"), ("under", "Largest under-estimates"),
+                        ("accurate", "Most accurate"))
+
+
+def render_regression_report(data: RegressionReportData, out_dir: str | os.PathLike) -> Path:
+    """Write a regression's `out_dir/index.html` and its assets; returns the page's path."""
+    out = Path(out_dir)
+    assets = _Assets(out / "assets")
+    m = data.metrics
+    cards = [{"label": label, "value": _fmt(m.get(key))} for key, label in (
+        ("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"), ("spearman", "Spearman ρ"),
+        ("interval_coverage", f"coverage of the {m.get('interval_promised', 0):.0%} interval"),
+        ("n", "images"))]
+    page = _TEMPLATES.get_template("regression.html.j2").render(
+        title=data.title, subtitle=data.subtitle, cards=cards,
+        galleries=_value_galleries(data, assets), charts=_value_charts(data),
+        label_issues=None if data.label_issues is None else {
+            "note": data.label_issue_note, "more": len(data.label_issues) - 60,
+            "tiles": [_tile(assets, path, [f"given {given:.4g}", f"out-of-fold {oof:.4g}",
+                                           f"score {score:.1f}"])
+                      for path, given, oof, score in data.label_issues[:60]]},
+        duplicates=None if data.duplicates is None else _duplicates(data.duplicates, assets),
+        notes=[str(n) for n in data.notes])
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8", errors="backslashreplace")
+    return index
+
+
+def _value_galleries(data: RegressionReportData, assets: _Assets, k: int = 8) -> list[dict]:
+    error = data.value - data.y_true
+    rows = np.flatnonzero(np.isfinite(error))
+    order = {"over": rows[np.argsort(-error[rows], kind="stable")],
+             "under": rows[np.argsort(error[rows], kind="stable")],
+             "accurate": rows[np.argsort(np.abs(error[rows]), kind="stable")]}
+    blocks = []
+    for key, title in REGRESSION_GALLERIES:
+        chosen = [r for r in order[key][:k] if key == "accurate" or
+                  (error[r] > 0 if key == "over" else error[r] < 0)]
+        blocks.append({"title": title, "tiles": [_tile(assets, str(data.paths[r]), [
+            f"true {data.y_true[r]:.4g}", f"predicted {data.value[r]:.4g}",
+            f"error {error[r]:+.3g}"]) for r in chosen]})
+    return blocks
+
+
+def _value_charts(data: RegressionReportData) -> list[Markup]:
+    charts = []
+    if data.history:
+        epochs = [row["epoch"] for row in data.history]
+        charts.append(figures.line_chart(epochs, {
+            "val MAE": [row["val_mae"] for row in data.history]}, "Validation MAE"))
+        charts.append(figures.line_chart(epochs, {
+            "train loss": [row["train_loss"] for row in data.history],
+            "val loss": [row["val_loss"] for row in data.history]}, "Loss (standardised)"))
+    charts.append(figures.scatter(data.y_true, data.value, "Predicted (y) against true (x)"))
+    charts.append(figures.histogram(data.value - data.y_true, "Residuals (predicted - true)"))
+    return [Markup(chart) for chart in charts]  # built from numbers, every text escaped

@@ -102,31 +102,14 @@ class Regression:
 
     @staticmethod
     def start_head(linear: nn.Linear, features: np.ndarray, targets: np.ndarray) -> float:
-        """Set `linear` to the ridge regression of the (standardised) `targets` on `features`,
-        its penalty chosen by generalised cross-validation (Golub et al. 1979), and return the
-        penalty. Gradient steps from a zero head need hundreds of epochs to reach what this
-        solves at once on a small set; training then goes on from here."""
-        x = np.asarray(features, np.float64)
-        y = np.asarray(targets, np.float64).reshape(-1)
-        x_mean, y_mean = x.mean(axis=0), y.mean()
-        u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
-        uy = u.T @ (y - y_mean)
-        outside = float(((y - y_mean) ** 2).sum() - (uy ** 2).sum())  # beyond u's span
-        s2 = s ** 2
-        best = None
-        for penalty in s2.max(initial=1.0) * np.logspace(-6, 1, 29):
-            shrink = penalty / (s2 + penalty)
-            residual = outside + float(((shrink * uy) ** 2).sum())
-            dof = float((s2 / (s2 + penalty)).sum())
-            gcv = residual / max(len(y) - dof, 1e-9) ** 2
-            if best is None or gcv < best[0]:
-                best = (gcv, penalty)
-        penalty = best[1]
-        weight = vt.T @ (s / (s2 + penalty) * uy)
+        """Set `linear` to the ridge regression of the (standardised) `targets` on `features`
+        (`ridge_fit`) and return its penalty. Gradient steps from a zero head need hundreds of
+        epochs to reach what this solves at once on a small set; training goes on from here."""
+        weight, bias, penalty = ridge_fit(features, targets)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(weight.reshape(1, -1)))
-            linear.bias.fill_(y_mean - float(x_mean @ weight))
-        return float(penalty)
+            linear.bias.fill_(bias)
+        return penalty
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.row_losses(outputs, targets).mean()
@@ -152,6 +135,36 @@ class Regression:
     @staticmethod
     def score(row: dict) -> tuple[float, float]:
         return -row["val_mae"], -row["val_loss"]
+
+
+def ridge_fit(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(weight, bias, penalty) of the ridge regression of `targets` on `features`, the penalty
+    chosen by generalised cross-validation (Golub, Heath and Wahba 1979) on a log grid, from
+    one SVD of the centred features.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(50, 3))
+        >>> w, b, _ = ridge_fit(x, x @ [1.0, -2.0, 0.5] + 3.0)
+        >>> np.round(w, 2).tolist(), round(b, 2)
+        ([1.0, -2.0, 0.5], 3.0)
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(targets, np.float64).reshape(-1)
+    x_mean, y_mean = x.mean(axis=0), y.mean()
+    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    uy = u.T @ (y - y_mean)
+    outside = float(((y - y_mean) ** 2).sum() - (uy ** 2).sum())  # beyond u's span
+    s2 = s ** 2
+    best = None
+    for penalty in s2.max(initial=1.0) * np.logspace(-9, 1, 41):
+        residual = outside + float(((penalty / (s2 + penalty) * uy) ** 2).sum())
+        dof = float((s2 / (s2 + penalty)).sum())
+        gcv = residual / max(len(y) - dof, 1e-9) ** 2
+        if best is None or gcv < best[0]:
+            best = (gcv, float(penalty))
+    penalty = best[1]
+    weight = vt.T @ (s / (s2 + penalty) * uy)
+    return weight, float(y_mean - x_mean @ weight), penalty
 
 
 @dataclass

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefit._validation import check_classifier
 from imagefit.bundle import resolve_model_dir
 from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside
-from imagefit.data.sources import open_dataset
+from imagefit.data.sources import SourceOptions, open_dataset
 from imagefit.data.text import concat_text
-from imagefit.errors import ImageLoadError
+from imagefit.errors import ConfigError, ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
+from imagefit.evaluation.regression import regression_result, write_value_issues
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
 from imagefit.evaluation.issues import (
     classify_duplicate_pairs,
@@ -28,15 +28,21 @@ from imagefit.evaluation.issues import (
     find_label_issues,
     near_duplicate_pairs,
     out_of_fold_probabilities,
+    out_of_fold_values,
 )
 from imagefit.evaluation.ranking import rank_per_class
 from imagefit.explain import gradcam, overlay
 from imagefit.features.extract import Predictions
 from imagefit.metrics import classification_metrics
-from imagefit.report.html import ReportData, render_report
+from imagefit.regressor import ImageRegressor
+from imagefit.report.html import (RegressionReportData, ReportData, render_regression_report,
+                                  render_report)
 from imagefit.workflows.run_folder import RunFolder
 
 GALLERY_SIZE = 8
+# A training value whose out-of-fold residual has a modified z-score above this is listed
+# (3.5: Iglewicz and Hoaglin's outlier rule).
+VALUE_ISSUE_Z = 3.5
 GRADCAMS_PER_CLASS = 3
 # Label issues are searched among at most this many training images (a stratified subset of a
 # larger set): each needs its features, which cost ~10 ms on a CPU when not cached.
@@ -71,7 +77,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     run_dir = run_folder.path
     where = data.root if isinstance(data, ImageIndex) else data
     clf = load_model(model_dir)
-    check_classifier(clf, "The HTML report")
+    if isinstance(clf, ImageRegressor):
+        return _regression_report(clf, run_folder, data, out, progress)
     full_train, full_val = run_folder.read_split(clf.classes_)
     # The validation rows training used (max_val), and a bounded share of a huge training set.
     train = full_train.subset(MAX_TRAIN_JUDGED, clf.seed)
@@ -149,11 +156,87 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
             for i, s, score in zip(found.indices, found.suggested, found.score)]
 
 
-def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
+def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
+                       progress: bool) -> ReportResult:
+    """`build_run_report` for a regression: predicted-vs-true, residuals, the largest errors,
+    values far from their out-of-fold prediction, duplicates."""
+    full_train, full_val = run_folder.read_split(None)
+    train = full_train.subset(MAX_TRAIN_JUDGED, reg.seed)  # stratified by value
+    parts = {"train": train, "val": full_val.subset(reg.settings_.max_val, reg.seed)}
+    if data is not None:
+        test = data if isinstance(data, ImageIndex) else open_dataset(
+            data, SourceOptions(task="regress"), min_classes=1)
+        if not test.is_regression:
+            raise ConfigError("This run is a regression: report on a table of images and "
+                              "values (--task regress reads one).")
+        parts["test"] = preflight(test, image_size=reg.preprocessing_.image_size,
+                                  max_pixels=reg.max_pixels, progress=progress).index
+        if out is not None:
+            refuse_output_inside(Path(out), [data, parts["test"]])
+    features = {name: reg.embed_index(index, progress=progress) for name, index in parts.items()}
+    name = "test" if data is not None else "val"
+    evaluated, extracted = parts[name], features[name]
+    value = np.full(len(evaluated), np.nan)
+    if extracted.ok.any():
+        value[extracted.ok] = reg.predict_features(extracted.features[extracted.ok])
+    errors = ["" if f is None else f"{f.reason}: {f.message}" for f in extracted.failures]
+    result = regression_result(reg, evaluated.paths, evaluated.targets, value, errors,
+                               extracted.failed)
+    out_dir = Path(out) if out else run_folder.report
+    out_dir.mkdir(parents=True, exist_ok=True)
+    issues = _value_issues(reg, train, features["train"])
+    write_value_issues(issues, out_dir / "label_issues.csv")
+    codes = np.unique(np.concatenate([p.targets for p in parts.values()]), return_inverse=True)[1]
+    duplicates = _duplicates(parts, features, labels=codes, across="values")
+    on = f"{len(evaluated):,} test images" if data is not None else "the validation split"
+    report = RegressionReportData(
+        title=f"imagefit report: {run_folder.path.name}",
+        subtitle=f"{reg.backbone_name_} at {reg.preprocessing_.image_size}px · regression "
+                 f"({reg.loss} loss) · evaluated on {on}",
+        metrics=result.metrics, paths=evaluated.paths, y_true=evaluated.targets, value=value,
+        halfwidth=reg.halfwidth_, history=run_folder.read_history(), label_issues=issues,
+        label_issue_note=("Training images whose value lies far from what the other images "
+                          "predict for it (5-fold cross-validated ridge regression on the "
+                          "cached features; modified z-score of the residual above "
+                          f"{VALUE_ISSUE_Z}); most likely first. Check them before trusting "
+                          "the metrics."),
+        duplicates=duplicates,
+        notes=([] if data is not None else [
+            f"The {reg.interval:.0%} interval was fitted on these validation images, so its "
+            f"coverage here is not a test of it; report --data on held-out images is."]))
+    return ReportResult(render_regression_report(report, out_dir), int(extracted.ok.sum()),
+                        len(issues), duplicates["summary"], result)
+
+
+def _value_issues(reg: ImageRegressor, train: ImageIndex, extracted
+                  ) -> list[tuple[str, float, float, float]]:
+    """(path, given value, out-of-fold prediction, score) of the training values that look
+    wrong: the residual of a 5-fold ridge regression on the features, as a modified z-score
+    (Iglewicz and Hoaglin: 0.6745 (r - median) / MAD), above VALUE_ISSUE_Z; highest first."""
+    ok = extracted.ok
+    x, y = extracted.features[ok], train.targets[ok]
+    if len(y) < 10:
+        return []
+    groups = None if train.groups is None else train.groups[ok]
+    oof = out_of_fold_values(x, y, seed=reg.seed, groups=groups)
+    residual = y - oof
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    if mad == 0:
+        return []
+    score = 0.6745 * np.abs(residual - np.median(residual)) / mad
+    paths = train.paths[ok]
+    return [(str(paths[i]), float(y[i]), float(oof[i]), float(score[i]))
+            for i in np.argsort(-score, kind="stable") if score[i] > VALUE_ISSUE_Z]
+
+
+def _duplicates(parts: dict[str, ImageIndex], features: dict, labels: np.ndarray | None = None,
+                across: str = "classes") -> dict:
     """Exact groups (same bytes) and near-duplicate pairs (embeddings) over every split, with
-    counts of label conflicts (across classes) and leakage (across splits)."""
+    counts of label conflicts (across classes, or across `values`: `labels` then codes each
+    distinct value) and leakage (across splits)."""
     paths = concat_text(index.paths for index in parts.values())
-    labels = np.concatenate([index.labels for index in parts.values()])
+    if labels is None:
+        labels = np.concatenate([index.labels for index in parts.values()])
     subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
     hashes = np.concatenate([index.sha256 for index in parts.values()])
     embeddings = np.concatenate([f.features for f in features.values()])
@@ -167,12 +250,15 @@ def _duplicates(parts: dict[str, ImageIndex], features: dict) -> dict:
     exact_info = classify_duplicate_pairs(exact, labels, subsets)
     near_info = classify_duplicate_pairs(near, labels, subsets)
     summary = {"exact duplicate groups": len(exact),
-               "exact pairs across classes (label conflicts)": exact_info["label_conflict"],
+               f"exact pairs across {across} (label conflicts)": exact_info["label_conflict"],
                "exact pairs across splits (leakage)": exact_info["leakage"],
                "near-duplicate pairs": near_info["n_pairs"],
-               "near pairs across classes": near_info["label_conflict"],
+               f"near pairs across {across}": near_info["label_conflict"],
                "near pairs across splits (leakage)": near_info["leakage"]}
-    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]), str(subsets[i])))
+    targets = np.concatenate([index.targets for index in parts.values()]) \
+        if across == "values" else None
+    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]) if targets is None
+                           else f"{targets[i]:.4g}", str(subsets[i])))
     groups = [[describe(int(i)) for i in group] for group in exact]
     groups += [[describe(int(i)), describe(int(j))] for i, j, _ in near[:30]]
     return {"summary": summary, "groups": groups}

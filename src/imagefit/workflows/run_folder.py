@@ -6,6 +6,7 @@ Nothing else names these files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -113,8 +114,9 @@ class RunFolder:
                     group = "" if group.startswith(UNGROUPED) else group
                     writer.writerow([p, label, name, digest] + ([group] if grouped else []))
 
-    def read_split(self, classes: tuple[str, ...]) -> tuple[ImageIndex, ImageIndex]:
-        """(train, validation) indexes of `split.csv`, labels against `classes`."""
+    def read_split(self, classes: tuple[str, ...] | None) -> tuple[ImageIndex, ImageIndex]:
+        """(train, validation) indexes of `split.csv`, labels against `classes`; with None,
+        a regression's, whose label column holds the values."""
         if not self.split.is_file():
             raise DatasetError(f"{self.split} is missing: a report needs the run folder written "
                                f"by 'imagefit train' (split.csv lists the training images).")
@@ -123,14 +125,15 @@ class RunFolder:
         parts = []
         for name in ("train", "val"):
             chosen = [r for r in rows if r["split"] == name]
-            index = ImageIndex.from_paths([r["path"] for r in chosen],
-                                          [r["label"] for r in chosen], classes)
+            paths, labels = [r["path"] for r in chosen], [r["label"] for r in chosen]
+            index = (_value_index(self.split, paths, labels) if classes is None
+                     else ImageIndex.from_paths(paths, labels, classes))
             groups = None
             if "group" in (rows[0] if rows else {}):
                 groups = np.array([r["group"] or UNGROUPED + r["path"] for r in chosen], dtype=str)
-            parts.append(ImageIndex(index.paths, index.labels, index.classes, None,
-                                    np.array([r["sha256"] for r in chosen], dtype="<U64"),
-                                    groups=groups))
+            parts.append(dataclasses.replace(
+                index, sha256=np.array([r["sha256"] for r in chosen], dtype="<U64"),
+                groups=groups))
         return parts[0], parts[1]
 
     def validation_paths(self) -> list[str]:
@@ -174,7 +177,8 @@ class RunFolder:
             return None
         with open(self.history, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        numeric = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy")
+        columns = rows[0].keys() if rows else HISTORY_COLUMNS  # a regression's differ
+        numeric = [k for k in columns if k != "stage"]
         return [{k: float(r[k]) if r.get(k) not in (None, "", "nan") else float("nan")
                  for k in numeric} for r in rows]
 
@@ -187,3 +191,11 @@ def write_bad_files(bad_files: list[BadFile], path: str | os.PathLike) -> None:
         writer.writerow(["path", "reason", "message"])
         for bad in bad_files:
             writer.writerow([bad.path, bad.reason, bad.message])
+
+
+def _value_index(split: Path, paths: list[str], labels: list[str]) -> ImageIndex:
+    try:
+        return ImageIndex.from_values(paths, [float(v) for v in labels])
+    except ValueError:
+        raise DatasetError(f"{split} does not hold a regression's values in its label column; "
+                           f"train the run again.") from None

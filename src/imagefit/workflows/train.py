@@ -163,10 +163,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         log.info(f"Test ({len(test):,} images held out of training): "
                  f"{_headline(test_evaluation.metrics)}; {run.test_eval / 'metrics.json'}")
     report = None
-    if config.report and index.is_regression:
-        log.info("The HTML report is built for classifiers only so far; a regression's "
-                 "metrics and predictions are in RUN/eval/.")
-    elif config.report:
+    if config.report:
         from imagefit.workflows.report import build_run_report
 
         report = build_run_report(run_dir, progress=progress).index_html
