@@ -7,24 +7,23 @@ metadata a saved model folder holds, so a fitted model and a loaded one are the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from imagefit._validation import check_is_fitted
-from imagefit.base import BaseEstimator
-from imagefit.bundle import read_model_folder, write_model_folder
+from imagefit.fitted import ImageModel
+from imagefit.bundle import read_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import as_index
 from imagefit.errors import ModelFormatError
-from imagefit.features.extract import (BackboneRunner, FeatureResult, FlipViews, Predictions,
-                                       compute_features, raise_first_failure)
+from imagefit.features.extract import FlipViews, Predictions, compute_features, raise_first_failure
 from imagefit._fileio import cache_folder
-from imagefit.models.net import ImageClassifierNet, StoredNet
+from imagefit.models.net import StoredNet
 from imagefit.progress import progress_bar
+from imagefit.regressor import ImageRegressor
 from imagefit.seeding import seed_everything
 from imagefit.train import distributed
 from imagefit.train.calibrate import fit_temperature, softmax
@@ -34,7 +33,7 @@ from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_s
                                    training_data)
 
 
-class ImageClassifier(BaseEstimator):
+class ImageClassifier(ImageModel):
     """An image classifier trained from folders of images.
 
     Args:
@@ -155,11 +154,6 @@ class ImageClassifier(BaseEstimator):
         clf.bad_files_ = clf.validation_ = None
         return clf
 
-    @property
-    def net_(self) -> ImageClassifierNet:
-        """The network (a loaded model builds it on first use; prediction may not need it)."""
-        return self._stored.net
-
     def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
         """Set every fitted attribute from metadata (the end of `fit` and of loading)."""
         self.settings_, self._stored = settings, stored
@@ -177,11 +171,6 @@ class ImageClassifier(BaseEstimator):
         self.logit_adjustment_ = (None if settings.logit_adjustment is None
                                   else np.asarray(settings.logit_adjustment))
         self._runner = None
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model folder (model.safetensors + model.json); returns its path."""
-        meta = self.get_config()  # raises NotFittedError first
-        return write_model_folder(path, self.net_.state_dict(), meta)
 
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
                            batch_size: int | None = None, progress: bool = False,
@@ -218,28 +207,6 @@ class ImageClassifier(BaseEstimator):
                                self.classes_, [])
         return chunks[0]
 
-    def embed(self, X) -> np.ndarray:
-        """Backbone features (the head's inputs): of a uint8 batch (n, s, s, 3) at the model's
-        input size, or of image files (paths or an `ImageIndex`; a file that fails raises)."""
-        check_is_fitted(self)
-        if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4:
-            return self._get_runner()(X)
-        index = X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X)
-        result = self.embed_index(index)
-        raise_first_failure(result.failures, index.paths)
-        return result.features
-
-    def embed_index(self, index: ImageIndex, *, progress: bool = False) -> FeatureResult:
-        """Backbone features of an index's files, failures as values; with the files' hashes
-        (`index.sha256`), rows are reused from and added to the feature store."""
-        check_is_fitted(self)
-        runner = self._get_runner()
-        store = None if index.sha256 is None else runner.store(cache_folder(self.cache_dir))
-        return compute_features(index.paths, runner, keys=index.sha256, store=store,
-                                batch_size=self.batch_size,
-                                workers=workers_for(self.workers, len(index)),
-                                max_pixels=self.max_pixels, progress=progress)
-
     def predict_proba_images(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of a uint8 batch (n, s, s, 3) at the model's input size."""
         return self.proba_from_features(self.embed(np.asarray(images, np.uint8)))
@@ -275,14 +242,6 @@ class ImageClassifier(BaseEstimator):
         recalls = [(pred[index.labels == c] == c).mean() for c in np.unique(index.labels)]
         return float(np.mean(recalls))
 
-    def _get_runner(self) -> BackboneRunner:
-        if self._runner is None:
-            self._runner = BackboneRunner.of_model(self._stored, self._backbone_key,
-                                                   self.preprocessing_, device=self.device_,
-                                                   cache_dir=cache_folder(self.cache_dir))
-        return self._runner
-
-
 def load_model(path: str | os.PathLike):
     """Load a model folder (or a run folder) into a fitted `ImageClassifier`, or an
     `ImageRegressor` for a regression's folder. Only the folder is needed: no training data,
@@ -294,6 +253,5 @@ def load_model(path: str | os.PathLike):
     """
     meta, state, _ = read_model_folder(path)
     if meta.get("task") == "regress":
-        from imagefit.regressor import ImageRegressor  # it imports what this module does
         return ImageRegressor.from_config(meta, state)
     return ImageClassifier.from_config(meta, state)

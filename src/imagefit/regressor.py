@@ -16,15 +16,13 @@ import torch
 
 from imagefit._fileio import cache_folder
 from imagefit._validation import check_is_fitted
-from imagefit.base import BaseEstimator
-from imagefit.bundle import write_model_folder
+from imagefit.fitted import ImageModel
 from imagefit.data.augment import resolve_augment
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import as_index
 from imagefit.errors import ConfigError, ModelFormatError
-from imagefit.features.extract import (BackboneRunner, FeatureResult, compute_features,
-                                       raise_first_failure)
+from imagefit.features.extract import compute_features, raise_first_failure
 from imagefit.models.net import StoredNet
 from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
@@ -43,7 +41,7 @@ _CLASSIFICATION_ONLY = {"balance": "none", "class_weight": None, "logit_adjustme
                         "max_per_class": None}
 
 
-class ImageRegressor(BaseEstimator):
+class ImageRegressor(ImageModel):
     """A number per image, trained from image files and their values.
 
     Args:
@@ -68,6 +66,8 @@ class ImageRegressor(BaseEstimator):
         >>> reg = ImageRegressor(image_size=96).fit(paths, ages)       # doctest: +SKIP
         >>> value, lower, upper = reg.predict_interval(["new.jpg"])   # doctest: +SKIP
     """
+
+    _FITTED = "halfwidth_"
 
     def __init__(self, backbone: str | None = None, *, mode: str = "auto",
                  image_size: int | None = None, augment="auto", loss: str = "mse",
@@ -143,7 +143,7 @@ class ImageRegressor(BaseEstimator):
 
     def get_config(self) -> dict:
         """The metadata this fitted model rebuilds itself from (model.json's content)."""
-        check_is_fitted(self, "halfwidth_")
+        check_is_fitted(self, self._FITTED)
         return dict(self._meta)
 
     @classmethod
@@ -180,20 +180,11 @@ class ImageRegressor(BaseEstimator):
         self.mode_, self.augment_, self.device_ = settings.mode, settings.augment, settings.device
         self.preprocessing_, self.backbone_name_ = settings.preprocessing, settings.backbone
 
-    @property
-    def net_(self):
-        return self._stored.net
-
-    def save(self, path: str | os.PathLike):
-        """Write the model folder (model.safetensors + model.json); returns its path."""
-        meta = self.get_config()  # raises NotFittedError first
-        return write_model_folder(path, self.net_.state_dict(), meta)
-
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
                            progress: bool = False):
         """(paths, values, failures) a chunk of files at a time, in input order; a file that
         cannot be decoded gets NaN and its reason."""
-        check_is_fitted(self, "halfwidth_")
+        check_is_fitted(self, self._FITTED)
         runner = self._get_runner()
         path_array = np.array([os.fspath(p) for p in paths], dtype=str)
         bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
@@ -215,7 +206,7 @@ class ImageRegressor(BaseEstimator):
         Raises:
             ImageLoadError: a file cannot be decoded (`iter_predict_files` gives NaN instead).
         """
-        check_is_fitted(self, "halfwidth_")
+        check_is_fitted(self, self._FITTED)
         paths = as_index(X, folder=cache_folder(self.cache_dir)).paths
         parts = list(self.iter_predict_files(paths, chunk_size=max(len(paths), 1)))
         if not parts:
@@ -224,25 +215,9 @@ class ImageRegressor(BaseEstimator):
         raise_first_failure(failures, paths)
         return values
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """Backbone features of a uint8 batch (n, s, s, 3) at the model's input size."""
-        check_is_fitted(self, "halfwidth_")
-        return self._get_runner()(np.asarray(images, np.uint8))
-
-    def embed_index(self, index: ImageIndex, *, progress: bool = False) -> FeatureResult:
-        """Backbone features of an index's files, failures as values; with the files' hashes
-        (`index.sha256`), rows are reused from and added to the feature store."""
-        check_is_fitted(self, "halfwidth_")
-        runner = self._get_runner()
-        store = None if index.sha256 is None else runner.store(cache_folder(self.cache_dir))
-        return compute_features(index.paths, runner, keys=index.sha256, store=store,
-                                batch_size=self.batch_size,
-                                workers=workers_for(self.workers, len(index)),
-                                max_pixels=self.max_pixels, progress=progress)
-
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Predicted values from backbone features (the head, de-standardised)."""
-        check_is_fitted(self, "halfwidth_")
+        check_is_fitted(self, self._FITTED)
         return self.objective_.decode(self._stored.outputs(features))
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
@@ -261,14 +236,6 @@ class ImageRegressor(BaseEstimator):
         sse = float(((index.targets - predicted) ** 2).sum())
         sst = float(((index.targets - index.targets.mean()) ** 2).sum())
         return 1.0 - sse / sst if sst > 0 else float("nan")
-
-    def _get_runner(self) -> BackboneRunner:
-        if self._runner is None:
-            self._runner = BackboneRunner.of_model(self._stored, self._backbone_key,
-                                                   self.preprocessing_, device=self.device_,
-                                                   cache_dir=cache_folder(self.cache_dir))
-        return self._runner
-
 
 def _with_values(X, y) -> ImageIndex | None:
     """`X` (and `y`) as an index with values, or None for None."""

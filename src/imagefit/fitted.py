@@ -1,0 +1,68 @@
+"""`ImageModel`: what `ImageClassifier` and `ImageRegressor` share once fitted (or loaded): the
+network behind a `StoredNet`, the backbone runner that computes its features (a cached graph,
+built on first use), features of files and of decoded batches, and saving the model folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from imagefit._fileio import cache_folder
+from imagefit._validation import check_is_fitted
+from imagefit.base import BaseEstimator
+from imagefit.bundle import write_model_folder
+from imagefit.data.index import ImageIndex
+from imagefit.features.extract import (BackboneRunner, FeatureResult, compute_features,
+                                       raise_first_failure)
+from imagefit.models.net import ImageClassifierNet
+from imagefit.train.settings import workers_for
+
+
+class ImageModel(BaseEstimator):
+    """Base of the estimators. A subclass sets `_stored` (a `StoredNet`), `_backbone_key`,
+    `preprocessing_`, `device_` and `_runner = None` when it is fitted or loaded, implements
+    `get_config()`, and names in `_FITTED` an attribute only a fitted model has."""
+
+    _FITTED = "classes_"
+
+    @property
+    def net_(self) -> ImageClassifierNet:
+        """The network (a loaded model builds it on first use; prediction may not need it)."""
+        return self._stored.net
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model folder (model.safetensors + model.json); returns its path."""
+        meta = self.get_config()  # raises NotFittedError first
+        return write_model_folder(path, self.net_.state_dict(), meta)
+
+    def embed(self, X) -> np.ndarray:
+        """Backbone features (the head's inputs): of a uint8 batch (n, s, s, 3) at the model's
+        input size, or of image files (paths or an `ImageIndex`; a file that fails raises)."""
+        check_is_fitted(self, self._FITTED)
+        if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4:
+            return self._get_runner()(X)
+        index = X if isinstance(X, ImageIndex) else ImageIndex.from_paths(X)
+        result = self.embed_index(index)
+        raise_first_failure(result.failures, index.paths)
+        return result.features
+
+    def embed_index(self, index: ImageIndex, *, progress: bool = False) -> FeatureResult:
+        """Backbone features of an index's files, failures as values; with the files' hashes
+        (`index.sha256`), rows are reused from and added to the feature store."""
+        check_is_fitted(self, self._FITTED)
+        runner = self._get_runner()
+        store = None if index.sha256 is None else runner.store(cache_folder(self.cache_dir))
+        return compute_features(index.paths, runner, keys=index.sha256, store=store,
+                                batch_size=self.batch_size,
+                                workers=workers_for(self.workers, len(index)),
+                                max_pixels=self.max_pixels, progress=progress)
+
+    def _get_runner(self) -> BackboneRunner:
+        if self._runner is None:
+            self._runner = BackboneRunner.of_model(self._stored, self._backbone_key,
+                                                   self.preprocessing_, device=self.device_,
+                                                   cache_dir=cache_folder(self.cache_dir))
+        return self._runner
