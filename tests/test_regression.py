@@ -368,3 +368,49 @@ def test_class_balancing_options_are_refused_for_a_regression(tmp_path):
                      "--out", str(tmp_path / "run"))
     assert done.returncode == 2 and "--balance balance classes" in done.stderr
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_regression_resumes_from_its_checkpoints_and_refuses_another_loss(tmp_path):
+    """A finished run resumed with the same settings continues from its checkpoints (nothing is
+    retrained: the same history and model); with another loss the checkpoints are refused."""
+    from imagefit.errors import ResumeMismatchError
+
+    paths, values = make_value_images(tmp_path / "img", 40, seed=3)
+    settings = dict(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=5, time_budget="none",
+                    workers=0, checkpoint_dir=str(tmp_path / "ckpt"))
+    first = ImageRegressor(**settings).fit(paths, values)
+    resumed = ImageRegressor(resume=True, **settings).fit(paths, values)
+    assert resumed.history_ == first.history_
+    np.testing.assert_array_equal(resumed.predict(paths[:3]), first.predict(paths[:3]))
+    with pytest.raises(ResumeMismatchError):
+        ImageRegressor(resume=True, loss="l1", **settings).fit(paths, values)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_regression_on_two_gloo_ranks(tmp_path):
+    """Data-parallel fine-tuning of a regression: float targets through the DDP loader, the
+    ridge start and the conformal interval the same on every rank; rank 0 writes the run."""
+    import os
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    paths, values = make_value_images(tmp_path / "img", 40, seed=4)
+    table = write_table(tmp_path / "t.csv", [[p, f"{v:.2f}"] for p, v in zip(paths, values)],
+                        ["path", "value"])
+    run = tmp_path / "run"
+    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--standalone",
+                           str(Path(sys.executable).with_name("imagefit")), "train", str(table),
+                           "--task", "regress", "--out", str(run), "--mode", "finetune",
+                           "--epochs", "2", "--image-size", str(TEST_IMAGE_SIZE),
+                           "--batch-size", "8", "--no-report"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Validation: MAE") == 1  # only rank 0 prints
+    history = (run / "history.csv").read_text().splitlines()
+    assert sum(",finetune," in line for line in history) == 2
+    import imagefit
+
+    reg = imagefit.load_model(run)
+    assert np.isfinite(reg.predict(paths[:2])).all()

@@ -106,8 +106,9 @@ class ImageRegressor(ImageModel):
         ctx = RunContext.for_data(settings, distributed.current(), train, val,
                                   progress=self.verbose)
         ctx.objective = Regression.fitted(self.loss, train.targets)
-        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume, params, settings,
-                                             train, val, ctx.dist)
+        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume,
+                                             {**params, "task": "regress", "loss": self.loss},
+                                             settings, train, val, ctx.dist)
         result = run_stages(net, train, val, ctx)
         predicted = ctx.objective.decode(result.val_logits)
         truth = result.val_index.targets
