@@ -226,6 +226,7 @@ def test_predict_and_evaluate_a_table_of_values(value_run):
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 10  # the test rows
 
     for command in (["predict", str(run), value_run["paths"][0], "--top-k", "2"],
+                    ["predict", str(run), value_run["paths"][0], "--tta"],
                     ["explain", str(run), value_run["paths"][0], "--true-label", "3"]):
         refused = _imagefit(*command)
         assert refused.returncode == 2 and "regression" in refused.stderr
@@ -260,6 +261,22 @@ def test_the_report_of_a_regression_shows_its_errors_and_suspicious_values(value
     with open(copy / "report" / "label_issues.csv", newline="") as f:
         issues = list(csv.DictReader(f))
     assert issues and issues[0]["path"] == victim["path"]
+
+
+def test_evaluate_report_for_a_regression_run_and_a_bare_model_folder(value_run, tmp_path):
+    run, table = value_run["run"], value_run["table"]
+    done = _imagefit("evaluate", str(run), str(table), "--label-col", "age", "--report",
+                     str(tmp_path / "r1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Likely label issues" in (tmp_path / "r1" / "index.html").read_text()
+    import shutil
+
+    shutil.copytree(run / "model", tmp_path / "bare")
+    done = _imagefit("evaluate", str(tmp_path / "bare"), str(table), "--label-col", "age",
+                     "--report", str(tmp_path / "r2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (tmp_path / "r2" / "index.html").read_text()
+    assert "Largest over-estimates" in page and "Likely label issues" not in page
 
 
 def test_explain_draws_where_the_image_raises_the_value(value_run, tmp_path):

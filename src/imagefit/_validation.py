@@ -77,14 +77,6 @@ def check_is_fitted(estimator: Any, attribute: str = "classes_") -> None:
                              f"with training data, or load one with imagefit.load_model().")
 
 
-def check_classifier(model: Any, what: str) -> None:
-    """ConfigError unless `model` predicts classes: `what` (e.g. "imagefit export") does not
-    handle a regression's model yet."""
-    if not hasattr(model, "classes_"):
-        raise ConfigError(f"{what} works with classifiers so far; this model predicts a number "
-                          f"per image (a regression). imagefit predict and evaluate take it.")
-
-
 def _bounds(low, high, low_open: bool, high_open: bool) -> str:
     # Bounds print as given: pass ints where the message should read "[0, 1)".
     if low is not None and high is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imagefit.cli.cache import add_limit_option
 from imagefit._fileio import check_output_file, check_output_folder
-from imagefit._validation import check_classifier, check_int
+from imagefit._validation import check_int
 from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
 from imagefit.data.index import refuse_output_inside
 from imagefit.metrics import format_per_class_table, format_regression_line
@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     model = load_model(args.run)  # a refused model file says so before anything else
     regression = not hasattr(model, "classes_")
-    if args.report and regression:
-        check_classifier(model, "--report")
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     data = open_test_data(args, args.data, task="regress" if regression else None)
@@ -65,24 +63,28 @@ def run(args: argparse.Namespace) -> int:
                   f"(first: {printable(result.bad_files[0].path)}: "
                   f"{result.bad_files[0].reason}).")
     if args.report:
-        _report(args, data)
+        _report(args, data, model, result)
     if args.json:
         Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=True),
                                    encoding="utf-8")
     return 0
 
 
-def _report(args: argparse.Namespace, data) -> None:
-    from imagefit.workflows.report import build_run_report
+def _report(args: argparse.Namespace, data, model, result) -> None:
     from imagefit.bundle import resolve_model_dir
-    from imagefit.estimator import load_model
-    from imagefit.evaluation.result import evaluate
+    from imagefit.report.html import RegressionReportData, render_regression_report
+    from imagefit.workflows.report import build_run_report
 
     if RunFolder.of_model(resolve_model_dir(args.run)).split.is_file():
-        result = build_run_report(args.run, data=data, out=args.report,
-                                  progress=not args.quiet)
-        index = result.index_html
-    else:  # a bare model folder: report on the evaluated data only
-        index = evaluate(load_model(args.run), data).save_report(args.report)
+        index = build_run_report(args.run, data=data, out=args.report,
+                                 progress=not args.quiet).index_html
+    elif hasattr(model, "classes_"):  # a bare model folder: the evaluated data only
+        index = result.save_report(args.report)
+    else:
+        index = render_regression_report(RegressionReportData(
+            title="imagefit evaluation", metrics=result.metrics, paths=result.paths,
+            y_true=result.y_true, value=result.value, halfwidth=model.halfwidth_,
+            subtitle=f"{model.backbone_name_} at {model.preprocessing_.image_size}px · "
+                     f"regression · {len(result.paths):,} images"), args.report)
     if not args.quiet:
         print(f"Report: {index}")

@@ -58,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     model = load_model(args.run)
     regression = not hasattr(model, "classes_")
-    if regression and (args.top_k is not None or args.tta):
-        raise ConfigError("--top-k and --tta apply to classifiers; this model is a "
-                          "regression: it predicts a number per image (value, lower, upper).")
+    if regression and args.top_k is not None:
+        raise ConfigError("--top-k applies to classifiers; this model is a regression: it "
+                          "predicts a number per image (value, lower, upper).")
+    if regression and args.tta:
+        raise ConfigError("--tta is not offered for a regression: its interval is calibrated "
+                          "on single-view predictions, and averaged views would void that.")
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
     if not regression and args.top_k is not None and not 1 <= args.top_k <= len(model.classes_):
