@@ -134,6 +134,7 @@ result["skipped"] = skipped
 result["weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
+dist.barrier()  # neither rank tears the group down while the other is still in it
 dist.destroy_process_group()
 '''
 

@@ -61,12 +61,13 @@ def test_a_table_of_decimals_is_a_regression_and_of_whole_numbers_a_classificati
     paths, values = make_value_images(tmp_path / "img", 12)
     table = write_table(tmp_path / "t.csv", [[p, v] for p, v in zip(paths, values)],
                         ["path", "label"])
-    index = open_dataset(table)
+    assert not open_dataset(table).is_regression  # classes unless asked: train asks "auto"
+    index = open_dataset(table, SourceOptions(task="auto"))
     assert index.is_regression and np.allclose(index.targets, values)
     assert any("Task: regression" in note for note in index.report.notes)
     whole = write_table(tmp_path / "w.csv", [[p, i % 3] for i, p in enumerate(paths)],
                         ["path", "label"])
-    classes = open_dataset(whole)
+    classes = open_dataset(whole, SourceOptions(task="auto"))
     assert not classes.is_regression and classes.classes == ("0", "1", "2")
     assert any("--task regress" in note for note in classes.report.notes)
     forced = open_dataset(whole, SourceOptions(task="regress"))
@@ -81,7 +82,7 @@ def test_a_value_that_is_not_a_number_is_an_error_naming_its_line(tmp_path):
                         ["path", "age"])
     with pytest.raises(DatasetError, match=r"line 3: 'n/a', line 4: 'inf'"):
         open_dataset(table, SourceOptions(task="regress", label_col="age"))
-    assert not open_dataset(table, SourceOptions(label_col="age")).is_regression  # auto
+    assert not open_dataset(table, SourceOptions(label_col="age", task="auto")).is_regression
     with pytest.raises(ConfigError, match="from a table"):
         open_dataset(make_dataset(tmp_path / "folder", {"cat": 2, "dog": 2}),
                      SourceOptions(task="regress"))
@@ -431,3 +432,57 @@ def test_torchrun_trains_a_regression_on_two_gloo_ranks(tmp_path):
 
     reg = imagefit.load_model(run)
     assert np.isfinite(reg.predict(paths[:2])).all()
+
+
+def test_a_validation_table_and_held_out_top_values_train(tmp_path):
+    """A --val table is read as the training table turned out (whole numbers there are values
+    too), and test rows holding the largest values leave the rest trainable."""
+    paths, values = make_value_images(tmp_path / "img", 50, seed=5)
+    order = np.argsort(values)
+    rows = [[paths[i], f"{values[i]:.2f}", "test" if rank >= 40 else "train"]
+            for rank, i in enumerate(order)]
+    table = write_table(tmp_path / "train.csv", rows, ["path", "value", "split"])
+    val_paths, val_values = make_value_images(tmp_path / "val", 12, seed=6)
+    val = write_table(tmp_path / "val.csv", [[p, int(v)] for p, v in zip(val_paths, val_values)],
+                      ["path", "value"])
+    done = _imagefit("train", str(table), "--val", str(val), "--out", str(tmp_path / "run"),
+                     "--image-size", str(TEST_IMAGE_SIZE), "--mode", "probe", "--epochs", "5",
+                     "--no-report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Training on 40 images, validating on 12; 10 test images" in done.stdout
+    test = json.loads((tmp_path / "run" / "test" / "metrics.json").read_text())
+    assert test["n"] == 10
+
+
+def test_fit_takes_a_validation_index_and_a_table(tmp_path):
+    paths, values = make_value_images(tmp_path / "img", 36, seed=7)
+    train, val = ImageIndex.from_values(paths[:24], values[:24]), \
+        ImageIndex.from_values(paths[24:], values[24:])
+    reg = ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=3,
+                         time_budget="none", workers=0).fit(train, val)
+    assert reg.n_val_ == 12 and reg.n_train_ == 24
+    table = write_table(tmp_path / "t.csv", [[p, v] for p, v in zip(paths, values)],
+                        ["path", "value"])
+    assert ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=2,
+                          time_budget="none", workers=0).fit(str(table)).n_train_ > 20
+    classes = ImageIndex.from_paths(paths[24:], ["a", "b"] * 6)
+    with pytest.raises(ConfigError, match="class labels, not values"):
+        ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=2).fit(train, classes)
+    from imagefit.estimator import ImageClassifier
+
+    with pytest.raises(ConfigError, match="both have values"):
+        ImageClassifier(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=2).fit(classes, train)
+
+
+def test_non_finite_metrics_are_json_null_and_large_values_export(tmp_path):
+    from imagefit.evaluation.regression import json_text
+    from imagefit.export.onnx import export_model
+
+    text = json_text({"r2": float("nan"), "interval_mean_width": float("inf"), "mae": 1.5})
+    assert json.loads(text) == {"r2": None, "interval_mean_width": None, "mae": 1.5}
+    # Values near 5,000 with a spread of 0.3: a float32 step (5e-4) is 1.7e-3 of the scale.
+    paths, values = make_value_images(tmp_path / "img", 30, seed=8)
+    reg = ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="probe", epochs=3,
+                         time_budget="none", workers=0).fit(paths, values * 0.01 + 5000)
+    result = export_model(reg, tmp_path / "m.onnx", verify_images=paths[:4])
+    assert result.max_abs_diff < 1e-4

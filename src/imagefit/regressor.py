@@ -20,7 +20,8 @@ from imagefit.fitted import ImageModel
 from imagefit.data.augment import resolve_augment
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
-from imagefit.data.sources import as_index
+from imagefit.data.sources import SourceOptions, as_index, open_dataset
+from imagefit.data.tables import is_table
 from imagefit.errors import ConfigError, ModelFormatError
 from imagefit.features.extract import compute_features, raise_first_failure
 from imagefit.models.net import StoredNet
@@ -93,12 +94,15 @@ class ImageRegressor(ImageModel):
 
         Args:
             X: an `ImageIndex` with values (`ImageIndex.from_values`, or a table read with
-                task "regress"), or image paths with their values `y`.
+                task "regress"), a table (CSV, TSV, Parquet, DataFrame) of paths and values,
+                or image paths with their values `y`.
             y: the values for paths; for an `ImageIndex` X, may be the validation index.
             val: validation `ImageIndex` with values; default: split off `val_fraction` of X
                 (stratified by value: each tenth of the range sends its share).
         """
         params = self._training_params()
+        if isinstance(y, ImageIndex):  # fit(train, val), as ImageClassifier takes it
+            val, y = y, None
         train, val = training_data(_with_values(X, y), None, _with_values(val, None), params)
         settings = resolve_settings(params, train.counts(), train.classes,
                                     auto_augment="photometric")
@@ -242,6 +246,8 @@ def _with_values(X, y) -> ImageIndex | None:
     """`X` (and `y`) as an index with values, or None for None."""
     if X is None:
         return None
+    if isinstance(X, (str, os.PathLike)) or is_table(X):  # a table of paths and values
+        return open_dataset(X, SourceOptions(task="regress"), min_classes=1)
     if isinstance(X, ImageIndex):
         if X.targets is None:
             raise ConfigError("This ImageIndex has class labels, not values: build one with "

@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{result.bad_files[0].reason}).")
     if args.report:
         _report(args, data, model, result)
-    if args.json:
+    if args.json and regression:
+        from imagefit.evaluation.regression import json_text
+
+        Path(args.json).write_text(json_text(result.metrics), encoding="utf-8")
+    elif args.json:
         Path(args.json).write_text(json.dumps(result.metrics, indent=2, ensure_ascii=True),
                                    encoding="utf-8")
     return 0

@@ -178,9 +178,14 @@ class ImageIndex:
         return names[self.labels]
 
     def take(self, rows: np.ndarray) -> "ImageIndex":
-        """A new index with the given rows (an index array or boolean mask)."""
+        """A new index with the given rows (an index array or boolean mask). A regression's
+        value bins are those of the rows taken (so a validation part read back from
+        split.csv has the bins, and the subsets, it had in training)."""
         pick = (lambda a: None if a is None else a[rows])
-        return dataclasses.replace(self, paths=self.paths[rows], labels=self.labels[rows],
+        labels, classes = self.labels[rows], self.classes
+        if self.targets is not None:
+            labels, classes = value_strata(self.targets[rows])
+        return dataclasses.replace(self, paths=self.paths[rows], labels=labels, classes=classes,
                                    subsets=pick(self.subsets), sha256=pick(self.sha256),
                                    groups=pick(self.groups), targets=pick(self.targets))
 
@@ -198,6 +203,8 @@ class ImageIndex:
             raise DatasetError("The split column marks every row 'test': nothing is left to "
                                "train on. Mark some rows train (and val, or let imagefit "
                                "split them).")
+        if self.is_regression:  # no classes: any range of values may be held out
+            return kept
         only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
                      if n == 0 and all_n > 0]
         if only_test:

@@ -51,7 +51,8 @@ class SourceOptions:
         group_regex: the group is the first group of this pattern, searched in the file name.
         check_files: tables: check that every file exists and looks like an image (False
             trusts the table, for very large ones; the pre-flight still decodes each file).
-        task: tables: "classify", "regress" (a number per image) or "auto" (`from_table`).
+        task: tables: "classify" (the default), "regress" (a number per image) or "auto"
+            (what `imagefit train` passes: `from_table` decides from the labels).
     """
 
     root: str | None = None
@@ -63,7 +64,7 @@ class SourceOptions:
     label_depth: int | str | None = None
     group_regex: str | None = None
     check_files: bool = True
-    task: str = "auto"
+    task: str = "classify"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

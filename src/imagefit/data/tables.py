@@ -40,7 +40,7 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
                label_col: str | None = None, split_col: str | None = None,
                group_col: str | None = None, label_regex: str | None = None,
                group_regex: str | None = None, label_depth: Any = None, check_files: bool = True,
-               min_classes: int = 2, task: str = "auto") -> ImageIndex:
+               min_classes: int = 2, task: str = "classify") -> ImageIndex:
     """Index a table of images: a CSV, TSV or Parquet file, or a pandas DataFrame.
 
     Columns are found by name when not given (path: `path`, `filename`, `file`, `image`...;
@@ -54,8 +54,9 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     Args:
         check_files: False trusts the paths (no existence or format check): for tables of
             millions of rows whose files are checked later by the pre-flight.
-        task: "classify" (labels are class names), "regress" (labels are numbers: the index
-            has `targets`), or "auto": regress when every label is a number and some are not
+        task: "classify" (labels are class names; the default), "regress" (labels are
+            numbers: the index has `targets`), or "auto" (what `imagefit train` passes):
+            regress when every label is a number and some are not
             whole (a column of whole numbers stays class names: ids, or counts; say
             "regress" to predict them as numbers). What was decided is said in the notes.
 
@@ -74,7 +75,10 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
     label_name = None
     if label_regex is None:
-        candidates = LABEL_COLUMNS + (VALUE_COLUMNS if task == "regress" else ())
+        candidates = LABEL_COLUMNS
+        if task == "regress" or (task == "auto" and not any(h.lower() in LABEL_COLUMNS
+                                                             for h in header)):
+            candidates += VALUE_COLUMNS  # a `value` column beside a `label` one stays aside
         label_name = _pick_column(name, header, label_col, candidates, "label", report_notes)
     split_name = _pick_column(name, header, split_col, ("split",), "split", report_notes,
                               required=False)

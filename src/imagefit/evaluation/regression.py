@@ -37,8 +37,7 @@ class RegressionResult:
         """Write `metrics.json` and `predictions.csv` into `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "metrics.json").write_text(json.dumps(self.metrics, indent=2),
-                                             encoding="utf-8")
+        (folder / "metrics.json").write_text(json_text(self.metrics), encoding="utf-8")
         write_value_predictions_csv(folder / "predictions.csv", self.paths, self.value,
                                     self.lower, self.upper, self.errors, y_true=self.y_true)
         return folder
@@ -121,3 +120,11 @@ def write_value_issues(issues: list[tuple[str, float, float, float]], path: Path
         writer.writerow(["path", "given_value", "out_of_fold", "score"])
         writer.writerows((p, f"{given:.6g}", f"{oof:.6g}", f"{score:.3f}")
                          for p, given, oof, score in issues)
+
+
+def json_text(metrics: dict) -> str:
+    """`metrics` as strict JSON: a non-finite number (an unbounded interval's width, R² of
+    constant values) is null, not the `NaN`/`Infinity` JSON parsers reject."""
+    clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+             for k, v in metrics.items()}
+    return json.dumps(clean, indent=2)

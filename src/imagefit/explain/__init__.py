@@ -78,6 +78,9 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         ('cat', 'explain.json')
     """
     if hasattr(clf, "halfwidth_"):
+        if true_label is not None:
+            raise ConfigError("true_label names a class; this model is a regression (its "
+                              "Grad-CAM is of the predicted value).")
         return _explain_value(clf, path, Path(out_dir))
     check_is_fitted(clf)
     classes = list(clf.classes_)

@@ -233,7 +233,7 @@ def render_regression_report(data: RegressionReportData, out_dir: str | os.PathL
     out = Path(out_dir)
     assets = _Assets(out / "assets")
     m = data.metrics
-    cards = [{"label": label, "value": _fmt(m.get(key))} for key, label in (
+    cards = [{"label": label, "value": _fmt_value(m.get(key))} for key, label in (
         ("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"), ("spearman", "Spearman ρ"),
         ("interval_coverage", f"coverage of the {m.get('interval_promised', 0):.0%} interval"),
         ("n", "images"))]
@@ -251,6 +251,13 @@ def render_regression_report(data: RegressionReportData, out_dir: str | os.PathL
     index = out / "index.html"
     index.write_text(page, encoding="utf-8", errors="backslashreplace")
     return index
+
+
+def _fmt_value(value) -> str:
+    """A regression's card: 4 significant digits (an MAE of 0.0004 or of 12,000)."""
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4g}"
 
 
 def _value_galleries(data: RegressionReportData, assets: _Assets, k: int = 8) -> list[dict]:

@@ -288,6 +288,9 @@ def training_data(X, y, val: ImageIndex | None,
         train, val = train.split(params["val_fraction"], params["seed"])
     else:  # a regression's classes are its own value bins: nothing to match
         val = _checked(val, params)
+        if val.is_regression != train.is_regression:
+            raise ConfigError("The validation set and the training set must both have values "
+                              "(a regression) or both have class labels.")
         val = val if val.is_regression else val.with_classes(train.classes)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after the pre-flight check.")
@@ -406,7 +409,8 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     x_val, val = ctx.feature_rows(val, runner, store)
     head = net.head
     yt = torch.from_numpy(ctx.targets(train))
-    if ctx.objective is not None and drawn is None and len(train) <= RIDGE_START_MAX:
+    in_memory = drawn is None and isinstance(x_train, np.ndarray)  # not drawn, not streamed
+    if ctx.objective is not None and in_memory and len(train) <= RIDGE_START_MAX:
         ctx.objective.start_head(head[-1], x_train, yt.numpy())
     # Head training on features is cheap: every rank runs all of it, identically.
     draws = drawn or ctx.draws(train.labels, shard=False)

@@ -87,7 +87,10 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     clf = estimator(**params, checkpoint_dir=str(run.checkpoints), resume=resume,
                     verbose=progress)
     size = input_size(clf.get_params())
-    val_index = (open_dataset(config.val, source.for_data(config.val), cache_dir=config.cache_dir)
+    # The validation data is read as the training data turned out: numbers or classes.
+    val_source = replace(source.for_data(config.val), task="regress" if index.is_regression
+                         else "classify") if config.val else None
+    val_index = (open_dataset(config.val, val_source, cache_dir=config.cache_dir)
                  if config.val else None)
     refuse_output_inside(run_dir, [index] + ([val_index] if val_index is not None else []))
     if tables and distributed.current().is_main:
@@ -115,8 +118,9 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     log.info(checked.summary() + (f" Details: {run.bad_files}" if bad_files else ""))
     for line in checked.index.report.warnings[n_scan_warnings:]:
         log.warning(line)  # warnings the split added
-    for name, count in zip(train.classes, train.counts() + val.counts()):
-        if count < MIN_IMAGES_PER_CLASS and not index.is_regression:
+    counts = [] if index.is_regression else zip(train.classes, train.counts() + val.counts())
+    for name, count in counts:
+        if count < MIN_IMAGES_PER_CLASS:
             log.warning(f"class '{name}' has only {count} usable images; its "
                  f"metrics will be unreliable (aim for {MIN_IMAGES_PER_CLASS * 4}+).")
     main = distributed.current().is_main  # under torchrun, only rank 0 writes files
