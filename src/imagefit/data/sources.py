@@ -124,6 +124,11 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
         return data
     if is_table(data):
         return from_table(data, **dataclasses.asdict(options), min_classes=min_classes)
+    if options.task == "regress":
+        raise ConfigError(f"Regression reads each image's number from a table (CSV, TSV, "
+                          f"Parquet or a DataFrame: a path and a value column); {data} is not "
+                          f"one.")
+    options = dataclasses.replace(options, task="classify")  # "auto": classes, but in a table
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in ARRAY_SUFFIXES:
         if not options.is_default:
             raise ConfigError(f"{data} is an array file: its labels are the y array, so "
@@ -133,10 +138,6 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
             raise DatasetError(f"{data} has {len(index.classes)} class; a classifier needs at "
                                f"least {min_classes}.")
         return index
-    if options.task == "regress":
-        raise ConfigError(f"Regression reads each image's number from a table (CSV, TSV, "
-                          f"Parquet or a DataFrame: a path and a value column); {data} is not "
-                          f"one.")
     table_only = [f"--{name.replace('_', '-')}" for name in TABLE_ONLY
                   if getattr(options, name)]
     if table_only:
