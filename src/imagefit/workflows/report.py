@@ -75,7 +75,6 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     model_dir = resolve_model_dir(run)
     run_folder = RunFolder.of_model(model_dir)
     run_dir = run_folder.path
-    where = data.root if isinstance(data, ImageIndex) else data
     clf = load_model(model_dir)
     if isinstance(clf, ImageRegressor):
         return _regression_report(clf, run_folder, data, out, progress)
@@ -119,7 +118,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     report = ReportData(
         title=f"imagefit report: {run_dir.name}",
         subtitle=f"{clf.backbone_name_} at {clf.preprocessing_.image_size}px · evaluated on the "
-                 f"{'test data ' + str(where) if data is not None else 'validation split'} · "
+                 f"{_test_data(data, evaluated) if data is not None else 'validation split'} · "
                  f"temperature {clf.temperature_:.3f}",
         metrics=metrics, classes=clf.classes_, paths=evaluated.paths, y_true=y_eval,
         proba=proba, rankings=rankings, temperature=clf.temperature_,
@@ -154,6 +153,14 @@ def _label_issues(clf: ImageClassifier, train: ImageIndex, x: np.ndarray, ok: np
     paths = train.paths[ok]
     return [(str(paths[i]), clf.classes_[labels[i]], clf.classes_[s], float(score))
             for i, s, score in zip(found.indices, found.suggested, found.score)]
+
+
+def _test_data(data, evaluated: ImageIndex) -> str:
+    """How the subtitle names `--data`: its folder or table, or the images' count for an
+    index read elsewhere (its root may be "." or None)."""
+    if isinstance(data, ImageIndex):
+        return f"{len(evaluated):,} test images"
+    return f"test data {data}"
 
 
 def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
