@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from sklearn import metrics as sk
 
 from imagefit import metrics
+from imagefit.errors import ConfigError
 from imagefit.train import objectives
 from imagefit.train.objectives import Classification, MultiLabel, Regression
 
@@ -104,3 +105,41 @@ def test_regression_losses_are_torchs(name, reference):
     outputs, targets = torch.randn(16, 1) * 3, torch.randn(16)
     assert Regression(name).loss(outputs, targets) == pytest.approx(
         float(reference(outputs[:, 0], targets)))
+
+
+def _label_shares_error(y: np.ndarray, part: np.ndarray, fractions) -> float:
+    """Mean over labels and parts of |share of the label's positives in the part - fraction|."""
+    positives = y.sum(axis=0)
+    errors = [abs(y[part == j].sum(axis=0) / positives - f) for j, f in enumerate(fractions)]
+    return float(np.mean(errors))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iterative_stratification_spreads_every_label_better_than_a_random_split(seed):
+    from imagefit.data.sampling import iterative_stratification
+
+    rng = np.random.default_rng(seed)
+    rates = np.array([0.4, 0.2, 0.05, 0.02, 0.01])  # a few rare labels
+    y = rng.random((600, 5)) < rates
+    y[:3, 4] = True  # at least a handful of positives of the rarest
+    fractions = [0.8, 0.2]
+    part = iterative_stratification(y, fractions, seed=seed)
+    assert sorted(set(part.tolist())) == [0, 1]
+    assert abs((part == 1).sum() - 120) <= 2                    # the rows' shares hold
+    assert (y[part == 1].sum(axis=0) > 0).all()                # every label validated
+    random_error = np.mean([_label_shares_error(y, (rng.permutation(600) < 120).astype(int),
+                                                fractions) for _ in range(50)])
+    assert _label_shares_error(y, part, fractions) < 0.5 * random_error  # measured: 3-6x
+    assert np.array_equal(part, iterative_stratification(y, fractions, seed=seed))
+
+
+def test_iterative_stratification_checks_its_input():
+    from imagefit.data.sampling import iterative_stratification
+
+    y = np.array([[1, 0], [0, 1], [0, 0]])
+    with pytest.raises(ConfigError, match="fractions"):
+        iterative_stratification(y, [0.5, 0.6])
+    with pytest.raises(ConfigError, match="indicator matrix"):
+        iterative_stratification(np.array([1, 0, 1]), [0.5, 0.5])
+    three = iterative_stratification(np.eye(3, dtype=int).repeat(3, axis=0), [1 / 3] * 3)
+    assert np.bincount(three).tolist() == [3, 3, 3]

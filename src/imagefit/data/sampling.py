@@ -304,3 +304,60 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarr
 def _is_weight(value) -> bool:
     return (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
             and bool(np.isfinite(value)) and value >= 0)
+
+
+def iterative_stratification(y: np.ndarray, fractions: Sequence[float],
+                             seed: int = 0) -> np.ndarray:
+    """The part (0, 1, ...) of each row of a multi-label indicator matrix `y` (n, k), each
+    part getting about its `fractions` share of the rows and of every label's positives.
+
+    Iterative stratification (Sechidis, Tsoumakas and Vlahavas, ECML 2011): the label with the
+    fewest positives still unassigned goes first, each of its rows to the part that most
+    lacks that label (then the part that most lacks rows; then a seeded draw), so that rare
+    labels, which a random split drops from one side, are spread first. Rows without any
+    label go last, to the parts that most lack rows.
+
+    Example:
+        >>> y = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 1], [0, 0]])
+        >>> iterative_stratification(y, [0.5, 0.5], seed=0).tolist()
+        [1, 0, 1, 0, 0, 1]
+    """
+    y = np.asarray(y).astype(bool)
+    if y.ndim != 2:
+        raise ConfigError(f"The 'y' parameter must be an indicator matrix (n, k). Got shape "
+                          f"{y.shape} instead.")
+    fractions = np.asarray(fractions, np.float64)
+    if fractions.ndim != 1 or len(fractions) < 2 or (fractions <= 0).any() \
+            or not np.isclose(fractions.sum(), 1.0):
+        raise ConfigError(f"The 'fractions' parameter must be two or more positive shares "
+                          f"summing to 1. Got {fractions.tolist()} instead.")
+    rng = np.random.default_rng(seed)
+    n, k = y.shape
+    wanted_rows = fractions * n                           # c_j
+    wanted = np.outer(fractions, y.sum(axis=0))          # c_j^l
+    part = np.full(n, -1, np.int64)
+    left = y.copy()                                      # positives not yet assigned
+    while left.any():
+        remaining = left.sum(axis=0)
+        fewest = np.flatnonzero(remaining == remaining[remaining > 0].min())
+        label = int(rng.choice(fewest))
+        for row in rng.permutation(np.flatnonzero(left[:, label])):
+            j = _most_lacking(wanted[:, label], wanted_rows, rng)
+            part[row] = j
+            wanted[j] -= y[row]
+            wanted_rows[j] -= 1
+            left[row] = False
+    for row in rng.permutation(np.flatnonzero(part < 0)):  # rows without labels
+        j = _most_lacking(wanted_rows, wanted_rows, rng)
+        part[row] = j
+        wanted_rows[j] -= 1
+    return part
+
+
+def _most_lacking(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> int:
+    """The part with the largest `first`, ties broken by the largest `second`, then by a
+    seeded draw."""
+    best = np.flatnonzero(first == first.max())
+    if len(best) > 1:
+        best = best[second[best] == second[best].max()]
+    return int(best[0] if len(best) == 1 else rng.choice(best))
