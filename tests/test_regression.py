@@ -157,6 +157,19 @@ def test_regressor_parameters_are_checked_before_any_work(tmp_path):
     assert ImageRegressor(loss="huber").set_params(interval=0.8).get_params()["interval"] == 0.8
 
 
+def test_the_loader_keeps_regression_targets_as_floats():
+    from imagefit.data.augment import Augmenter
+    from imagefit.train.loader import CachedImages, collate_uint8
+
+    image = np.zeros((2, 2, 3), np.uint8)
+    _, targets = collate_uint8([(image, 0.25), (None, 1.5), (image, -0.75)])
+    assert targets.dtype == torch.float32 and targets.tolist() == [0.25, -0.75]
+    _, classes = collate_uint8([(image, 2), (image, 0)])
+    assert classes.dtype == torch.int64 and classes.tolist() == [2, 0]
+    draws = CachedImages([], [], [], np.array([0.5, -1.25]), Augmenter("none"), seed=0)
+    assert draws.labels.dtype == np.float32 and draws.labels.tolist() == [0.5, -1.25]
+
+
 def test_fine_tuning_a_regression_trains_on_float_targets(tmp_path):
     paths, values = make_value_images(tmp_path / "img", 40, seed=1)
     reg = ImageRegressor(image_size=TEST_IMAGE_SIZE, mode="finetune", epochs=2, loss="huber",

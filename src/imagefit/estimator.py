@@ -19,16 +19,15 @@ from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import as_index
 from imagefit.errors import ModelFormatError
-from imagefit.features.extract import FlipViews, Predictions, compute_features, raise_first_failure
+from imagefit.features.extract import FlipViews, Predictions, raise_first_failure
 from imagefit._fileio import cache_folder
 from imagefit.models.net import StoredNet
-from imagefit.progress import progress_bar
 from imagefit.regressor import ImageRegressor
 from imagefit.seeding import seed_everything
 from imagefit.train import distributed
 from imagefit.train.calibrate import fit_temperature, softmax
 from imagefit.train.settings import (Settings, check_estimator_params, model_metadata,
-                                     resolve_settings, settings_from_metadata, workers_for)
+                                     resolve_settings, settings_from_metadata)
 from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_stages,
                                    training_data)
 
@@ -156,21 +155,13 @@ class ImageClassifier(ImageModel):
 
     def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
         """Set every fitted attribute from metadata (the end of `fit` and of loading)."""
-        self.settings_, self._stored = settings, stored
-        self._backbone_key = meta.get("backbone_key")
+        self._restore_fitted(meta, stored, settings)
         self.classes_ = tuple(meta["classes"])
         self.temperature_ = float(meta["temperature"])
-        self.training_ = dict(meta.get("training") or {})
-        self.history_ = list(self.training_.get("history", []))
-        for key in ("best_epoch", "unfreeze", "n_train", "n_val"):
-            setattr(self, f"{key}_", self.training_.get(key))
-        for key in ("mode", "balance", "augment", "device", "preprocessing"):
-            setattr(self, f"{key}_", getattr(settings, key))
-        self.backbone_name_ = settings.backbone
+        self.balance_ = settings.balance
         self.class_weight_ = np.asarray(settings.class_weight)
         self.logit_adjustment_ = (None if settings.logit_adjustment is None
                                   else np.asarray(settings.logit_adjustment))
-        self._runner = None
 
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
                            batch_size: int | None = None, progress: bool = False,
@@ -179,21 +170,12 @@ class ImageClassifier(ImageModel):
         bounded by one chunk however many files there are."""
         check_is_fitted(self)
         runner = FlipViews.trained(self._get_runner(), self.augment_) if tta else self._get_runner()
-        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
-        bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
-        try:
-            for start in range(0, len(path_array), chunk_size):
-                chunk = path_array[start:start + chunk_size]
-                result = compute_features(chunk, runner, batch_size=batch_size or self.batch_size,
-                                          workers=workers_for(self.workers, len(path_array)),
-                                          max_pixels=self.max_pixels, bar=bar)
-                views = result.features.reshape(len(chunk), getattr(runner, "n_views", 1), -1)
-                proba = np.mean([self.proba_from_features(views[:, v])
-                                 for v in range(views.shape[1])], axis=0)
-                proba[~result.ok] = np.nan
-                yield Predictions(chunk, proba, self.classes_, result.failures)
-        finally:
-            bar.close()
+        for chunk, result in self._feature_chunks(paths, chunk_size, progress, runner, batch_size):
+            views = result.features.reshape(len(chunk), getattr(runner, "n_views", 1), -1)
+            proba = np.mean([self.proba_from_features(views[:, v])
+                             for v in range(views.shape[1])], axis=0)
+            proba[~result.ok] = np.nan
+            yield Predictions(chunk, proba, self.classes_, result.failures)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                       progress: bool = False, tta: bool = False) -> Predictions:

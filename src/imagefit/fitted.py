@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -17,8 +18,9 @@ from imagefit.bundle import write_model_folder
 from imagefit.data.index import ImageIndex
 from imagefit.features.extract import (BackboneRunner, FeatureResult, compute_features,
                                        raise_first_failure)
-from imagefit.models.net import ImageClassifierNet
-from imagefit.train.settings import workers_for
+from imagefit.models.net import ImageClassifierNet, StoredNet
+from imagefit.progress import progress_bar
+from imagefit.train.settings import Settings, workers_for
 
 
 class ImageModel(BaseEstimator):
@@ -59,6 +61,38 @@ class ImageModel(BaseEstimator):
                                 batch_size=self.batch_size,
                                 workers=workers_for(self.workers, len(index)),
                                 max_pixels=self.max_pixels, progress=progress)
+
+    def _restore_fitted(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
+        """Set the fitted attributes every estimator has, from model.json's metadata (the end
+        of `fit` and of loading); the subclass's `_restore` adds its own."""
+        self.settings_, self._stored, self._runner = settings, stored, None
+        self._backbone_key = meta.get("backbone_key")
+        self.training_ = dict(meta.get("training") or {})
+        self.history_ = list(self.training_.get("history", []))
+        for key in ("best_epoch", "unfreeze", "n_train", "n_val"):
+            setattr(self, f"{key}_", self.training_.get(key))
+        for key in ("mode", "augment", "device", "preprocessing"):
+            setattr(self, f"{key}_", getattr(settings, key))
+        self.backbone_name_ = settings.backbone
+
+    def _feature_chunks(self, paths, chunk_size: int, progress: bool, runner=None,
+                        batch_size: int | None = None) -> Iterator[tuple[np.ndarray,
+                                                                         FeatureResult]]:
+        """(paths, their `FeatureResult`) `chunk_size` files at a time, in input order, under
+        one progress bar: prediction's memory stays bounded by a chunk."""
+        check_is_fitted(self, self._FITTED)
+        runner = runner or self._get_runner()
+        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
+        bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
+        try:
+            for start in range(0, len(path_array), chunk_size):
+                chunk = path_array[start:start + chunk_size]
+                yield chunk, compute_features(
+                    chunk, runner, batch_size=batch_size or self.batch_size,
+                    workers=workers_for(self.workers, len(path_array)),
+                    max_pixels=self.max_pixels, bar=bar)
+        finally:
+            bar.close()
 
     def _get_runner(self) -> BackboneRunner:
         if self._runner is None:

@@ -23,15 +23,14 @@ from imagefit.data.index import ImageIndex
 from imagefit.data.sources import SourceOptions, as_index, open_dataset
 from imagefit.data.tables import is_table
 from imagefit.errors import ConfigError, ModelFormatError
-from imagefit.features.extract import compute_features, raise_first_failure
+from imagefit.features.extract import raise_first_failure
 from imagefit.models.net import StoredNet
-from imagefit.progress import progress_bar
 from imagefit.seeding import seed_everything
 from imagefit.train import distributed
 from imagefit.train.calibrate import conformal_halfwidth
 from imagefit.train.objectives import REGRESSION_LOSSES, Regression
 from imagefit.train.settings import (Settings, model_metadata, resolve_settings,
-                                     settings_from_metadata, workers_for)
+                                     settings_from_metadata)
 from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_stages,
                                    training_data)
 
@@ -170,40 +169,22 @@ class ImageRegressor(ImageModel):
         return reg
 
     def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
-        self._meta, self.settings_, self._stored = meta, settings, stored
-        self._backbone_key, self._runner = meta.get("backbone_key"), None
-        target = meta["target"]
+        self._restore_fitted(meta, stored, settings)
+        self._meta, target = meta, meta["target"]
         self.objective_ = Regression(target["loss"], float(target["scale"]),
                                      float(target["mean"]))
         self.target_mean_, self.target_scale_ = self.objective_.mean, self.objective_.scale
         halfwidth = target["halfwidth"]  # None: too few validation images to bound it
         self.halfwidth_ = float("inf") if halfwidth is None else float(halfwidth)
-        self.training_ = dict(meta.get("training") or {})
-        self.history_ = list(self.training_.get("history", []))
-        for key in ("best_epoch", "unfreeze", "n_train", "n_val"):
-            setattr(self, f"{key}_", self.training_.get(key))
-        self.mode_, self.augment_, self.device_ = settings.mode, settings.augment, settings.device
-        self.preprocessing_, self.backbone_name_ = settings.preprocessing, settings.backbone
 
     def iter_predict_files(self, paths: Sequence[str | os.PathLike], *, chunk_size: int = 1024,
                            progress: bool = False):
         """(paths, values, failures) a chunk of files at a time, in input order; a file that
         cannot be decoded gets NaN and its reason."""
-        check_is_fitted(self, self._FITTED)
-        runner = self._get_runner()
-        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
-        bar = progress_bar(total=len(path_array), desc="Predicting", unit="img", enabled=progress)
-        try:
-            for start in range(0, len(path_array), chunk_size):
-                chunk = path_array[start:start + chunk_size]
-                result = compute_features(chunk, runner, batch_size=self.batch_size,
-                                          workers=workers_for(self.workers, len(path_array)),
-                                          max_pixels=self.max_pixels, bar=bar)
-                values = self.predict_features(result.features)
-                values[~result.ok] = np.nan
-                yield chunk, values, result.failures
-        finally:
-            bar.close()
+        for chunk, result in self._feature_chunks(paths, chunk_size, progress):
+            values = self.predict_features(result.features)
+            values[~result.ok] = np.nan
+            yield chunk, values, result.failures
 
     def predict(self, X) -> np.ndarray:
         """Predicted values (float64); `X` is what `fit` takes, without values.
@@ -232,7 +213,13 @@ class ImageRegressor(ImageModel):
     def predict_interval(self, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, lower, upper): the prediction and its `interval` coverage bounds."""
         values = self.predict(X)
-        return values, values - self.halfwidth_, values + self.halfwidth_
+        return (values, *self.bounds(values))
+
+    def bounds(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of the prediction intervals around predicted `values` (infinite
+        where too few validation images bounded them)."""
+        check_is_fitted(self, self._FITTED)
+        return values - self.halfwidth_, values + self.halfwidth_
 
     def score(self, X, y=None) -> float:
         """R² of the predictions (scikit-learn's `RegressorMixin.score`)."""

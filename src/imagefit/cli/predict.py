@@ -103,13 +103,14 @@ def _predict_values(model, paths: list[str], leading, args: argparse.Namespace) 
     """A regression's predictions: `value, lower, upper` per file (the interval's coverage is
     the model's), to the CSV or the terminal; exit 1 when no file could be read."""
     from imagefit.evaluation.regression import write_value_predictions_csv
+    from imagefit.features.extract import error_texts
 
     values, errors = [], []
     for _, value, failures in model.iter_predict_files(paths, progress=not args.quiet):
         values.append(value)
-        errors += ["" if f is None else f"{f.reason}: {f.message}" for f in failures]
+        errors += error_texts(failures)
     value = np.concatenate(values)
-    lower, upper = value - model.halfwidth_, value + model.halfwidth_
+    lower, upper = model.bounds(value)
     n_errors = sum(bool(e) for e in errors)
     if args.out:
         write_value_predictions_csv(args.out, paths, value, lower, upper, errors,

@@ -15,6 +15,7 @@ import numpy as np
 
 from imagefit.data.index import BadFile, ImageIndex
 from imagefit.errors import ConfigError
+from imagefit.features.extract import error_texts
 from imagefit.metrics import regression_metrics
 from imagefit.regressor import ImageRegressor
 
@@ -47,7 +48,7 @@ def regression_result(model: ImageRegressor, paths: np.ndarray, y_true: np.ndarr
                       value: np.ndarray, errors: list[str],
                       bad_files: list[BadFile] | None = None) -> RegressionResult:
     """Metrics of predictions already made (NaN rows, the files that failed, left out)."""
-    lower, upper = value - model.halfwidth_, value + model.halfwidth_
+    lower, upper = model.bounds(value)
     ok = np.isfinite(value)
     metrics = {"task": "regress",
                **regression_metrics(y_true[ok], value[ok], lower[ok], upper[ok]),
@@ -73,7 +74,7 @@ def evaluate_regressor(model: ImageRegressor, data: ImageIndex, *,
     for chunk, value, failed in model.iter_predict_files(data.paths, progress=progress):
         paths.append(chunk)
         values.append(value)
-        errors += ["" if f is None else f"{f.reason}: {f.message}" for f in failed]
+        errors += error_texts(failed)
         failures += [f for f in failed if f is not None]
     value = np.concatenate(values) if values else np.zeros(0)
     return regression_result(model, data.paths, data.targets, value, errors,

@@ -314,7 +314,12 @@ class Predictions:
 
     @property
     def errors(self) -> list[str]:
-        return ["" if f is None else f"{f.reason}: {f.message}" for f in self.failures]
+        return error_texts(self.failures)
+
+
+def error_texts(failures: list[BadFile | None]) -> list[str]:
+    """'reason: message' of each failed file, '' for the others (a CSV's error column)."""
+    return ["" if f is None else f"{f.reason}: {f.message}" for f in failures]
 
 
 class FlipViews:

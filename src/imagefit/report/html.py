@@ -160,15 +160,9 @@ def _galleries(data: ReportData, assets: _Assets) -> list[dict]:
 
 
 def _charts(data: ReportData) -> list[Markup]:
-    charts = []
-    if data.history:
-        epochs = [row["epoch"] for row in data.history]
-        charts.append(figures.line_chart(epochs, {
-            "val balanced acc": [row["val_balanced_accuracy"] for row in data.history],
-            "val accuracy": [row["val_accuracy"] for row in data.history]}, "Validation accuracy"))
-        charts.append(figures.line_chart(epochs, {
-            "train loss": [row["train_loss"] for row in data.history],
-            "val loss": [row["val_loss"] for row in data.history]}, "Loss"))
+    charts = _history_charts(data.history, {"val balanced acc": "val_balanced_accuracy",
+                                            "val accuracy": "val_accuracy"},
+                             "Validation accuracy", "Loss")
     if data.class_counts:
         charts.append(figures.grouped_bars(list(data.classes), data.class_counts,
                                            "Images per class"))
@@ -187,6 +181,21 @@ def _charts(data: ReportData) -> list[Markup]:
     # The only markup that is not escaped by the templates: figures.py builds these SVGs from
     # numbers and escapes every text it places in them (titles, class names, legend names).
     return [Markup(chart) for chart in charts]
+
+
+def _history_charts(history: list[dict] | None, validation: dict[str, str], title: str,
+                    loss_title: str) -> list[str]:
+    """Per epoch: the `validation` columns ({legend: history column}) in one chart, training
+    and validation loss in another; none without a history."""
+    if not history:
+        return []
+    def series(columns: dict[str, str]) -> dict[str, list[float]]:
+        return {name: [row[column] for row in history] for name, column in columns.items()}
+
+    epochs = [row["epoch"] for row in history]
+    loss = {"train loss": "train_loss", "val loss": "val_loss"}
+    return [figures.line_chart(epochs, series(validation), title),
+            figures.line_chart(epochs, series(loss), loss_title)]
 
 
 def _label_issues(data: ReportData, assets: _Assets) -> dict:
@@ -277,14 +286,8 @@ def _value_galleries(data: RegressionReportData, assets: _Assets, k: int = 8) ->
 
 
 def _value_charts(data: RegressionReportData) -> list[Markup]:
-    charts = []
-    if data.history:
-        epochs = [row["epoch"] for row in data.history]
-        charts.append(figures.line_chart(epochs, {
-            "val MAE": [row["val_mae"] for row in data.history]}, "Validation MAE"))
-        charts.append(figures.line_chart(epochs, {
-            "train loss": [row["train_loss"] for row in data.history],
-            "val loss": [row["val_loss"] for row in data.history]}, "Loss (standardised)"))
+    charts = _history_charts(data.history, {"val MAE": "val_mae"}, "Validation MAE",
+                             "Loss (standardised)")
     charts.append(figures.scatter(data.y_true, data.value, "Predicted (y) against true (x)"))
     charts.append(figures.histogram(data.value - data.y_true, "Residuals (predicted - true)"))
     return [Markup(chart) for chart in charts]  # built from numbers, every text escaped

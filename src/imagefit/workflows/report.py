@@ -32,7 +32,7 @@ from imagefit.evaluation.issues import (
 )
 from imagefit.evaluation.ranking import rank_per_class
 from imagefit.explain import gradcam, overlay
-from imagefit.features.extract import Predictions
+from imagefit.features.extract import Predictions, error_texts
 from imagefit.metrics import classification_metrics
 from imagefit.regressor import ImageRegressor
 from imagefit.report.html import (RegressionReportData, ReportData, render_regression_report,
@@ -186,7 +186,7 @@ def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
     value = np.full(len(evaluated), np.nan)
     if extracted.ok.any():
         value[extracted.ok] = reg.predict_features(extracted.features[extracted.ok])
-    errors = ["" if f is None else f"{f.reason}: {f.message}" for f in extracted.failures]
+    errors = error_texts(extracted.failures)
     result = regression_result(reg, evaluated.paths, evaluated.targets, value, errors,
                                extracted.failed)
     out_dir = Path(out) if out else run_folder.report
