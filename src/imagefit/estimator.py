@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from imagefit._validation import check_is_fitted
-from imagefit.fitted import ImageModel
+from imagefit.fitted import ImageModel, rebuilding
 from imagefit.bundle import read_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import as_index
-from imagefit.errors import ModelFormatError
 from imagefit.features.extract import FlipViews, Predictions, raise_first_failure
 from imagefit._fileio import cache_folder
 from imagefit.models.net import StoredNet
@@ -139,7 +138,7 @@ class ImageClassifier(ImageModel):
     @classmethod
     def from_config(cls, meta: dict, state: dict[str, torch.Tensor]) -> "ImageClassifier":
         """Rebuild a fitted classifier from `get_config()` metadata and its weights."""
-        try:
+        with rebuilding():
             settings = settings_from_metadata(meta)
             clf = cls(settings.backbone, mode=settings.mode, image_size=settings.image_size,
                       balance=settings.balance, dropout=settings.dropout,
@@ -147,9 +146,6 @@ class ImageClassifier(ImageModel):
             stored = StoredNet(settings.backbone, settings.image_size, len(meta["classes"]),
                                settings.dropout, state)  # the backbone is built when needed
             clf._restore(meta, stored, settings)
-        except Exception as exc:  # JSON of the wrong shape, weights that do not fit it
-            raise ModelFormatError(f"The model could not be rebuilt from its metadata: "
-                                   f"{type(exc).__name__}: {exc}") from None
         clf.bad_files_ = clf.validation_ = None
         return clf
 

@@ -5,6 +5,7 @@ built on first use), features of files and of decoded batches, and saving the mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +17,23 @@ from imagefit._validation import check_is_fitted
 from imagefit.base import BaseEstimator
 from imagefit.bundle import write_model_folder
 from imagefit.data.index import ImageIndex
+from imagefit.errors import ModelFormatError
 from imagefit.features.extract import (BackboneRunner, FeatureResult, compute_features,
                                        raise_first_failure)
 from imagefit.models.net import ImageClassifierNet, StoredNet
 from imagefit.progress import progress_bar
 from imagefit.train.settings import Settings, workers_for
+
+
+@contextlib.contextmanager
+def rebuilding():
+    """Around `from_config`: whatever goes wrong (JSON of the wrong shape, weights that do not
+    fit it) is a `ModelFormatError` naming it."""
+    try:
+        yield
+    except Exception as exc:  # any type: metadata and tensors come from a file
+        raise ModelFormatError(f"The model could not be rebuilt from its metadata: "
+                               f"{type(exc).__name__}: {exc}") from None
 
 
 class ImageModel(BaseEstimator):

@@ -16,13 +16,13 @@ import torch
 
 from imagefit._fileio import cache_folder
 from imagefit._validation import check_is_fitted
-from imagefit.fitted import ImageModel
+from imagefit.fitted import ImageModel, rebuilding
 from imagefit.data.augment import resolve_augment
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import SourceOptions, as_index, open_dataset
 from imagefit.data.tables import is_table
-from imagefit.errors import ConfigError, ModelFormatError
+from imagefit.errors import ConfigError
 from imagefit.features.extract import raise_first_failure
 from imagefit.models.net import StoredNet
 from imagefit.seeding import seed_everything
@@ -153,7 +153,7 @@ class ImageRegressor(ImageModel):
     @classmethod
     def from_config(cls, meta: dict, state: dict[str, torch.Tensor]) -> "ImageRegressor":
         """Rebuild a fitted regressor from `get_config()` metadata and its weights."""
-        try:
+        with rebuilding():
             settings = settings_from_metadata(meta)
             target = meta["target"]
             reg = cls(settings.backbone, mode=settings.mode, image_size=settings.image_size,
@@ -162,9 +162,6 @@ class ImageRegressor(ImageModel):
                       seed=settings.seed)
             stored = StoredNet(settings.backbone, settings.image_size, 1, settings.dropout, state)
             reg._restore(meta, stored, settings)
-        except Exception as exc:  # JSON of the wrong shape, weights that do not fit it
-            raise ModelFormatError(f"The model could not be rebuilt from its metadata: "
-                                   f"{type(exc).__name__}: {exc}") from None
         reg.bad_files_ = reg.validation_ = None
         return reg
 

@@ -94,9 +94,13 @@ def render_report(data: ReportData, out_dir: str | os.PathLike) -> Path:
         label_issues=None if data.label_issues is None else _label_issues(data, assets),
         duplicates=None if data.duplicates is None else _duplicates(data.duplicates, assets),
         notes=[str(n) for n in data.notes])
+    return _write_page(out, page)
+
+
+def _write_page(out: Path, page: str) -> Path:
+    """`out/index.html`; names that were not valid UTF-8 on disk show backslash escapes."""
     out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
-    # Names that were not valid UTF-8 on disk are shown with backslash escapes.
     index.write_text(page, encoding="utf-8", errors="backslashreplace")
     return index
 
@@ -256,10 +260,7 @@ def render_regression_report(data: RegressionReportData, out_dir: str | os.PathL
                       for path, given, oof, score in data.label_issues[:60]]},
         duplicates=None if data.duplicates is None else _duplicates(data.duplicates, assets),
         notes=[str(n) for n in data.notes])
-    out.mkdir(parents=True, exist_ok=True)
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8", errors="backslashreplace")
-    return index
+    return _write_page(out, page)
 
 
 def _fmt_value(value) -> str:
