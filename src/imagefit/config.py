@@ -31,8 +31,12 @@ class TrainConfig:
     label_regex: str | None = None    # label = first group of this pattern in the file name
     label_depth: Any = None           # folders: class = first N folder levels, or "leaf"
     group_regex: str | None = None    # group = first group of this pattern in the file name
-    task: str = "auto"                # tables: auto | classify | regress (auto: regress when
-                                      # every label is a number and some are not whole)
+    task: str = "auto"                # tables: auto | classify | regress | multilabel (auto:
+                                      # multilabel for labels joined by | or ; or several 0/1
+                                      # label columns; regress when every label is a number
+                                      # and some are not whole)
+    label_sep: str | None = None      # tables, multilabel: separator of labels (default | or ;)
+    threshold: Any = "auto"           # multilabel: auto (per label, max F1 on validation) | p
     loss: str = "mse"                 # regression: mse | huber | l1
     interval: float = 0.9             # regression: coverage of the prediction intervals
     val_fraction: float = 0.2         # share of each class held out when there is no val folder
@@ -106,8 +110,11 @@ class TrainConfig:
             options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
             raise ConfigError(f"{options} balance classes; a regression has none. Leave "
                               f"{'it' if len(given) == 1 else 'them'} out.")
+        if self.threshold != defaults.threshold:
+            raise ConfigError("--threshold applies to multi-label models; a regression "
+                              "predicts a number.")
         params = self.estimator_params()
-        for name in _CLASSIFICATION_ONLY:
+        for name in (*_CLASSIFICATION_ONLY, "threshold"):
             params.pop(name)
         return {**params, "loss": self.loss, "interval": self.interval}
 

@@ -24,11 +24,14 @@ from imagefit.models.net import StoredNet
 from imagefit.regressor import ImageRegressor
 from imagefit.seeding import seed_everything
 from imagefit.train import distributed
-from imagefit.train.calibrate import fit_temperature, softmax
+from imagefit.errors import ConfigError
+from imagefit.metrics import multilabel_metrics
+from imagefit.train.calibrate import fit_temperature, platt_proba, softmax
 from imagefit.train.settings import (Settings, check_estimator_params, model_metadata,
                                      resolve_settings, settings_from_metadata)
 from imagefit.train.stages import (RunContext, make_checkpointer, new_net, run_stages,
                                    training_data)
+from imagefit.train.tagging import fit_tags, tag_params
 
 
 class ImageClassifier(ImageModel):
@@ -86,7 +89,7 @@ class ImageClassifier(ImageModel):
                  device: str = "auto", workers: int | None = None, weights: str | None = None,
                  cache_dir: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  time_budget: float | str | None = "auto", checkpoint_dir: str | None = None,
-                 resume: bool = False, verbose: bool = False):
+                 resume: bool = False, threshold: float | str = "auto", verbose: bool = False):
         self.backbone, self.mode, self.image_size = backbone, mode, image_size
         self.augment, self.balance, self.class_weight = augment, balance, class_weight
         self.max_per_class, self.epoch_size, self.max_val = max_per_class, epoch_size, max_val
@@ -96,6 +99,7 @@ class ImageClassifier(ImageModel):
         self.device, self.workers, self.weights = device, workers, weights
         self.cache_dir, self.max_pixels, self.time_budget = cache_dir, max_pixels, time_budget
         self.checkpoint_dir, self.resume, self.verbose = checkpoint_dir, resume, verbose
+        self.threshold = threshold
 
     def fit(self, X, y=None, *, val: ImageIndex | None = None) -> "ImageClassifier":
         """Train on `X` and calibrate on the validation set; returns self.
@@ -111,6 +115,11 @@ class ImageClassifier(ImageModel):
         check_estimator_params(params)
         seed_everything(self.seed)
         train, val = training_data(X, y, val, params)
+        if train.is_multilabel:
+            return self._fit_tags(train, val, tag_params(params))
+        if self.threshold != "auto":
+            raise ConfigError("The 'threshold' parameter applies to multi-label data (label "
+                              "sets); a single-label classifier predicts its most likely class.")
         settings = resolve_settings(params, train.counts(), train.classes)
         net = new_net(settings, len(train.classes))
         dist = distributed.current()
@@ -129,9 +138,30 @@ class ImageClassifier(ImageModel):
                                         [None] * len(proba)), result.val_index.labels)
         return self
 
+    def _fit_tags(self, train: ImageIndex, val: ImageIndex, params: dict) -> "ImageClassifier":
+        """`fit` for label sets: a sigmoid head (`train.tagging`), calibrated per label."""
+        settings = resolve_settings(params, train.counts(), train.classes)
+        net = new_net(settings, len(train.classes))
+        ctx = RunContext.for_data(settings, distributed.current(), train, val,
+                                  progress=self.verbose)
+        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume,
+                                             {**params, "task": "multilabel"}, settings,
+                                             train, val, ctx.dist)
+        fitted = fit_tags(net, train, val, ctx, self.threshold)
+        net = net.cpu().eval()
+        self._restore(fitted.metadata(settings, train.classes, net, self.threshold),
+                      StoredNet.of(net), settings)
+        self.bad_files_ = ctx.bad_files
+        index = fitted.result.val_index
+        self.validation_ = (Predictions(index.paths, fitted.val_proba, self.classes_,
+                                        [None] * len(index)), index.tags)
+        return self
+
     def get_config(self) -> dict:
         """The metadata this fitted model rebuilds itself from (model.json's content)."""
         check_is_fitted(self)
+        if self.multilabel_:
+            return dict(self._meta)
         return model_metadata(self.settings_, self.classes_, self.net_, self.temperature_,
                          self.training_)
 
@@ -140,9 +170,11 @@ class ImageClassifier(ImageModel):
         """Rebuild a fitted classifier from `get_config()` metadata and its weights."""
         with rebuilding():
             settings = settings_from_metadata(meta)
+            tags = meta.get("multilabel")
             clf = cls(settings.backbone, mode=settings.mode, image_size=settings.image_size,
                       balance=settings.balance, dropout=settings.dropout,
-                      max_pixels=settings.max_pixels, seed=settings.seed)
+                      max_pixels=settings.max_pixels, seed=settings.seed,
+                      threshold=tags["threshold"] if tags else "auto")
             stored = StoredNet(settings.backbone, settings.image_size, len(meta["classes"]),
                                settings.dropout, state)  # the backbone is built when needed
             clf._restore(meta, stored, settings)
@@ -152,8 +184,15 @@ class ImageClassifier(ImageModel):
     def _restore(self, meta: dict, stored: StoredNet, settings: Settings) -> None:
         """Set every fitted attribute from metadata (the end of `fit` and of loading)."""
         self._restore_fitted(meta, stored, settings)
+        self._meta = meta
         self.classes_ = tuple(meta["classes"])
         self.temperature_ = float(meta["temperature"])
+        self.multilabel_ = meta.get("task") == "multilabel"
+        if self.multilabel_:
+            tags = meta["multilabel"]
+            self.platt_ = (np.asarray(tags["platt_a"], np.float64),
+                           np.asarray(tags["platt_b"], np.float64))
+            self.thresholds_ = np.asarray(tags["thresholds"], np.float64)
         self.balance_ = settings.balance
         self.class_weight_ = np.asarray(settings.class_weight)
         self.logit_adjustment_ = (None if settings.logit_adjustment is None
@@ -190,13 +229,17 @@ class ImageClassifier(ImageModel):
         return self.proba_from_features(self.embed(np.asarray(images, np.uint8)))
 
     def proba_from_features(self, features: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities from backbone features (the head plus temperature)."""
+        """Calibrated probabilities from backbone features (the head plus temperature; per
+        label, the head plus Platt scaling for a multi-label model)."""
         check_is_fitted(self)
+        if self.multilabel_:
+            return platt_proba(self._stored.outputs(features), *self.platt_)
         return self._stored.proba(features)  # a loaded model may have built its head only
 
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated class probabilities, shape (n_images, n_classes), columns in `classes_`;
-        `X` is what `fit` takes, without labels.
+        `X` is what `fit` takes, without labels. A multi-label model's rows are each label's
+        own probability (they need not sum to 1).
 
         Raises:
             ImageLoadError: a file cannot be decoded (use `predict_files` to get error rows).
@@ -207,15 +250,24 @@ class ImageClassifier(ImageModel):
 
     def predict(self, X) -> np.ndarray:
         """Predicted class names, exactly as in `classes_` (an object array: NumPy's fixed-width
-        strings would drop trailing NUL characters of a name)."""
+        strings would drop trailing NUL characters of a name). A multi-label model returns
+        scikit-learn's indicator matrix (n_images, n_labels) of 0/1, a label set where its
+        probability reaches its threshold (`thresholds_`)."""
         check_is_fitted(self)
-        return np.array(self.classes_, dtype=object)[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        if self.multilabel_:
+            return (proba >= self.thresholds_).astype(np.int64)
+        return np.array(self.classes_, dtype=object)[proba.argmax(axis=1)]
 
     def score(self, X, y=None) -> float:
-        """Balanced accuracy on an `ImageIndex` (or paths or an image array, with labels `y`)."""
+        """Balanced accuracy on an `ImageIndex` (or paths or an image array, with labels `y`);
+        a multi-label model's macro F1 over its labels (y: label sets or a 0/1 matrix)."""
         check_is_fitted(self)
         index = as_index(X, y, folder=cache_folder(self.cache_dir), classes=self.classes_)
         index = index.with_classes(self.classes_)
+        if self.multilabel_:
+            return float(multilabel_metrics(index.tags, self.predict_proba(index), self.classes_,
+                                            self.thresholds_)["macro_f1"])
         pred = self.predict_proba(index).argmax(axis=1)
         recalls = [(pred[index.labels == c] == c).mean() for c in np.unique(index.labels)]
         return float(np.mean(recalls))

@@ -36,6 +36,19 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray,
     return float(ece)
 
 
+def binary_calibration_error(y_true: np.ndarray, proba: np.ndarray,
+                             n_bins: int = ECE_BINS) -> float:
+    """ECE of one label's probabilities: the support-weighted gap between the mean
+    probability and the share of positives in equal-width probability bins."""
+    y_true, proba = np.asarray(y_true, bool), np.asarray(proba, np.float64)
+    if not len(y_true):
+        return float("nan")
+    bins = np.minimum((proba * n_bins).astype(int), n_bins - 1)
+    total = np.bincount(bins, minlength=n_bins)
+    gap = np.bincount(bins, weights=y_true - proba, minlength=n_bins)
+    return float(np.abs(gap).sum() / len(y_true)) if total.any() else float("nan")
+
+
 def log_loss(y_true: np.ndarray, proba: np.ndarray, eps: float = 1e-15) -> float:
     """Mean negative log-likelihood of the true class (probabilities clipped to [eps, 1])."""
     p = np.clip(proba[np.arange(len(y_true)), y_true], eps, 1.0)
@@ -194,8 +207,8 @@ def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[s
     Keys: micro/macro/samples F1 (macro over the labels with positives or predictions; samples
     over images, where an image with no true and no predicted label agrees fully and scores 1,
     scikit-learn's `zero_division=1`), mAP (over the labels with positives) and per-label AP,
-    subset accuracy, Hamming loss, and per label precision, recall, F1, AP, support and the
-    threshold.
+    subset accuracy, Hamming loss, mean ECE over the labels, and per label precision, recall,
+    F1, AP, ECE (`binary_calibration_error`), support and the threshold.
 
     Example:
         >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[.9, .2], [.6, .4]]),
@@ -220,9 +233,11 @@ def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[s
     row_f1 = np.divide(2 * row_tp, row_total, out=np.ones(n), where=row_total > 0)
     all_tp, all_total = tp.sum(), float(support.sum() + n_predicted.sum())
     nan = float("nan")
+    ece = np.array([binary_calibration_error(y_true[:, j], proba[:, j]) for j in range(k)])
     return {
         "n": int(n),
         "labels": list(labels),
+        "ece": float(np.mean(ece)) if k and n else nan,
         "micro_f1": 2 * all_tp / all_total if all_total else nan,
         "macro_f1": float(f1[active].mean()) if active.any() else nan,
         "samples_f1": float(row_f1.mean()) if n else nan,
@@ -230,7 +245,7 @@ def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[s
         "subset_accuracy": float((predicted == y_true).all(axis=1).mean()) if n else nan,
         "hamming_loss": float((predicted != y_true).mean()) if n else nan,
         "per_label": {name: {"precision": float(precision[j]), "recall": float(recall[j]),
-                             "f1": float(f1[j]), "ap": float(ap[j]),
+                             "f1": float(f1[j]), "ap": float(ap[j]), "ece": float(ece[j]),
                              "support": int(support[j]),
                              "threshold": float(np.broadcast_to(thresholds, (k,))[j])}
                       for j, name in enumerate(labels)},
@@ -252,6 +267,21 @@ def format_per_class_table(metrics: dict) -> str:
         lines.append("accuracy by level of the class path: " + " | ".join(
             f"{name.replace('_', ' ')} {value:.3f}"
             for name, value in metrics["hierarchy_accuracy"].items()))
+    return "\n".join(lines)
+
+
+def format_multilabel_table(metrics: dict) -> str:
+    """A multi-label model's per-label table plus the headline line, for the terminal."""
+    width = max([len(printable(c)) for c in metrics["labels"]] + [5])
+    lines = [f"{'label':<{width}}  precision  recall     f1     AP  threshold  support"]
+    for name, row in metrics["per_label"].items():
+        lines.append(f"{printable(name):<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                     f"{row['f1']:5.3f}  {row['ap']:5.3f}  {row['threshold']:9.3f}  "
+                     f"{row['support']:7d}")
+    lines.append(f"mAP {metrics['map']:.3f} | macro-F1 {metrics['macro_f1']:.3f} | micro-F1 "
+                 f"{metrics['micro_f1']:.3f} | samples-F1 {metrics['samples_f1']:.3f} | subset "
+                 f"accuracy {metrics['subset_accuracy']:.3f} | Hamming loss "
+                 f"{metrics['hamming_loss']:.3f} | ECE {metrics['ece']:.3f} | n={metrics['n']}")
     return "\n".join(lines)
 
 

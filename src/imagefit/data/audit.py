@@ -235,7 +235,7 @@ def _without_emptied_classes(index: ImageIndex, keep: np.ndarray,
         DatasetError: fewer usable classes remain than the scan's `min_classes`.
     """
     kept = index.take(keep)
-    if index.is_regression:  # value bins, not classes: none can be emptied
+    if index.is_regression or index.is_multilabel:  # no classes to empty (a label may go)
         return kept
     n = len(index.classes)
     before = np.bincount(index.labels[index.labels >= 0], minlength=n)

@@ -21,7 +21,7 @@ import numpy as np
 from imagefit._fileio import sha256_file
 from imagefit.data.images import ALLOWED_FORMATS, IMAGE_SUFFIXES, sniff_format
 from imagefit.data.known_hashes import KnownFormats
-from imagefit.data.sampling import stratified_subset
+from imagefit.data.sampling import iterative_stratification, stratified_subset
 from imagefit.data.text import compact
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
@@ -94,6 +94,9 @@ class ImageIndex:
         targets: optional float array: each image's value, for regression (`from_values`);
             `labels` and `classes` then hold the values' quantile bins, so that splits and
             subsets are stratified by value.
+        tags: optional bool matrix (n, len(classes)): the labels of each image, for multi-label
+            tagging (`from_tags`); `labels` then holds each image's rarest label (-1: none), so
+            that subsets spread the rare labels, and `counts()` gives each label's images.
 
     Example:
         >>> index = ImageIndex.from_paths(["a.png", "b.png"], ["cat", "dog"])
@@ -111,10 +114,11 @@ class ImageIndex:
     checked: bool = False
     groups: np.ndarray | None = None
     targets: np.ndarray | None = None
+    tags: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        for name in ("labels", "subsets", "sha256", "groups", "targets"):
+        for name in ("labels", "subsets", "sha256", "groups", "targets", "tags"):
             column = getattr(self, name)
             if column is not None and len(column) != n:
                 raise ValueError(f"column {name!r} has {len(column)} rows, paths has {n}")
@@ -160,20 +164,59 @@ class ImageIndex:
         labels, classes = value_strata(targets)
         return cls(path_array, labels, classes, targets=targets)
 
+    @classmethod
+    def from_tags(cls, paths: Sequence[str | os.PathLike], tags,
+                  classes: Sequence[str] | None = None) -> "ImageIndex":
+        """An index of images with any number of labels each (multi-label tagging).
+
+        Args:
+            tags: per image, a list (or set) of label names; or an indicator matrix
+                (n, n_labels) of 0/1, its columns named by `classes` (default "0", "1"...).
+            classes: the label names in order (default: the sorted names used).
+
+        Raises:
+            ConfigError: lengths differ, a matrix that is not 0/1, or an unknown label.
+
+        Example:
+            >>> index = ImageIndex.from_tags(["a.png", "b.png"], [["cat"], ["cat", "dog"]])
+            >>> index.classes, index.tags.astype(int).tolist()
+            (('cat', 'dog'), [[1, 0], [1, 1]])
+        """
+        path_array = np.array([os.fspath(p) for p in paths], dtype=str)
+        matrix = tags_matrix(tags, classes)
+        if matrix.shape[0] != len(path_array):
+            raise ConfigError(f"Got {len(path_array)} paths but {matrix.shape[0]} label sets.")
+        if isinstance(tags, np.ndarray) or classes is not None:
+            names = tuple(str(c) for c in classes) if classes is not None else \
+                tuple(str(i) for i in range(matrix.shape[1]))
+        else:
+            names = tuple(sorted({str(t) for row in tags for t in row}))
+        return cls(path_array, rarest_tag(matrix), names, tags=matrix)
+
     @property
     def is_regression(self) -> bool:
         return self.targets is not None
+
+    @property
+    def is_multilabel(self) -> bool:
+        return self.tags is not None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def counts(self) -> np.ndarray:
-        """Images per class, in the order of `classes`."""
+        """Images per class, in the order of `classes` (multi-label: images per label)."""
+        if self.tags is not None:
+            return self.tags.sum(axis=0).astype(np.int64)
         known = self.labels[self.labels >= 0]
         return np.bincount(known, minlength=len(self.classes))
 
     def label_names(self) -> np.ndarray:
-        """The class name of every row ("" where unknown)."""
+        """The class name of every row ("" where unknown); multi-label: the row's labels
+        joined with `|`."""
+        if self.tags is not None:
+            return np.array(["|".join(self.classes[i] for i in np.flatnonzero(row))
+                             for row in self.tags], dtype=str)
         names = np.array(list(self.classes) + [""], dtype=str)
         return names[self.labels]
 
@@ -185,9 +228,12 @@ class ImageIndex:
         labels, classes = self.labels[rows], self.classes
         if self.targets is not None:
             labels, classes = value_strata(self.targets[rows])
+        if self.tags is not None:
+            labels = rarest_tag(self.tags[rows])
         return dataclasses.replace(self, paths=self.paths[rows], labels=labels, classes=classes,
                                    subsets=pick(self.subsets), sha256=pick(self.sha256),
-                                   groups=pick(self.groups), targets=pick(self.targets))
+                                   groups=pick(self.groups), targets=pick(self.targets),
+                                   tags=pick(self.tags))
 
     def without_test(self) -> "ImageIndex":
         """The rows for training and validation: all but those marked `test`.
@@ -204,6 +250,13 @@ class ImageIndex:
                                "train on. Mark some rows train (and val, or let imagefit "
                                "split them).")
         if self.is_regression:  # no classes: any range of values may be held out
+            return kept
+        if self.is_multilabel:
+            only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
+                         if n == 0 and all_n > 0]
+            if only_test:
+                kept.report.warnings.append(f"Labels {only_test} appear only on test rows: "
+                                            f"the model will never predict them.")
             return kept
         only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
                      if n == 0 and all_n > 0]
@@ -227,6 +280,8 @@ class ImageIndex:
         classes = tuple(classes)
         if self.classes == classes:
             return self
+        if self.tags is not None:
+            return self._with_tag_columns(classes)
         used = [c for i, c in enumerate(self.classes) if (self.labels == i).any()]
         unknown = [c for c in used if c not in classes]
         if unknown:
@@ -234,6 +289,18 @@ class ImageIndex:
                                f"{list(classes)}.")
         lookup = np.array([classes.index(c) if c in classes else -1 for c in self.classes] + [-1])
         return dataclasses.replace(self, labels=lookup[self.labels], classes=classes)
+
+    def _with_tag_columns(self, classes: tuple[str, ...]) -> "ImageIndex":
+        used = [c for c, n in zip(self.classes, self.counts()) if n > 0]
+        unknown = [c for c in used if c not in classes]
+        if unknown:
+            raise DatasetError(f"Labels {unknown} are not among the model's labels "
+                               f"{list(classes)}.")
+        tags = np.zeros((len(self), len(classes)), bool)
+        for i, name in enumerate(self.classes):
+            if name in classes:
+                tags[:, classes.index(name)] = self.tags[:, i]
+        return dataclasses.replace(self, labels=rarest_tag(tags), classes=classes, tags=tags)
 
     def subset(self, limit: int | None, seed: int = 0) -> "ImageIndex":
         """At most `limit` rows (None: all), spread evenly over the classes as far as their
@@ -272,6 +339,10 @@ class ImageIndex:
             raise ConfigError(f"The 'val_fraction' parameter must be a float in (0, 1). "
                               f"Got {val_fraction!r} instead.")
         index = index.with_hashes()
+        if index.tags is not None:
+            is_val = assign_validation_tags(index.sha256, index.tags, val_fraction, seed,
+                                            groups=index.groups)
+            return index.take(~is_val), index.take(is_val)
         is_val = assign_validation(index.sha256, index.labels, val_fraction, seed,
                                    groups=index.groups)
         for c, name in enumerate(index.classes):
@@ -308,6 +379,58 @@ def value_strata(values: np.ndarray, max_bins: int = 10) -> tuple[np.ndarray, tu
     bins = np.searchsorted(np.asarray(edges), values, side="right")
     used, labels = np.unique(bins, return_inverse=True)  # equal edges: no empty bin
     return labels.astype(np.int64), tuple(f"bin {i + 1}" for i in range(len(used)))
+
+
+def tags_matrix(tags, classes: Sequence[str] | None = None) -> np.ndarray:
+    """Label sets (lists of names) or an indicator matrix as a bool matrix (n, n_labels)
+    whose columns follow `classes` (default: the sorted names used; "0", "1"... for a matrix).
+
+    Raises:
+        ConfigError: a matrix holding other values than 0 and 1, or a name not in `classes`.
+    """
+    if isinstance(tags, np.ndarray) and tags.ndim == 2 and tags.dtype != object:
+        if not np.isin(tags, (0, 1)).all():
+            raise ConfigError("A multi-label indicator matrix must hold only 0 and 1 "
+                              "(or True and False).")
+        if classes is not None and len(classes) != tags.shape[1]:
+            raise ConfigError(f"The indicator matrix has {tags.shape[1]} columns but "
+                              f"{len(classes)} label names were given.")
+        return tags.astype(bool)
+    rows = [[str(t) for t in ([row] if isinstance(row, str) else row)] for row in tags]
+    names = (tuple(str(c) for c in classes) if classes is not None
+             else tuple(sorted({t for row in rows for t in row})))
+    lookup = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(rows), len(names)), bool)
+    for r, row in enumerate(rows):
+        unknown = [t for t in row if t not in lookup]
+        if unknown:
+            raise ConfigError(f"Labels {unknown[:5]} are not among the labels {list(names)}.")
+        matrix[r, [lookup[t] for t in row]] = True
+    return matrix
+
+
+def rarest_tag(tags: np.ndarray) -> np.ndarray:
+    """Each row's rarest label (the one with fewest images; -1 for a row without labels): the
+    stratum a subset or a per-class count uses for multi-label rows."""
+    if tags.shape[1] == 0:
+        return np.full(len(tags), -1, np.int64)
+    counts = tags.sum(axis=0)
+    rank = np.where(tags, counts[None, :], np.iinfo(np.int64).max)
+    return np.where(tags.any(axis=1), rank.argmin(axis=1), -1).astype(np.int64)
+
+
+def assign_validation_tags(hashes: np.ndarray, tags: np.ndarray, val_fraction: float,
+                           seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of validation rows for multi-label rows: iterative stratification
+    (`data.sampling.iterative_stratification`) over units of rows that share bytes or a group,
+    a unit holding the labels of all its rows."""
+    unit, _ = _units(hashes, groups)
+    unit_tags = np.zeros((int(unit.max()) + 1 if len(unit) else 0, tags.shape[1]), bool)
+    np.logical_or.at(unit_tags, unit, tags)
+    if len(unit_tags) < 2:
+        return np.zeros(len(hashes), bool)
+    part = iterative_stratification(unit_tags, [1 - val_fraction, val_fraction], seed=seed)
+    return (part == 1)[unit]
 
 
 def _validation_shares(labels: np.ndarray, is_val: np.ndarray, n_classes: int) -> np.ndarray:

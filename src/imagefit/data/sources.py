@@ -32,7 +32,7 @@ from imagefit.data.labels import (compile_pattern, labels_from_folders, labels_f
 from imagefit.data.tables import TASKS, from_table, is_table
 from imagefit.errors import ConfigError, DatasetError
 
-TABLE_ONLY = ("root", "path_col", "label_col", "split_col", "group_col")
+TABLE_ONLY = ("root", "path_col", "label_col", "split_col", "group_col", "label_sep")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,11 @@ class SourceOptions:
         group_regex: the group is the first group of this pattern, searched in the file name.
         check_files: tables: check that every file exists and looks like an image (False
             trusts the table, for very large ones; the pre-flight still decodes each file).
-        task: tables: "classify" (the default), "regress" (a number per image) or "auto"
-            (what `imagefit train` passes: `from_table` decides from the labels).
+        task: tables: "classify" (the default), "regress" (a number per image),
+            "multilabel" (any number of labels per image) or "auto" (what `imagefit train`
+            passes: `from_table` decides from the labels).
+        label_sep: tables, multi-label: the separator of the labels in one column (default
+            `|`, or `;`).
     """
 
     root: str | None = None
@@ -65,6 +68,7 @@ class SourceOptions:
     group_regex: str | None = None
     check_files: bool = True
     task: str = "classify"
+    label_sep: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -128,6 +132,10 @@ def open_dataset(data: Any, options: SourceOptions | None = None, *, min_classes
         raise ConfigError(f"Regression reads each image's number from a table (CSV, TSV, "
                           f"Parquet or a DataFrame: a path and a value column); {data} is not "
                           f"one.")
+    if options.task == "multilabel":
+        raise ConfigError(f"Multi-label training reads each image's labels from a table (CSV, "
+                          f"TSV, Parquet or a DataFrame: a path column and a column of labels "
+                          f"joined by |, or several 0/1 columns); {data} is not one.")
     options = dataclasses.replace(options, task="classify")  # "auto": classes, but in a table
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in ARRAY_SUFFIXES:
         if not options.is_default:
@@ -170,14 +178,32 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
              classes: Sequence[str] | None = None) -> ImageIndex:
     """What the estimator's methods take, as an `ImageIndex`: an `ImageIndex` as it is, a
     pandas DataFrame (`from_table`), a uint8 image array (stored under `folder`), or image
-    paths with optional labels `y`."""
+    paths with optional labels `y` (class names; or, multi-label, a list of label names per
+    image or an indicator matrix: `is_multilabel_y`)."""
     if isinstance(X, ImageIndex):
         return X
     if isinstance(X, (str, os.PathLike)) or is_table(X):  # a folder, table or array file
         return open_dataset(X, min_classes=1, cache_dir=folder)
+    if y is not None and is_multilabel_y(y):
+        if is_table(y):  # a DataFrame of 0/1 columns, named by its labels
+            y, classes = y.to_numpy(), [str(c) for c in y.columns]
+        paths = as_index(X, folder=folder).paths
+        return ImageIndex.from_tags(paths, y, classes)
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUST":  # T: variable-width text
         return from_arrays(X, y, folder=folder, classes=None if y is None else classes)
     return ImageIndex.from_paths(X, y, None if y is None else classes)
+
+
+def is_multilabel_y(y: Any) -> bool:
+    """Multi-label targets as scikit-learn users pass them: a 2-D array (an indicator matrix
+    of 0/1), or a sequence whose items are lists, tuples or sets of label names."""
+    if isinstance(y, np.ndarray):
+        return y.ndim == 2 or (y.dtype == object and len(y) > 0
+                               and isinstance(y[0], (list, tuple, set, frozenset)))
+    if is_table(y):
+        return True
+    return (isinstance(y, (list, tuple)) and len(y) > 0
+            and all(isinstance(row, (list, tuple, set, frozenset)) for row in y))
 
 
 def _scan_tree(root: Path, options: SourceOptions, min_classes: int, follow_links: bool,

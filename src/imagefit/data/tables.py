@@ -40,7 +40,8 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
                label_col: str | None = None, split_col: str | None = None,
                group_col: str | None = None, label_regex: str | None = None,
                group_regex: str | None = None, label_depth: Any = None, check_files: bool = True,
-               min_classes: int = 2, task: str = "classify") -> ImageIndex:
+               min_classes: int = 2, task: str = "classify",
+               label_sep: str | None = None) -> ImageIndex:
     """Index a table of images: a CSV, TSV or Parquet file, or a pandas DataFrame.
 
     Columns are found by name when not given (path: `path`, `filename`, `file`, `image`...;
@@ -59,6 +60,11 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
             regress when every label is a number and some are not
             whole (a column of whole numbers stays class names: ids, or counts; say
             "regress" to predict them as numbers). What was decided is said in the notes.
+            "multilabel": any number of labels per image (`index.tags`), either joined in
+            the label column by `label_sep` (default `|`, or `;` where no label holds `|`)
+            or marked 0/1 in several columns named by `label_col="a,b,c"`; "auto" picks it
+            for such columns, or for labels holding `|` or `;`.
+        label_sep: multi-label: the separator of the labels in one column.
 
     Raises:
         DatasetError: unreadable table, missing or ambiguous columns, bad split values, too
@@ -73,8 +79,11 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     name, header, columns, base, lines = _read_table(table, root)
     report_notes: list[str] = []
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
-    label_name = None
-    if label_regex is None:
+    label_name = indicator = None
+    if label_col is not None and "," in label_col and label_regex is None:
+        indicator = [_pick_column(name, header, c.strip(), (), "label", report_notes)
+                     for c in label_col.split(",") if c.strip()]
+    elif label_regex is None:
         candidates = LABEL_COLUMNS
         if task == "regress" or (task == "auto" and not any(h.lower() in LABEL_COLUMNS
                                                              for h in header)):
@@ -87,13 +96,17 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     raw_paths = columns[path_name]
     n = len(raw_paths)
     labels = columns[label_name] if label_name else [""] * n
+    if indicator:
+        labels = _indicator_labels(name, indicator, columns, lines)
+        label_name = ",".join(indicator)
     splits = _split_values(name, columns[split_name], lines) if split_name else None
     groups = columns[group_name] if group_name else None
 
     walker = Walker(follow_links=True)
     walker.report.notes.extend(report_notes)
     rows, paths = _usable_rows(name, raw_paths, labels, lines, base, walker,
-                               labelled=bool(label_name), check_files=check_files)
+                               labelled=bool(label_name) and not indicator,
+                               check_files=check_files)
     seen = dict(zip(paths, rows))
     if label_regex:
         paths, names = labels_from_names(paths, label_regex, walker)
@@ -106,8 +119,10 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
                            f"under {base} (e.g. {missing[0].path}). Set --root to the folder "
                            f"its paths start from.")
     task = _decide_task(task, name, label_name, names, [lines[r] for r in rows],
-                        walker.report.notes)
-    if task == "regress":
+                        walker.report.notes, indicator=bool(indicator), label_sep=label_sep)
+    if task == "multilabel":
+        index = _tag_index(paths, names, indicator, label_sep, walker, name)
+    elif task == "regress":
         index = ImageIndex.from_values(paths, [float(v) for v in names])
         walker.report.min_classes = 1
     else:
@@ -128,14 +143,66 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     return with_group_regex(index, group_regex) if group_regex and groups is None else index
 
 
-TASKS = ("auto", "classify", "regress")
+TASKS = ("auto", "classify", "regress", "multilabel")
+TAG_SEPARATORS = ("|", ";")
+_INDICATOR_VALUES = {"0": False, "1": True, "false": False, "true": True, "0.0": False,
+                     "1.0": True}
+
+
+def _indicator_labels(table: str, names: list[str], columns: dict[str, list[str]],
+                      lines: list[int]) -> list[str]:
+    """The 0/1 label columns `names` as one label text per row (the set labels joined by an
+    ASCII unit separator, "" for none)."""
+    bad = [(line, c, v) for c in names for line, v in zip(lines, columns[c])
+           if v.strip().lower() not in _INDICATOR_VALUES]
+    if bad:
+        shown = ", ".join(f"line {line} column '{c}': {v!r}" for line, c, v in bad[:5])
+        raise DatasetError(f"{table}: the label columns {names} must hold 0 or 1 on every "
+                           f"row; {len(bad)} cells do not ({shown}).")
+    return ["\x1f".join(c for c in names if _INDICATOR_VALUES[columns[c][r].strip().lower()])
+            for r in range(len(lines))]
+
+
+def _tag_index(paths: list[str], texts: list[str], indicator: list[str] | None,
+               label_sep: str | None, walker: Walker, table: str) -> ImageIndex:
+    """A multi-label index from each row's label text (split by the separator)."""
+    if indicator:
+        sep, classes = "\x1f", indicator
+    else:
+        sep = label_sep or next((s for s in TAG_SEPARATORS if any(s in t for t in texts)), "|")
+        classes = None
+        walker.report.notes.append(f"Task: multi-label, labels separated by {sep!r}.")
+    tags = [sorted({t.strip() for t in text.split(sep) if t.strip()}) for text in texts]
+    index = ImageIndex.from_tags(paths, tags, classes)
+    unused = [c for c, n in zip(index.classes, index.counts()) if n == 0]
+    if unused:
+        walker.report.warnings.append(f"Labels {unused} are set on no image: the model will "
+                                      f"never predict them.")
+    if not index.classes:
+        raise DatasetError(f"{table}: no image has a label; multi-label training needs some.")
+    walker.report.min_classes = 1
+    return index
 
 
 def _decide_task(task: str, table: str, column: str | None, values: list[str],
-                 lines: list[int], notes: list[str]) -> str:
-    """"classify" or "regress" for the label `values` (see `from_table`)."""
+                 lines: list[int], notes: list[str], *, indicator: bool = False,
+                 label_sep: str | None = None) -> str:
+    """"classify", "regress" or "multilabel" for the label `values` (see `from_table`)."""
     if task not in TASKS:
         raise ConfigError(f"The task must be one of {', '.join(TASKS)}, not {task!r}.")
+    if indicator and task not in ("auto", "multilabel"):
+        raise ConfigError("Several label columns (--label-col a,b,c) are 0/1 labels of a "
+                          "multi-label task; use --task multilabel (or auto).")
+    if task == "multilabel" or indicator:
+        if column is None:
+            raise ConfigError("Multi-label training reads its labels from a column "
+                              "(--label-col), not from file names.")
+        if indicator:
+            notes.append(f"Task: multi-label, from the 0/1 columns {column.split(',')}.")
+        return "multilabel"
+    if task == "auto" and column is not None and any(
+            s in v for v in values for s in ((label_sep,) if label_sep else TAG_SEPARATORS)):
+        return "multilabel"
     if task == "classify" or column is None:
         if task == "regress":
             raise ConfigError("Regression reads its values from a label column "

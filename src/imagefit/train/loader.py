@@ -37,11 +37,12 @@ def draw_generator(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 class _Draws(Dataset):
     """Base: `dataset[(index, epoch, position)]` -> (augmented uint8 image, label, ok). Labels
-    are class indices (int64), or the numbers a regression trains on (float32)."""
+    are class indices (int64), the numbers a regression trains on (float32), or a multi-label
+    task's 0/1 rows (float32, one row per image)."""
 
     def __init__(self, labels: np.ndarray, augmenter: Augmenter, seed: int):
         labels = np.asarray(labels)
-        self.labels = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
+        self.labels = labels.astype(np.float32 if labels.dtype.kind in "fb" else np.int64)
         self.augmenter = augmenter
         self.seed = seed
         # Once, not per draw: comparing configs costs more than reading a small cached image.
@@ -60,11 +61,12 @@ class _Draws(Dataset):
     def __getitem__(self, key: tuple[int, int, int]):
         index, epoch, position = key
         image = self.image(index)
+        label = self.labels[index] if self.labels.ndim > 1 else self.labels[index].item()
         if image is None:  # unreadable at run time: the collate drops it
-            return None, self.labels[index].item()
+            return None, label
         if not self._identity:
             image = self.augmenter(image, draw_generator(self.seed, epoch, position))
-        return image, self.labels[index].item()
+        return image, label
 
 
 class CachedImages(_Draws):
@@ -160,12 +162,16 @@ def _epoch_draws(indices: np.ndarray, epoch: int, start: int, rank: int,
 
 def collate_uint8(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (image, label) pairs into a uint8 (B, H, W, 3) batch, dropping failed draws;
-    labels int64, or float32 where they are numbers (regression)."""
-    dtype = torch.float32 if items and isinstance(items[0][1], float) else torch.int64
+    labels int64, or float32 where they are numbers (regression) or rows (multi-label)."""
+    rows = bool(items) and isinstance(items[0][1], np.ndarray)
+    dtype = torch.float32 if items and isinstance(items[0][1], (float, np.ndarray)) else torch.int64
+    empty_labels = (0, len(items[0][1])) if rows else (0,)
     items = [(image, label) for image, label in items if image is not None]
     if not items:
-        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(0, dtype=dtype)
+        return torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros(empty_labels, dtype=dtype)
     images = torch.from_numpy(np.stack([image for image, _ in items]))
+    if rows:
+        return images, torch.from_numpy(np.stack([label for _, label in items]))
     return images, torch.tensor([label for _, label in items], dtype=dtype)
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from imagefit.metrics import classification_metrics, multilabel_metrics, regression_metrics
 
 REGRESSION_LOSSES = ("mse", "huber", "l1")
+MAX_POS_WEIGHT = 20.0
 
 
 @dataclass
@@ -91,6 +92,10 @@ class Regression:
         scale = float(values.std()) if len(values) else 1.0
         return cls(loss_name, scale if scale > 0 else 1.0,
                    float(values.mean()) if len(values) else 0.0)
+
+    def targets_of(self, index) -> np.ndarray:
+        """What the loss compares the outputs with, for an `ImageIndex` with values."""
+        return self.encode(index.targets)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Values as the network learns them (float32, standardised)."""
@@ -184,6 +189,22 @@ class MultiLabel:
         self._pos_weight = (None if self.pos_weight is None else
                             torch.as_tensor(self.pos_weight, dtype=torch.float32,
                                             device=self.device))
+
+    @classmethod
+    def fitted(cls, tags: np.ndarray, device: str = "cpu",
+               max_weight: float = MAX_POS_WEIGHT) -> "MultiLabel":
+        """Positive weights from the training rows' 0/1 matrix `tags`: each label's negatives
+        over its positives, within [1, `max_weight`] (a label on a handful of images would
+        otherwise weigh hundreds of times a negative and flood the output with it)."""
+        tags = np.asarray(tags, bool)
+        positives = tags.sum(axis=0)
+        weight = (len(tags) - positives) / np.maximum(positives, 1)
+        return cls(tags.shape[1], np.clip(weight, 1.0, max_weight), device)
+
+    @staticmethod
+    def targets_of(index) -> np.ndarray:
+        """Each image's 0/1 row (float32), for an `ImageIndex` with tags."""
+        return index.tags.astype(np.float32)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(

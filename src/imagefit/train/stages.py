@@ -44,7 +44,7 @@ from imagefit.train.finetune import (
     split_backbone,
 )
 from imagefit.train.loader import CachedImages, TrainLoader, shuffled_indices
-from imagefit.train.objectives import Classification, Regression
+from imagefit.train.objectives import Classification, MultiLabel, Regression
 from imagefit.train.settings import MODE_DEFAULTS, Settings, input_size, resolve_max_val
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class RunContext:
     progress: bool = False
     bad_files: list[BadFile] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
-    objective: Regression | None = None  # None: classification, by the settings' weights
+    objective: Regression | MultiLabel | None = None  # None: classes, by the settings' weights
 
     @classmethod
     def for_data(cls, settings: Settings, dist: distributed.Distributed, train: ImageIndex,
@@ -217,8 +217,9 @@ class RunContext:
                             objective=self.objective, **more)
 
     def targets(self, index: ImageIndex) -> np.ndarray:
-        """What the loss compares the outputs with: class indices, or standardised values."""
-        return index.labels if self.objective is None else self.objective.encode(index.targets)
+        """What the loss compares the outputs with: class indices, standardised values, or
+        0/1 rows of labels."""
+        return index.labels if self.objective is None else self.objective.targets_of(index)
 
     def score(self, row: dict) -> tuple:
         """How the loop ranks a history row (higher is better)."""
@@ -288,9 +289,11 @@ def training_data(X, y, val: ImageIndex | None,
         train, val = train.split(params["val_fraction"], params["seed"])
     else:  # a regression's classes are its own value bins: nothing to match
         val = _checked(val, params)
-        if val.is_regression != train.is_regression:
+        if (val.is_regression, val.is_multilabel) != (train.is_regression,
+                                                        train.is_multilabel):
             raise ConfigError("The validation set and the training set must both have values "
-                              "(a regression) or both have class labels.")
+                              "(a regression), both label sets (multi-label), or both have "
+                              "class labels.")
         val = val if val.is_regression else val.with_classes(train.classes)
     if len(train) == 0:
         raise DatasetError("No usable training images remain after the pre-flight check.")
@@ -366,8 +369,10 @@ def run_stages(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex,
         if probe_score is None or score is None:
             return result
         if ctx.objective is not None and probe_score > score:
-            log.warning("Fine-tuning ended worse than the probe on validation (MAE %.4g vs "
-                        "%.4g): keeping the probe's model.", -score[0], -probe_score[0])
+            key = ctx.objective.progress_key
+            log.warning("Fine-tuning ended worse than the probe on validation (%s %.4g vs "
+                        "%.4g): keeping the probe's model.", key.removeprefix("val_"),
+                        abs(score[0]), abs(probe_score[0]))
             net.load_state_dict(probe_state)
             result = dataclasses.replace(probe, history=result.history)
         elif ctx.objective is None and _clearly_better(probe_score[0], score[0],
@@ -410,7 +415,7 @@ def probe_stage(net: ImageClassifierNet, train: ImageIndex, val: ImageIndex, ctx
     head = net.head
     yt = torch.from_numpy(ctx.targets(train))
     in_memory = drawn is None and isinstance(x_train, np.ndarray)  # not drawn, not streamed
-    if ctx.objective is not None and in_memory and len(train) <= RIDGE_START_MAX:
+    if isinstance(ctx.objective, Regression) and in_memory and len(train) <= RIDGE_START_MAX:
         ctx.objective.start_head(head[-1], x_train, yt.numpy())
     # Head training on features is cheap: every rank runs all of it, identically.
     draws = drawn or ctx.draws(train.labels, shard=False)
