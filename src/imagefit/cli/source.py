@@ -22,7 +22,10 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--path-col", metavar="NAME", help="tables: the column of image paths "
                    "(default: path, filename, file, image...; extensions may be left out)")
     g.add_argument("--label-col", metavar="NAME", help="tables: the column of labels "
-                   "(default: label, class or category)")
+                   "(default: label, class or category); multi-label: several 0/1 columns "
+                   "as a,b,c")
+    g.add_argument("--label-sep", metavar="SEP", help="multi-label tables: the separator of "
+                   "the labels in the label column (default | or ;)")
     g.add_argument("--split-col", metavar="NAME", help="tables: a column of train / val / test "
                    "(default: a column named split); test rows are only evaluated")
     g.add_argument("--group-col", metavar="NAME", help="tables: a column of groups (patient, "

@@ -14,7 +14,7 @@ from imagefit.train.objectives import REGRESSION_LOSSES
 from imagefit.data.sampling import BALANCE_CHOICES
 from imagefit.cli.source import DATA_HELP, add_source_options, source_values
 from imagefit.errors import TrainingInterrupted
-from imagefit.metrics import format_per_class_table
+from imagefit.metrics import format_multilabel_table, format_per_class_table
 from imagefit.progress import printable
 from imagefit.train.interrupt import exit_code as interrupt_exit_code
 from imagefit.workflows.run_folder import RunFolder, default_run_dir
@@ -30,6 +30,8 @@ EXAMPLES = r"""examples:
   imagefit train data/ --augment keras --balance sampler --time-budget 15 --out runs/x
   imagefit train data/ --out runs/x --resume   # continue an interrupted run
   imagefit train ages.csv --task regress --label-col age --out runs/age   # a number per image
+  imagefit train tags.csv --out runs/tags        # labels like "cat|outdoor": multi-label
+  imagefit train tags.csv --label-col cat,dog,outdoor --out runs/tags   # 0/1 label columns
 """
 
 
@@ -80,8 +82,13 @@ def add_parser(sub, common) -> None:
     p.add_argument("--logit-adjustment", type=float, metavar="TAU", help="logit-adjusted loss "
                    "(Menon et al. 2021) with this tau, e.g. 1.0")
     p.add_argument("--task", choices=TASKS, help="tables: classify (labels are class names), "
-                   "regress (a number per image), or auto (default: regress when every label "
-                   "is a number and some are not whole)")
+                   "regress (a number per image), multilabel (any number of labels per image), "
+                   "or auto (default: multilabel for labels joined by | or ; or several 0/1 "
+                   "columns in --label-col a,b,c; regress when every label is a number and "
+                   "some are not whole)")
+    p.add_argument("--threshold", type=_threshold, metavar="P|auto", help="multilabel: the "
+                   "probability a label needs to be predicted (default auto: per label, the "
+                   "threshold with the best F1 on validation)")
     p.add_argument("--loss", choices=REGRESSION_LOSSES, help="regression loss (default mse; "
                    "huber is robust to a few wrong values)")
     p.add_argument("--interval", type=float, metavar="P", help="regression: coverage of the "
@@ -126,6 +133,7 @@ def _number_or(kind: type, words: tuple[str, str], what: str):
 
 
 _max_val = _number_or(int, ("auto", "all"), "a number of images")
+_threshold = _number_or(float, ("auto", "auto"), "a probability")
 _time_budget = _number_or(float, ("auto", "none"), "minutes")
 
 
@@ -135,7 +143,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     for key in ("data", "val", "val_fraction", "out", "mode", "backbone", "weights", "image_size",
                 "augment", "balance", "class_weight", "max_per_class", "epoch_size", "max_val",
-                "preflight", "logit_adjustment", "loss", "interval", "unfreeze", "epochs",
+                "preflight", "logit_adjustment", "loss", "interval", "threshold", "unfreeze",
+                "epochs",
                 "batch_size", "lr", "dropout", "seed", "device", "workers", "max_pixels",
                 "time_budget", "resume", "strict", "report"):
         value = getattr(args, key)
@@ -195,6 +204,14 @@ def report(result, echo) -> None:
         echo(f"Validation: MAE {m['mae']:.4g} | RMSE {m['rmse']:.4g} | R² {m['r2']:.3f} | "
              f"Spearman {m['spearman']:.3f} | n={m['n']}; {m['interval_promised']:.0%} "
              f"prediction interval ±{clf.halfwidth_:.4g} (fitted on these images)")
+        _paths(result, echo)
+        return
+    if result.evaluation.metrics.get("task") == "multilabel":
+        echo(f"Mode: {clf.mode_}; sigmoid head, one calibrated probability per label; best "
+             f"epoch {clf.best_epoch_}" + (f" of {stage}" if stage and stage != clf.mode_
+                                            else "") + ".")
+        echo("Validation metrics (thresholds chosen on these images):")
+        echo(format_multilabel_table(result.evaluation.metrics))
         _paths(result, echo)
         return
     echo(f"Mode: {clf.mode_}; balance: {clf.balance_}; best epoch {clf.best_epoch_}"

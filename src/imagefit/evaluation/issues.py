@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from imagefit._validation import check_int, check_scalar
-from imagefit.data.index import value_strata
+from imagefit.data.index import rarest_tag, value_strata
 from imagefit.data.text import as_text
 from imagefit.errors import ConfigError, DatasetError
 from imagefit.models.net import make_head
 from imagefit.train.engine import LoopSettings, StepSettings, fit_loop
 from imagefit.train.loader import shuffled_indices
-from imagefit.train.objectives import ridge_fit
+from imagefit.train.objectives import MultiLabel, ridge_fit
 
 # Cosine similarity of EfficientNet-Lite0 features (224 px) from which two images count as near
 # duplicates, measured with benchmarks/near_duplicates.py (400 photo crops + 60 planted copies).
@@ -231,9 +231,104 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, n_classe
     return proba
 
 
+def out_of_fold_tag_probabilities(features: np.ndarray, tags: np.ndarray, *, n_folds: int = 5,
+                                  seed: int = 0, epochs: int = 60, lr: float = 1e-3,
+                                  dropout: float = 0.2, batch_size: int = 64,
+                                  groups: np.ndarray | None = None) -> np.ndarray:
+    """Cross-validated label probabilities of a multi-label set: each row predicted by a
+    sigmoid head (dropout + linear, binary cross-entropy with the training's per-label
+    positive weights, `objectives.MultiLabel.fitted`) trained on the other folds; folds
+    stratified by each row's rarest label, a group's rows in one fold.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> tags = rng.random((60, 2)) < 0.5
+        >>> x = (rng.normal(size=(60, 6)) + 2.0 * np.c_[tags, tags, tags] - 1).astype(np.float32)
+        >>> oof = out_of_fold_tag_probabilities(x, tags, n_folds=3, epochs=30, lr=0.05)
+        >>> bool(((oof >= 0.5) == tags).mean() > 0.85)
+        True
+    """
+    for name, value, minimum in (("n_folds", n_folds, 2), ("seed", seed, 0),
+                                 ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        check_int(name, value, minimum)
+    x = _check_matrix("features", features)
+    tags = np.asarray(tags, bool)
+    if tags.shape[0] != len(x) or tags.ndim != 2:
+        raise ConfigError(f"The 'tags' parameter must be a 0/1 matrix with one row per feature "
+                          f"row ({len(x)}). Got shape {tags.shape} instead.")
+    strata = rarest_tag(tags)
+    folds = stratified_fold_ids(np.where(strata < 0, tags.shape[1], strata), n_folds, seed,
+                                groups=groups)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(tags.astype(np.float32))
+    proba = np.zeros(tags.shape, np.float64)
+    settings = LoopSettings(epochs, lr, patience=10, stage="cv")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as out_of_fold_probabilities: small batches
+    try:
+        for fold in range(n_folds):
+            test = np.flatnonzero(folds == fold)
+            if len(test) and (folds != fold).any():
+                train = folds != fold
+                objective = MultiLabel.fitted(tags[train])
+                head = _fit_fold(xt[torch.from_numpy(train)], yt[torch.from_numpy(train)],
+                                 tags.shape[1], settings, seed=seed * 1_000 + fold,
+                                 dropout=dropout, batch_size=batch_size, class_weight=None,
+                                 objective=objective)
+                with torch.no_grad():
+                    proba[test] = torch.sigmoid(head(xt[torch.from_numpy(test)]).double()).numpy()
+            elif len(test):
+                proba[test] = tags.mean(axis=0)
+    finally:
+        torch.set_num_threads(threads)
+    return proba
+
+
+@dataclass
+class TagIssues:
+    """Label issues of a multi-label set, most likely first: `rows`, `labels` (column),
+    `missing` (True: the label is absent but looks present; False: given but looks absent)
+    and `score` (the out-of-fold probability of the opposite of what was given)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    missing: np.ndarray
+    score: np.ndarray
+
+
+def find_tag_issues(tags: np.ndarray, pred_probs: np.ndarray) -> TagIssues:
+    """Confident learning per label, as a binary problem (Northcutt et al., JAIR 2021): with
+    t+ the mean out-of-fold probability over the rows given the label and t- the mean over
+    the others, a row without the label whose probability reaches t+ probably misses it, and
+    a row with it whose probability is at most t- probably has it wrongly. Ranked by the
+    probability of the opposite of what was given.
+
+    Example:
+        >>> tags = np.array([[1], [1], [1], [0], [0], [0]])
+        >>> p = np.array([[0.9], [0.8], [0.1], [0.2], [0.1], [0.95]])
+        >>> found = find_tag_issues(tags, p)
+        >>> found.rows.tolist(), found.missing.tolist()
+        ([5, 2], [True, False])
+    """
+    tags, p = np.asarray(tags, bool), np.asarray(pred_probs, np.float64)
+    found = []
+    for j in range(tags.shape[1]):
+        given, absent = tags[:, j], ~tags[:, j]
+        if not given.any() or not absent.any():
+            continue
+        t_pos, t_neg = p[given, j].mean(), p[absent, j].mean()
+        if t_pos <= t_neg:  # the label is not learnt: its probabilities say nothing
+            continue
+        found += [(r, j, True, p[r, j]) for r in np.flatnonzero(absent & (p[:, j] >= t_pos))]
+        found += [(r, j, False, 1 - p[r, j]) for r in np.flatnonzero(given & (p[:, j] <= t_neg))]
+    found.sort(key=lambda item: -item[3])
+    columns = list(zip(*found)) if found else [[], [], [], []]
+    return TagIssues(np.array(columns[0], np.int64), np.array(columns[1], np.int64),
+                     np.array(columns[2], bool), np.array(columns[3], np.float64))
+
+
 def _fit_fold(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: LoopSettings, *,
               seed: int, dropout: float, batch_size: int,
-              class_weight: np.ndarray | None) -> torch.nn.Module:
+              class_weight: np.ndarray | None, objective=None) -> torch.nn.Module:
     """Train one fold's head with imagefit's loop; return it in eval mode, last epoch's weights."""
     # A private generator state: seeding must not reset the caller's global RNG streams.
     with torch.random.fork_rng(devices=[]):
@@ -247,8 +342,11 @@ def _fit_fold(x: torch.Tensor, y: torch.Tensor, n_classes: int, settings: LoopSe
                 yield x[rows], y[rows]
 
         # Nothing is held out: with empty targets fit_loop runs every epoch and keeps the last.
-        fit_loop(head, batches, lambda: torch.zeros(0, n_classes), np.zeros(0, np.int64),
-                 n_classes, settings, step_settings=StepSettings(class_weight=class_weight))
+        no_targets = np.zeros((0, n_classes) if objective is not None else 0,
+                              np.float32 if objective is not None else np.int64)
+        fit_loop(head, batches, lambda: torch.zeros(0, n_classes), no_targets,
+                 n_classes, settings, step_settings=StepSettings(class_weight=class_weight,
+                                                                 objective=objective))
     return head.eval()
 
 

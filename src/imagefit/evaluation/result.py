@@ -75,7 +75,8 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
 
     Args:
         model: a fitted classifier (e.g. from `load_model`); an `ImageRegressor` gets
-            `evaluation.regression.evaluate_regressor` (a table of values as `data`).
+            `evaluation.regression.evaluate_regressor` (a table of values as `data`), a
+            multi-label one `evaluation.tagging.evaluate_tags` (a table of label sets).
         data: an `ImageIndex` or a dataset folder/CSV; class names are matched by name, and
             classes unknown to the model are an error.
 
@@ -90,6 +91,12 @@ def evaluate(model: ImageClassifier, data: ImageIndex | str | os.PathLike, *,
         index = data if isinstance(data, ImageIndex) else open_dataset(
             data, SourceOptions(task="regress"), min_classes=1)
         return evaluate_regressor(model, index, progress=progress)
+    if model.multilabel_:
+        from imagefit.evaluation.tagging import evaluate_tags
+
+        index = data if isinstance(data, ImageIndex) else open_dataset(
+            data, SourceOptions(task="multilabel"), min_classes=1)
+        return evaluate_tags(model, index, progress=progress)
     index = data if isinstance(data, ImageIndex) else scan_folder(data, min_classes=1)
     index = index.with_classes(model.classes_)
     preds = model.predict_files(index.paths, progress=progress)

@@ -292,3 +292,69 @@ def _value_charts(data: RegressionReportData) -> list[Markup]:
     charts.append(figures.scatter(data.y_true, data.value, "Predicted (y) against true (x)"))
     charts.append(figures.histogram(data.value - data.y_true, "Residuals (predicted - true)"))
     return [Markup(chart) for chart in charts]  # built from numbers, every text escaped
+
+
+@dataclass
+class TagReportData:
+    """What a multi-label model's page shows: the metrics, the evaluated images' per-label
+    rankings (`evaluation.tagging.TagResult.rankings`), label counts and co-occurrence, and
+    what the run folder adds (history, label issues, duplicates)."""
+
+    title: str
+    metrics: dict
+    labels: tuple[str, ...]
+    paths: np.ndarray
+    rankings: dict[str, dict[str, list[tuple[int, float]]]]
+    co_occurrence: np.ndarray           # (n_labels, n_labels) images with both labels
+    subtitle: str = ""
+    history: list[dict] | None = None
+    label_counts: dict[str, np.ndarray] | None = None
+    label_issues: list[tuple[str, str, bool, float]] | None = None  # path, label, missing, score
+    label_issue_note: str = ""
+    duplicates: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+TAG_GALLERIES = (("confident", "Most confident positives"),
+                 ("missed", "Positives it missed (lowest probability first)"),
+                 ("false_positive", "Confident false positives"))
+
+
+def render_tags_report(data: TagReportData, out_dir: str | os.PathLike) -> Path:
+    """Write a multi-label model's `out_dir/index.html` and its assets; returns its path."""
+    out = Path(out_dir)
+    assets = _Assets(out / "assets")
+    m = data.metrics
+    cards = [{"label": label, "value": _fmt(m[key])} for key, label in (
+        ("map", "mAP"), ("macro_f1", "Macro-F1"), ("micro_f1", "Micro-F1"),
+        ("samples_f1", "Samples-F1"), ("subset_accuracy", "Subset accuracy"),
+        ("hamming_loss", "Hamming loss"), ("ece", "Mean ECE"), ("n", "Images"))]
+    per_label = [{"name": str(name), **{k: f"{r[k]:.3f}" for k in (
+        "precision", "recall", "f1", "ap", "ece", "threshold")}, "support": str(r["support"])}
+        for name, r in m["per_label"].items()]
+    galleries = []
+    for name in data.labels:
+        blocks = [{"title": title, "tiles": [
+            _tile(assets, str(data.paths[row]), [f"p({name}) {p:.3f}"])
+            for row, p in data.rankings[name][key]]} for key, title in TAG_GALLERIES]
+        galleries.append({"name": name, "blocks": blocks})
+    issues = data.label_issues
+    charts = _history_charts(data.history, {"val mAP": "val_map", "val macro-F1": "val_macro_f1"},
+                             "Validation mAP and macro-F1", "Loss")
+    if data.label_counts:
+        charts.append(figures.grouped_bars(list(data.labels), data.label_counts,
+                                           "Images per label"))
+    page = _TEMPLATES.get_template("multilabel.html.j2").render(
+        title=data.title, subtitle=data.subtitle, cards=cards, per_label=per_label,
+        labels=[str(n) for n in data.labels], galleries=galleries,
+        co_occurrence=[{"name": str(name), "cells": [int(v) for v in row]}
+                       for name, row in zip(data.labels, data.co_occurrence)],
+        charts=[Markup(chart) for chart in charts],  # built from numbers, every text escaped
+        label_issues=None if issues is None else {
+            "note": data.label_issue_note, "more": len(issues) - 60,
+            "tiles": [_tile(assets, path, [f"{'missing' if missing else 'wrong'}: {label}",
+                                           f"score {score:.3f}"])
+                      for path, label, missing, score in issues[:60]]},
+        duplicates=None if data.duplicates is None else _duplicates(data.duplicates, assets),
+        notes=[str(n) for n in data.notes])
+    return _write_page(out, page)

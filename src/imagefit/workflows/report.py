@@ -78,6 +78,10 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     clf = load_model(model_dir)
     if isinstance(clf, ImageRegressor):
         return _regression_report(clf, run_folder, data, out, progress)
+    if clf.multilabel_:
+        from imagefit.workflows.report_tags import tags_report  # it uses find_duplicates
+
+        return tags_report(clf, run_folder, data, out, progress)
     full_train, full_val = run_folder.read_split(clf.classes_)
     # The validation rows training used (max_val), and a bounded share of a huge training set.
     train = full_train.subset(MAX_TRAIN_JUDGED, clf.seed)
@@ -114,7 +118,7 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     rankings.write_csv(out_dir / "rankings.csv", evaluated.paths, clf.classes_)
     issues = _label_issues(clf, train, features["train"].features, features["train"].ok)
     write_label_issues(issues, out_dir / "label_issues.csv")
-    duplicates = _duplicates(parts, features)
+    duplicates = find_duplicates(parts, features)
     report = ReportData(
         title=f"imagefit report: {run_dir.name}",
         subtitle=f"{clf.backbone_name_} at {clf.preprocessing_.image_size}px · evaluated on the "
@@ -194,7 +198,8 @@ def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
     issues = _value_issues(reg, train, features["train"])
     write_value_issues(issues, out_dir / "label_issues.csv")
     codes = np.unique(np.concatenate([p.targets for p in parts.values()]), return_inverse=True)[1]
-    duplicates = _duplicates(parts, features, labels=codes, across="values")
+    names = np.array([f"{v:.4g}" for p in parts.values() for v in p.targets], dtype=object)
+    duplicates = find_duplicates(parts, features, labels=codes, across="values", names=names)
     on = f"{len(evaluated):,} test images" if data is not None else "the validation split"
     report = RegressionReportData(
         title=f"imagefit report: {run_folder.path.name}",
@@ -236,11 +241,12 @@ def _value_issues(reg: ImageRegressor, train: ImageIndex, extracted
             for i in np.argsort(-score, kind="stable") if score[i] > VALUE_ISSUE_Z]
 
 
-def _duplicates(parts: dict[str, ImageIndex], features: dict, labels: np.ndarray | None = None,
-                across: str = "classes") -> dict:
+def find_duplicates(parts: dict[str, ImageIndex], features: dict,
+                    labels: np.ndarray | None = None, across: str = "classes",
+                    names: np.ndarray | None = None) -> dict:
     """Exact groups (same bytes) and near-duplicate pairs (embeddings) over every split, with
-    counts of label conflicts (across classes, or across `values`: `labels` then codes each
-    distinct value) and leakage (across splits)."""
+    counts of label conflicts (across classes; or across what `labels` codes, e.g. distinct
+    values or label sets, shown as `names`) and leakage (across splits)."""
     paths = concat_text(index.paths for index in parts.values())
     if labels is None:
         labels = np.concatenate([index.labels for index in parts.values()])
@@ -262,10 +268,8 @@ def _duplicates(parts: dict[str, ImageIndex], features: dict, labels: np.ndarray
                "near-duplicate pairs": near_info["n_pairs"],
                f"near pairs across {across}": near_info["label_conflict"],
                "near pairs across splits (leakage)": near_info["leakage"]}
-    targets = np.concatenate([index.targets for index in parts.values()]) \
-        if across == "values" else None
-    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]) if targets is None
-                           else f"{targets[i]:.4g}", str(subsets[i])))
+    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]) if names is None
+                           else str(names[i]), str(subsets[i])))
     groups = [[describe(int(i)) for i in group] for group in exact]
     groups += [[describe(int(i)), describe(int(j))] for i, j, _ in near[:30]]
     return {"summary": summary, "groups": groups}

@@ -27,6 +27,9 @@ HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_accuracy",
 # A regression's validation columns instead of the accuracies (`train.objectives`).
 REGRESSION_HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_mae", "val_rmse",
                               "val_r2", "lr", "seconds"]
+# A multi-label model's: mean average precision and macro F1 at 0.5.
+MULTILABEL_HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "val_loss", "val_map",
+                              "val_macro_f1", "lr", "seconds"]
 
 
 def default_run_dir() -> str:
@@ -97,7 +100,7 @@ class RunFolder:
     def write_split(self, train: ImageIndex, val: ImageIndex,
                     test: ImageIndex | None = None) -> None:
         """`path,label,split,sha256` for every image used (a regression's label is the
-        value), and a `group` column when the data has groups. Names that are not valid UTF-8
+        value; a multi-label one's, its labels joined with `|`), and a `group` column when the data has groups. Names that are not valid UTF-8
         on disk are written byte for byte (surrogateescape), so `read_split` reads them back."""
         parts = [("train", train), ("val", val)] + ([("test", test)] if test else [])
         grouped = any(part.groups is not None for _, part in parts)
@@ -114,9 +117,10 @@ class RunFolder:
                     group = "" if group.startswith(UNGROUPED) else group
                     writer.writerow([p, label, name, digest] + ([group] if grouped else []))
 
-    def read_split(self, classes: tuple[str, ...] | None) -> tuple[ImageIndex, ImageIndex]:
+    def read_split(self, classes: tuple[str, ...] | None, *, multilabel: bool = False
+                   ) -> tuple[ImageIndex, ImageIndex]:
         """(train, validation) indexes of `split.csv`, labels against `classes`; with None,
-        a regression's, whose label column holds the values."""
+        a regression's, whose label column holds the values; `multilabel`: label sets."""
         if not self.split.is_file():
             raise DatasetError(f"{self.split} is missing: a report needs the run folder written "
                                f"by 'imagefit train' (split.csv lists the training images).")
@@ -126,8 +130,13 @@ class RunFolder:
         for name in ("train", "val"):
             chosen = [r for r in rows if r["split"] == name]
             paths, labels = [r["path"] for r in chosen], [r["label"] for r in chosen]
-            index = (_value_index(self.split, paths, labels) if classes is None
-                     else ImageIndex.from_paths(paths, labels, classes))
+            if multilabel:
+                index = ImageIndex.from_tags(paths, [[t for t in label.split("|") if t]
+                                                     for label in labels], classes)
+            elif classes is None:
+                index = _value_index(self.split, paths, labels)
+            else:
+                index = ImageIndex.from_paths(paths, labels, classes)
             groups = None
             if "group" in (rows[0] if rows else {}):
                 groups = np.array([r["group"] or UNGROUPED + r["path"] for r in chosen], dtype=str)
@@ -164,6 +173,7 @@ class RunFolder:
 
     def write_history(self, history: list[dict]) -> None:
         columns = (REGRESSION_HISTORY_COLUMNS if history and "val_mae" in history[0]
+                   else MULTILABEL_HISTORY_COLUMNS if history and "val_map" in history[0]
                    else HISTORY_COLUMNS)
         with open(self.history, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)

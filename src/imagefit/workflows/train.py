@@ -25,6 +25,7 @@ from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.regression import (RegressionResult, evaluate_regressor,
                                             validation_result)
 from imagefit.evaluation.result import EvaluationResult, evaluate
+from imagefit.evaluation.tagging import validation_tags_result
 from imagefit.metrics import classification_metrics
 from imagefit.progress import printable
 from imagefit.regressor import ImageRegressor
@@ -88,8 +89,8 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                     verbose=progress)
     size = input_size(clf.get_params())
     # The validation data is read as the training data turned out: numbers or classes.
-    val_source = replace(source.for_data(config.val), task="regress" if index.is_regression
-                         else "classify") if config.val else None
+    val_source = replace(source.for_data(config.val), task=_task_of(index)) \
+        if config.val else None
     val_index = (open_dataset(config.val, val_source, cache_dir=config.cache_dir)
                  if config.val else None)
     refuse_output_inside(run_dir, [index] + ([val_index] if val_index is not None else []))
@@ -111,7 +112,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         train = checked.index.without_test()
         val = val_checked.index.without_test()
         if not val.is_regression:  # a regression's classes are its own value bins
-            val = val.with_classes(train.classes)
+            val = val.with_classes(train.classes)  # multi-label: label columns by name
     else:
         train, val = checked.index.split(config.val_fraction, config.seed)
     test = checked.index.test_part()
@@ -162,7 +163,7 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     test_evaluation = None
     if len(test):
         test_evaluation = (evaluate_regressor(clf, test) if index.is_regression
-                           else evaluate(clf, test))
+                           else evaluate(clf, test))  # label sets: evaluation.tagging
         test_evaluation.save(run.test_eval)
         log.info(f"Test ({len(test):,} images held out of training): "
                  f"{_headline(test_evaluation.metrics)}; {run.test_eval / 'metrics.json'}")
@@ -174,17 +175,30 @@ def train_run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     return TrainResult(run_dir, model_dir, clf, evaluation, bad_files, report, test_evaluation)
 
 
+def _task_of(index: ImageIndex) -> str:
+    """The task a training index turned out to be, as `SourceOptions.task` names it."""
+    return ("regress" if index.is_regression else "multilabel" if index.is_multilabel
+            else "classify")
+
+
 def _found(index: ImageIndex) -> str:
     """What the scan found: the classes and their sizes, or the range of the values."""
     if index.is_regression:
         t = index.targets
         return (f"Found {len(index):,} images with values from {t.min():.4g} to {t.max():.4g} "
                 f"(median {np.median(t):.4g}).")
+    if index.is_multilabel:
+        per_image = index.tags.sum(axis=1)
+        return (f"Found {len(index):,} images with {len(index.classes)} labels "
+                f"({per_image.mean():.2f} per image, {int((per_image == 0).sum())} with none): "
+                + ", ".join(f"{c} ({n})" for c, n in zip(index.classes, index.counts())))
     return (f"Found {len(index):,} images in {len(index.classes)} classes: "
             + ", ".join(f"{c} ({n})" for c, n in zip(index.classes, index.counts())))
 
 
 def _headline(metrics: dict) -> str:
+    if metrics.get("task") == "multilabel":
+        return f"mAP {metrics['map']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
     if metrics.get("task") == "regress":
         return (f"MAE {metrics['mae']:.4g}, R² {metrics['r2']:.3f}, "
                 f"{metrics['interval_promised']:.0%} interval coverage "
@@ -198,6 +212,9 @@ def _choices(clf: ImageClassifier | ImageRegressor) -> str:
     parts = [f"mode {clf.mode_}"]
     if isinstance(clf, ImageRegressor):
         parts.append(f"loss {clf.loss}")
+    elif clf.multilabel_:
+        parts.append("sigmoid head, thresholds " + (
+            "by max F1 per label" if clf.threshold == "auto" else f"{clf.threshold:g}"))
     else:
         parts.append(f"balance {clf.balance_}")
     if clf.mode_ != "probe":
@@ -235,6 +252,8 @@ def _validation_result(clf: ImageClassifier | ImageRegressor
     """Metrics on the validation set from the predictions `fit` already made."""
     if isinstance(clf, ImageRegressor):
         return validation_result(clf)
+    if clf.multilabel_:
+        return validation_tags_result(clf)
     preds, y_val = clf.validation_
     metrics = classification_metrics(y_val, preds.proba, clf.classes_)
     return EvaluationResult(metrics, replace(preds, proba=preds.proba.astype(np.float32)),
@@ -251,12 +270,18 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier | ImageRegressor)
                     balance=s.balance, device=s.device,
                     augment=json.loads(json.dumps(s.augment.to_dict())), unfreeze=clf.unfreeze_,
                     epochs=s.epochs, lr=s.lr, dropout=s.dropout, time_budget=s.time_budget)
+    if clf.multilabel_:
+        resolved["task"] = "multilabel"
     resolved["resolved"] = {"mode_requested": config.mode, "augment_requested": config.augment,
                             "time_budget_requested": config.time_budget,
                             "balance_requested": config.balance,
                             "class_weight": {c: round(float(w), 6) for c, w in
                                              zip(clf.classes_, s.class_weight)},
-                            "temperature": round(float(clf.temperature_), 6),
+                            **({"task_requested": config.task,
+                                "thresholds": {c: round(float(t), 6) for c, t in
+                                               zip(clf.classes_, clf.thresholds_)}}
+                               if clf.multilabel_ else
+                               {"temperature": round(float(clf.temperature_), 6)}),
                             "best_epoch": int(clf.best_epoch_),
                             "best_stage": clf.training_.get("best_stage"),
                             "max_val": s.max_val, "n_drawn": clf.training_.get("n_drawn"),
