@@ -11,7 +11,8 @@ from imagefit._fileio import check_output_file, check_output_folder
 from imagefit._validation import check_int
 from imagefit.cli.source import DATA_HELP, add_source_options, open_test_data
 from imagefit.data.index import refuse_output_inside
-from imagefit.metrics import format_per_class_table, format_regression_line
+from imagefit.metrics import (format_multilabel_table, format_per_class_table,
+                              format_regression_line)
 from imagefit.progress import printable
 from imagefit.workflows.run_folder import RunFolder
 
@@ -20,6 +21,7 @@ EXAMPLES = """examples:
   imagefit evaluate runs/cats/model data/test --json test-metrics.json
   imagefit evaluate runs/scans held-out.csv --path-col file --label-col diagnosis
   imagefit evaluate runs/age test-ages.csv --label-col age   # a regression: MAE, R², coverage
+  imagefit evaluate runs/tags test-tags.csv   # multi-label: mAP, F1s, per-label table
 """
 
 
@@ -48,15 +50,18 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     model = load_model(args.run)  # a refused model file says so before anything else
     regression = not hasattr(model, "classes_")
+    multilabel = not regression and model.multilabel_
     if args.max_pixels is not None:
         model.set_params(max_pixels=check_int("max_pixels", args.max_pixels, 1))
-    data = open_test_data(args, args.data, task="regress" if regression else None)
+    data = open_test_data(args, args.data, task="regress" if regression else
+                          "multilabel" if multilabel else None)
     if args.report:
         refuse_output_inside(args.report, [args.data, data])  # before anything is created
         check_output_folder(args.report, "--report")
     result = evaluate(model, data, progress=not args.quiet)
     if not args.quiet:
         print(format_regression_line(result.metrics) if regression
+              else format_multilabel_table(result.metrics) if multilabel
               else format_per_class_table(result.metrics))
         if result.bad_files:
             print(f"Skipped {len(result.bad_files)} unreadable files "
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{result.bad_files[0].reason}).")
     if args.report:
         _report(args, data, model, result)
-    if args.json and regression:
+    if args.json and (regression or multilabel):
         from imagefit.evaluation.regression import json_text
 
         Path(args.json).write_text(json_text(result.metrics), encoding="utf-8")

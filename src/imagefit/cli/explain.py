@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   imagefit explain runs/cats photos/tabby.jpg              # -> runs/cats/explain/tabby/
   imagefit explain runs/cats photos/tabby.jpg --true-label cat --out why-tabby
   imagefit explain runs/cats/model photos/tabby.jpg --quiet
+  imagefit explain runs/tags photos/beach.jpg --label dog   # multi-label: each predicted
+                                                           # label's map, and dog's
 
 Written: input.png (the image as the model sees it), activations/stage_<i>_<name>.png (up to
 32 channels of each backbone stage), gradcam_pred_<class>.png (Grad-CAM of the predicted class
@@ -32,6 +34,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("--out", metavar="DIR", help="default RUN/explain/<image name>")
     p.add_argument("--true-label", metavar="NAME",
                    help="the image's known class: also draw Grad-CAM for it")
+    p.add_argument("--label", metavar="NAME", help="also draw Grad-CAM for this class (a "
+                   "multi-label model's label: every predicted label gets one anyway)")
     p.set_defaults(handler=run)
 
 
@@ -42,16 +46,20 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.run)
     clf = load_model(model_dir)
-    if args.true_label is not None and hasattr(clf, "halfwidth_"):
-        raise ConfigError("--true-label names a class; this model is a regression (its "
-                          "Grad-CAM is of the predicted value).")
+    if (args.true_label or args.label) is not None and hasattr(clf, "halfwidth_"):
+        raise ConfigError("--true-label and --label name a class; this model is a regression "
+                          "(its Grad-CAM is of the predicted value).")
     out = (Path(args.out) if args.out
            else model_dir.parent / "explain" / safe_name(Path(args.image).stem))
-    result = explain_image(clf, args.image, out, true_label=args.true_label)
+    result = explain_image(clf, args.image, out, true_label=args.true_label, label=args.label)
     if not args.quiet:
         detail = (f"[{result.interval[0]:.6g}, {result.interval[1]:.6g}]" if result.interval
-                  else f"({result.confidence:.3f})" if result.value is None else "")
-        print(f"Predicted {printable(result.label)} {detail} for {printable(args.image)}.")
+                  else "" if result.value is not None or result.labels is not None
+                  else f"({result.confidence:.3f})")
+        if result.labels == []:
+            result.label = "no label"
+        print(f"Predicted {printable(result.label)}{' ' + detail if detail else ''} "
+              f"for {printable(args.image)}.")
         for note in result.notes:
             print(f"note: {printable(note)}")
         print(f"Wrote {len(result.files)} files to {printable(result.out_dir)}:")

@@ -41,7 +41,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("--root", metavar="DIR", help="table: the folder relative paths start from "
                    "(default: the table's folder)")
     p.add_argument("--out", metavar="FILE.csv", help="write path,label,confidence,prob_<class>... "
-                   "(a regression's model: path,value,lower,upper)")
+                   "(a regression's model: path,value,lower,upper; a multi-label one's: "
+                   "path,labels,prob_<label>..., labels joined with |)")
     p.add_argument("--top-k", type=int, metavar="N", help="also list the N most likely classes")
     p.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (default: "
                    "the cap the model was trained with, from model.json)")
@@ -53,6 +54,7 @@ def add_parser(sub, common) -> None:
 def run(args: argparse.Namespace) -> int:
     from imagefit.estimator import load_model
     from imagefit.evaluation.result import write_predictions_csv
+    from imagefit.evaluation.tagging import write_tag_predictions_csv
 
     if args.out:
         check_output_file(args.out, "--out")
@@ -85,16 +87,21 @@ def run(args: argparse.Namespace) -> int:
         return _predict_values(model, paths, leading, args)
     errors = []  # per chunk, counted as the chunks stream past
     chunks = model.iter_predict_files(paths, progress=not args.quiet, tta=args.tta)
-    if args.out:
+    if args.out and model.multilabel_:
+        write_tag_predictions_csv(_counting(chunks, errors), args.out, model.thresholds_,
+                                  top_k=args.top_k, leading=leading)
+    elif args.out:
         write_predictions_csv(_counting(chunks, errors), args.out, top_k=args.top_k,
                               leading=leading)
+    if args.out:
         n_errors = sum(errors)
         if not args.quiet:
             print(f"Wrote {len(paths):,} predictions to {args.out}"
                   + (f" ({n_errors} unreadable, see the error column)" if n_errors else "") + ".")
     else:
         for preds in _counting(chunks, errors):
-            _print_chunk(preds, args.top_k or 1)
+            _print_chunk(preds, args.top_k or 1,
+                         model.thresholds_ if model.multilabel_ else None)
         n_errors = sum(errors)
     return 0 if n_errors < len(paths) else 1
 
@@ -132,7 +139,11 @@ def _counting(chunks, errors: list[int]):
         yield preds
 
 
-def _print_chunk(preds, top_k: int) -> None:
+def _print_chunk(preds, top_k: int, thresholds=None) -> None:
+    """path, then the top-k classes and probabilities; a multi-label model's predicted
+    labels (joined with |, "-" for none) come first."""
+    from imagefit.evaluation.tagging import tag_names
+
     for i, path in enumerate(preds.paths):
         if preds.errors[i]:
             print(f"{printable(path)}\tERROR\t{printable(preds.errors[i])}")
@@ -140,4 +151,7 @@ def _print_chunk(preds, top_k: int) -> None:
         order = preds.proba[i].argsort()[::-1][:top_k]
         tops = "\t".join(f"{printable(preds.classes[j])}\t{preds.proba[i][j]:.4f}"
                          for j in order)
+        if thresholds is not None:
+            labels = tag_names(preds.classes, preds.proba[i] >= thresholds) or "-"
+            tops = f"{printable(labels)}\t{tops}"
         print(f"{printable(path)}\t{tops}")

@@ -36,6 +36,8 @@ class ExplainResult:
         out_dir: the folder everything was written to.
         value, interval: a regression's predicted value and its (lower, upper) bounds (None
             for a classifier; `label` is then the value as text, `confidence` NaN).
+        labels: a multi-label model's predicted labels (`label` joins them with "|",
+            `confidence` is NaN: `probabilities` has each label's own).
         files: every file written, `explain.json` last.
         notes: what could not be drawn and why (empty when everything was).
     """
@@ -49,15 +51,19 @@ class ExplainResult:
     notes: list[str] = field(default_factory=list)
     value: float | None = None
     interval: tuple[float, float] | None = None
+    labels: list[str] | None = None
 
 
 def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  true_label: str | None = None) -> ExplainResult:
+                  true_label: str | None = None, label: str | None = None) -> ExplainResult:
     """Explain one prediction: activations of every stage and Grad-CAM, written to `out_dir`.
 
     Writes `input.png` (the image as the model sees it), `activations/stage_<i>_<name>.png`,
     `gradcam_pred_<label>.png`, `gradcam_true_<label>.png` (when `true_label` is given and
-    differs from the prediction) and `explain.json`. For an `ImageRegressor`, the Grad-CAM is
+    differs from the prediction), `gradcam_label_<label>.png` (for a chosen `label`) and
+    `explain.json`. A multi-label model's prediction is every label reaching its threshold,
+    each with its own `gradcam_pred_<label>.png` (the most probable label's when none
+    does). For an `ImageRegressor`, the Grad-CAM is
     of the predicted value (`gradcam_value.png`: where the image raises it). What cannot be
     drawn for this backbone is skipped with a note rather than failing.
 
@@ -66,6 +72,7 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         path: the image file.
         out_dir: the output folder (created if needed).
         true_label: the image's known class, for a second Grad-CAM map.
+        label: any class (label) of the model, for a Grad-CAM map of it.
 
     Raises:
         ConfigError: `true_label` is not one of the model's classes.
@@ -78,15 +85,16 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
         ('cat', 'explain.json')
     """
     if hasattr(clf, "halfwidth_"):
-        if true_label is not None:
+        if true_label is not None or label is not None:
             raise ConfigError("true_label names a class; this model is a regression (its "
                               "Grad-CAM is of the predicted value).")
         return _explain_value(clf, path, Path(out_dir))
     check_is_fitted(clf)
     classes = list(clf.classes_)
-    if true_label is not None and true_label not in classes:
-        raise ConfigError(f"Unknown true label {true_label!r}; the model's classes are: "
-                          f"{', '.join(classes)}.")
+    for given in (true_label, label):
+        if given is not None and given not in classes:
+            raise ConfigError(f"Unknown label {given!r}; the model's classes are: "
+                              f"{', '.join(classes)}.")
     prep = clf.preprocessing_
     image = load_image(path, prep.image_size, background=prep.background)
     proba = _calibrated_proba(clf, path)
@@ -94,12 +102,19 @@ def explain_image(clf, path: str | os.PathLike, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     result = ExplainResult(Path(path), classes[predicted], float(proba[predicted]),
                            {c: float(p) for c, p in zip(classes, proba)}, out)
+    shown = [predicted]
+    if clf.multilabel_:
+        shown = [int(j) for j in np.flatnonzero(proba >= clf.thresholds_)] or [predicted]
+        result.labels = [classes[j] for j in np.flatnonzero(proba >= clf.thresholds_)]
+        result.label, result.confidence = "|".join(result.labels), float("nan")
     out.mkdir(parents=True, exist_ok=True)
     _write_png(result, "input.png", image)
     stages = _write_activations(clf, image, result)
-    targets = [("pred", predicted)]
-    if true_label is not None and true_label != result.label:
+    targets = [("pred", j) for j in shown]
+    if true_label is not None and classes.index(true_label) not in shown:
         targets.append(("true", classes.index(true_label)))
+    if label is not None:
+        targets.append(("label", classes.index(label)))
     _write_gradcams(clf, image, targets, result)
     _write_json(result, true_label, stages)
     return result
@@ -201,6 +216,8 @@ def _write_json(result: ExplainResult, true_label: str | None, stages: list[dict
            "probabilities": result.probabilities, "stages": stages,
            "files": [p.relative_to(result.out_dir).as_posix() for p in result.files],
            "notes": result.notes}
+    if result.labels is not None:  # multi-label: a label set, a probability per label
+        doc.update(prediction=result.labels, confidence=None)
     if result.value is not None:  # a regression: the value, no class or confidence
         doc.update(prediction=result.value, confidence=None, interval=result.interval)
         del doc["true_label"], doc["probabilities"]

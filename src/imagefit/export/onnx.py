@@ -1,6 +1,6 @@
 """Exporting a fitted model to a file that runs without imagefit: ONNX (for ONNX Runtime) or
 TorchScript. The exported graph takes uint8 RGB images already resized to the model's size and
-returns calibrated probabilities (a classifier) or the value and its prediction interval (a
+returns calibrated probabilities (a classifier; per label for a multi-label one) or the value and its prediction interval (a
 regression); the export verifies itself against PyTorch before it is kept.
 """
 
@@ -65,6 +65,20 @@ class DeployableRegressor(DeployableClassifier):
         return torch.stack([value, value - self.target[2], value + self.target[2]], dim=1)
 
 
+class DeployableTagger(DeployableClassifier):
+    """uint8 (N, S, S, 3) RGB -> (N, K): each label's calibrated probability (per-label Platt
+    scaling of the sigmoid head's logits)."""
+
+    def __init__(self, clf: ImageClassifier):
+        super().__init__(clf)
+        a, b = clf.platt_
+        self.register_buffer("platt_a", torch.tensor(a, dtype=torch.float32).view(1, -1))
+        self.register_buffer("platt_b", torch.tensor(b, dtype=torch.float32).view(1, -1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.outputs(images) * self.platt_a + self.platt_b)
+
+
 @dataclass
 class ExportResult:
     path: Path
@@ -96,7 +110,10 @@ def export_model(clf: ImageClassifier, out: str | os.PathLike, *, format: str = 
     check_choice("format", format, FORMATS)
     regression = hasattr(clf, "halfwidth_")
     check_is_fitted(clf, "halfwidth_" if regression else "classes_")
-    module = (DeployableRegressor if regression else DeployableClassifier)(clf).eval().cpu()
+    multilabel = not regression and clf.multilabel_
+    deployable = (DeployableRegressor if regression else DeployableTagger if multilabel
+                  else DeployableClassifier)
+    module = deployable(clf).eval().cpu()
     images, source = _verification_batch(clf, verify_images, max_verify)
     with torch.no_grad():
         expected = module(torch.from_numpy(images)).numpy()
@@ -163,8 +180,10 @@ def _export_onnx(module: nn.Module, clf: ImageClassifier) -> bytes:
                           opset_version=17, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     bg = clf.preprocessing_.background
+    multilabel = isinstance(module, DeployableTagger)
     meta = {
-        "imagefit.task": "regress" if regression else "classify",
+        "imagefit.task": ("regress" if regression else "multilabel" if multilabel
+                          else "classify"),
         "imagefit.image_size": str(size),
         "imagefit.preprocessing": json.dumps(clf.preprocessing_.to_dict()),
         "imagefit.backbone": clf.backbone_name_,
@@ -177,6 +196,13 @@ def _export_onnx(module: nn.Module, clf: ImageClassifier) -> bytes:
         meta["imagefit.output"] = ("prediction, shape (batch, 3): the value, then the lower and "
                                    "upper bounds of its imagefit.interval prediction interval "
                                    "(split conformal), in the target's unit")
+    elif multilabel:
+        meta["imagefit.classes"] = json.dumps(list(clf.classes_), ensure_ascii=True)
+        meta["imagefit.thresholds"] = json.dumps([float(t) for t in clf.thresholds_])
+        meta["imagefit.output"] = ("probabilities, shape (batch, n_labels): each label's own "
+                                   "calibrated probability (they need not sum to 1), in the "
+                                   "order of imagefit.classes; a label is predicted where it "
+                                   "reaches its entry of imagefit.thresholds")
     else:
         meta["imagefit.classes"] = json.dumps(list(clf.classes_), ensure_ascii=True)
         meta["imagefit.temperature"] = repr(float(clf.temperature_))

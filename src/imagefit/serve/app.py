@@ -136,8 +136,10 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
 
     Endpoints: `GET /` (a page to drop an image on), `GET /health`, `POST /predict` (raw image
     bytes as `application/octet-stream` or `image/*`; JSON `{label, confidence,
-    probabilities}`, or for an `ImageRegressor` `{value, lower, upper, interval}`, the bounds
-    null when too few validation images bounded them).
+    probabilities}`; for a multi-label model `{labels, probabilities, thresholds}`, `labels`
+    those whose calibrated probability reaches their threshold; for an `ImageRegressor`
+    `{value, lower, upper, interval}`, the bounds null when too few validation images bounded
+    them).
 
     Example:
         >>> app = create_app(imagefit.load_model("runs/x"))   # doctest: +SKIP
@@ -147,6 +149,8 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
                          np.uint8))  # export/load the backbone now, not on the first request
     regression = not hasattr(model, "classes_")
     classes = [] if regression else list(model.classes_)
+    multilabel = not regression and model.multilabel_
+    task = "regress" if regression else "multilabel" if multilabel else "classify"
     size = model.preprocessing_.image_size
     background = model.preprocessing_.background
     limiter_box: list[_Limiter] = []  # made inside the running event loop
@@ -177,6 +181,11 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
             bounded = np.isfinite(half)
             return {"value": value, "lower": value - half if bounded else None,
                     "upper": value + half if bounded else None, "interval": model.interval}
+        if multilabel:
+            return {"labels": [c for c, p, t in zip(classes, proba, model.thresholds_)
+                               if p >= t],
+                    "probabilities": {c: float(p) for c, p in zip(classes, proba)},
+                    "thresholds": {c: float(t) for c, t in zip(classes, model.thresholds_)}}
         best = int(proba.argmax())
         return {"label": classes[best], "confidence": float(proba[best]),
                 "probabilities": {c: float(p) for c, p in zip(classes, proba)}}
@@ -224,7 +233,7 @@ def create_app(model: ImageClassifier, settings: ServeSettings = ServeSettings()
             limiter().release()
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "task": "regress" if regression else "classify",
+        return JSONResponse({"status": "ok", "task": task,
                              "classes": classes, "backbone": model.backbone_name_,
                              "image_size": size, "auth": settings.api_key is not None},
                             headers=_SECURITY_HEADERS)

@@ -1,5 +1,6 @@
 // The imagefit page: send the chosen image's bytes to POST /predict and draw the top classes
-// (or, for a regression, the predicted value and its interval).
+// (a multi-label model's labels and every label's probability; a regression's predicted value
+// and its interval).
 // Class names are data, so they are only ever set with textContent.
 "use strict";
 
@@ -10,7 +11,9 @@ let needsKey = false;
 async function loadModelInfo() {
   try {
     const info = await (await fetch("/health")).json();
-    const what = info.task === "regress" ? "a number per image" : `${info.classes.length} classes`;
+    const what = info.task === "regress" ? "a number per image" :
+      info.task === "multilabel" ? `${info.classes.length} labels, any number per image` :
+      `${info.classes.length} classes`;
     $("model").textContent = `${what} · ${info.backbone} · ${info.image_size}px`;
     needsKey = info.auth;
     $("key-row").hidden = !needsKey;
@@ -35,7 +38,9 @@ function showValue(result) {
 function drawBars(result) {
   const bars = $("bars");
   bars.replaceChildren();
-  const ranked = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]).slice(0, TOP);
+  const tags = result.labels !== undefined;
+  const ranked = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1])
+    .slice(0, tags ? undefined : TOP);
   for (const [name, p] of ranked) {
     const item = document.createElement("li");
     const label = document.createElement("div");
@@ -52,6 +57,12 @@ function drawBars(result) {
     bar.append(fill);
     item.append(label, bar);
     bars.append(item);
+  }
+  if (tags) {
+    showStatus(result.labels.length ? result.labels.join(" | ") :
+      "No label reaches its threshold.", false);
+    $("status").dataset.labels = result.labels.join("|");
+    return;
   }
   showStatus(`${result.label} (${(100 * result.confidence).toFixed(1)}%)`, false);
   $("status").dataset.label = result.label;
