@@ -1,7 +1,8 @@
 """Exporting a fitted model to a file that runs without imagefit: ONNX (for ONNX Runtime) or
 TorchScript. The exported graph takes uint8 RGB images already resized to the model's size and
-returns calibrated probabilities (a classifier; per label for a multi-label one) or the value and its prediction interval (a
-regression); the export verifies itself against PyTorch before it is kept.
+returns calibrated probabilities (a classifier; per label for a multi-label one) or the value
+and its prediction interval (a regression); the export verifies itself against PyTorch before
+it is kept.
 """
 
 from __future__ import annotations

@@ -100,8 +100,9 @@ class RunFolder:
     def write_split(self, train: ImageIndex, val: ImageIndex,
                     test: ImageIndex | None = None) -> None:
         """`path,label,split,sha256` for every image used (a regression's label is the
-        value; a multi-label one's, its labels joined with `|`), and a `group` column when the data has groups. Names that are not valid UTF-8
-        on disk are written byte for byte (surrogateescape), so `read_split` reads them back."""
+        value; a multi-label one's, its labels joined with `|`), and a `group` column when the
+        data has groups. Names that are not valid UTF-8 on disk are written byte for byte
+        (surrogateescape), so `read_split` reads them back."""
         parts = [("train", train), ("val", val)] + ([("test", test)] if test else [])
         grouped = any(part.groups is not None for _, part in parts)
         with open(self.split, "w", newline="", encoding="utf-8",
