@@ -48,13 +48,9 @@ class TagResult:
         """Write an HTML report of this evaluation (per-label metrics, galleries, the label
         co-occurrence of this set); returns the page. `imagefit report RUN` adds label issues
         of the training data and duplicates."""
-        from imagefit.report.html import TagReportData, render_tags_report
+        from imagefit.report.evaluation import save_tags_report
 
-        seen = self.tags.astype(np.int64)
-        return render_tags_report(TagReportData(
-            title="imagefit evaluation", metrics=self.metrics, labels=self.predictions.classes,
-            paths=self.predictions.paths, rankings=self.rankings(), co_occurrence=seen.T @ seen,
-            subtitle=f"multi-label · {len(seen):,} images"), folder)
+        return save_tags_report(self, folder)
 
     def rankings(self, k: int = 8) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """Per label, (row, probability) of: the most confident positives ("confident"),

@@ -1,5 +1,6 @@
 """Rendering one `EvaluationResult` as a report folder (index.html, rankings.csv,
-label_issues.csv): what `EvaluationResult.save_report` does. The run's fuller report (training
+label_issues.csv): what `EvaluationResult.save_report` does (and `TagResult.save_report`,
+for a multi-label model's). The run's fuller report (training
 label issues, duplicates, curves) is `workflows/report.py`.
 """
 
@@ -8,8 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
-from imagefit.report.html import ReportData, render_report
+from imagefit.evaluation.tagging import TagResult
+from imagefit.report.html import ReportData, TagReportData, render_report, render_tags_report
 
 
 def save_evaluation_report(result: EvaluationResult, folder: str | os.PathLike) -> Path:
@@ -27,3 +31,14 @@ def save_evaluation_report(result: EvaluationResult, folder: str | os.PathLike) 
                       label_issue_note="Images of this set whose label disagrees with the "
                       "model's confident predictions; most likely first.")
     return render_report(data, folder)
+
+
+def save_tags_report(result: TagResult, folder: str | os.PathLike) -> Path:
+    """Write the report of a multi-label evaluation into `folder`: per-label metrics and
+    galleries, the label co-occurrence of this set; returns the page."""
+    seen = result.tags.astype(np.int64)
+    preds = result.predictions
+    return render_tags_report(TagReportData(
+        title="imagefit evaluation", metrics=result.metrics, labels=preds.classes,
+        paths=preds.paths, rankings=result.rankings(), co_occurrence=seen.T @ seen,
+        subtitle=f"multi-label · {len(seen):,} images"), folder)
