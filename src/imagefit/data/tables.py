@@ -81,6 +81,9 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
     label_name = indicator = None
     if label_col is not None and "," in label_col and label_regex is None:
+        if task not in ("auto", "multilabel"):
+            raise ConfigError("Several label columns (--label-col a,b,c) are 0/1 labels of a "
+                              "multi-label task; use --task multilabel (or auto).")
         indicator = [_pick_column(name, header, c.strip(), (), "label", report_notes)
                      for c in label_col.split(",") if c.strip()]
     elif label_regex is None:
@@ -190,9 +193,6 @@ def _decide_task(task: str, table: str, column: str | None, values: list[str],
     """"classify", "regress" or "multilabel" for the label `values` (see `from_table`)."""
     if task not in TASKS:
         raise ConfigError(f"The task must be one of {', '.join(TASKS)}, not {task!r}.")
-    if indicator and task not in ("auto", "multilabel"):
-        raise ConfigError("Several label columns (--label-col a,b,c) are 0/1 labels of a "
-                          "multi-label task; use --task multilabel (or auto).")
     if task == "multilabel" or indicator:
         if column is None:
             raise ConfigError("Multi-label training reads its labels from a column "
