@@ -140,7 +140,7 @@ class ImageClassifier(ImageModel):
 
     def _fit_tags(self, train: ImageIndex, val: ImageIndex, params: dict) -> "ImageClassifier":
         """`fit` for label sets: a sigmoid head (`train.tagging`), calibrated per label."""
-        settings = resolve_settings(params, train.counts(), train.classes)
+        settings = resolve_settings(params, train.counts(), train.classes, n_train=len(train))
         net = new_net(settings, len(train.classes))
         ctx = RunContext.for_data(settings, distributed.current(), train, val,
                                   progress=self.verbose)

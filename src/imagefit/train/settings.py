@@ -216,14 +216,16 @@ def resolve_time_budget(budget: float | str | None, n_train: int, device: str) -
 
 
 def resolve_settings(params: dict[str, Any], counts: np.ndarray, classes: tuple[str, ...],
-                     *, auto_augment: str = "light") -> Settings:
+                     *, auto_augment: str = "light", n_train: int | None = None) -> Settings:
     """Every setting of a run, from the estimator's parameters and the training classes'
     sizes; `auto_augment` is what augment "auto" means when it augments (a regression's
-    is "photometric"). Warns (UserWarning) where settings contradict each other."""
+    is "photometric"); `n_train`: the training images, where they are not the sum of
+    `counts` (multi-label: an image counts once per label). Warns (UserWarning) where settings
+    contradict each other."""
     check_estimator_params(params)
     backbone = resolve_backbone(params["mode"], params["backbone"])
     device = resolve_device(params["device"])
-    n_train = int(counts.sum())
+    n_train = int(counts.sum()) if n_train is None else int(n_train)
     mode = resolve_mode(params["mode"], backbone, device, n_train)
     _, epochs, patience, lr, dropout = MODE_DEFAULTS[mode]
     balance = resolve_balance(params["balance"], counts)
