@@ -332,7 +332,7 @@ def test_predict_and_evaluate_a_table_of_label_sets(tag_run, tmp_path):
     assert metrics["n"] == n_test and set(metrics["per_label"]) == {"red", "blue", "green"}
 
 
-def test_the_report_of_a_multi_label_run(tag_run):
+def test_the_report_of_a_multi_label_run(tag_run, tmp_path):
     report = tag_run["run"] / "report"
     page = (report / "index.html").read_text()
     for text in ("Label co-occurrence", "Most confident positives", "Positives it missed",
@@ -340,6 +340,12 @@ def test_the_report_of_a_multi_label_run(tag_run):
         assert text in page
     with open(report / "label_issues.csv") as f:
         assert next(csv.reader(f)) == ["path", "label", "issue", "score"]
+    done = _imagefit("report", str(tag_run["run"]), "--data", str(tag_run["table"]),
+                     "--path-col", "file", "--label-col", "tags", "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    n_test = sum(1 for t in tag_run["tags"][60:] if t)
+    assert f"({n_test} images evaluated" in done.stdout
+    assert "evaluated on " + f"{n_test} test images" in (tmp_path / "r" / "index.html").read_text()
 
 
 def test_export_serve_and_explain_a_multi_label_model(tag_run, tmp_path):

@@ -72,13 +72,15 @@ def read_model_folder(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
 
 
 def model_task(path: str | os.PathLike) -> str:
-    """"regress" or "classify": what the model folder (or run folder) predicts, from its
-    model.json alone (a command can read its data accordingly before loading the weights)."""
+    """"regress", "multilabel" or "classify": what the model folder (or run folder) predicts,
+    from its model.json alone (a command can read its data accordingly before loading the
+    weights)."""
     try:
         meta = json.loads((resolve_model_dir(path) / META_FILE).read_text(encoding="utf-8"))
     except ValueError:
         return "classify"  # read_model_folder reports the damage when the model is loaded
-    return "regress" if isinstance(meta, dict) and meta.get("task") == "regress" else "classify"
+    task = meta.get("task") if isinstance(meta, dict) else None
+    return task if task in ("regress", "multilabel") else "classify"
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from imagefit.bundle import model_task
     from imagefit.workflows.report import build_run_report
 
-    task = "regress" if model_task(args.run) == "regress" else None
+    task = model_task(args.run)
+    task = task if task in ("regress", "multilabel") else None
     data = None if args.data is None else open_test_data(args, args.data, task=task)
     if data is not None and args.out is not None:
         refuse_output_inside(args.out, [args.data, data])
