@@ -159,11 +159,12 @@ def test_platt_scaling_calibrates_each_label_and_thresholds_maximise_f1():
         assert truth[high, k].mean() == pytest.approx(proba[high, k].mean(), abs=0.05)
         assert proba[:, k].mean() == pytest.approx(truth[:, k].mean(), abs=0.02)
     thresholds = best_f1_thresholds(proba, truth)
+    def f1(k, t):
+        pred = proba[:, k] >= t
+        return 2 * (pred & truth[:, k]).sum() / (pred.sum() + truth[:, k].sum())
+
     for k in range(2):
-        def f1(t):
-            pred = proba[:, k] >= t
-            return 2 * (pred & truth[:, k]).sum() / (pred.sum() + truth[:, k].sum())
-        assert f1(thresholds[k]) >= max(f1(t) for t in np.linspace(0.05, 0.95, 19)) - 1e-9
+        assert f1(k, thresholds[k]) >= max(f1(k, t) for t in np.linspace(0.05, 0.95, 19)) - 1e-9
     assert fit_platt(logits[:, :1], np.zeros((4000, 1), bool)) == ([1.0], [0.0])
 
 
