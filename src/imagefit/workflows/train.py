@@ -275,8 +275,11 @@ def _resolved_config(config: TrainConfig, clf: ImageClassifier | ImageRegressor)
     resolved["resolved"] = {"mode_requested": config.mode, "augment_requested": config.augment,
                             "time_budget_requested": config.time_budget,
                             "balance_requested": config.balance,
-                            "class_weight": {c: round(float(w), 6) for c, w in
-                                             zip(clf.classes_, s.class_weight)},
+                            **({"pos_weight": {c: round(float(w), 6) for c, w in zip(
+                                clf.classes_, clf.get_config()["multilabel"]["pos_weight"])}}
+                               if clf.multilabel_ else
+                               {"class_weight": {c: round(float(w), 6) for c, w in
+                                                 zip(clf.classes_, s.class_weight)}}),
                             **({"task_requested": config.task,
                                 "thresholds": {c: round(float(t), 6) for c, t in
                                                zip(clf.classes_, clf.thresholds_)}}
