@@ -414,3 +414,54 @@ def test_torchrun_trains_label_sets_on_two_gloo_ranks(tmp_path):
 
     clf = imagefit.load_model(run)
     assert clf.multilabel_ and np.isfinite(clf.predict_proba(paths[:2])).all()
+
+
+# --- what scikit-learn users pass, and edge cases -----------------------------------------
+
+
+def test_the_shapes_of_y_that_mean_label_sets_and_those_that_do_not(tmp_path):
+    import pandas as pd
+
+    from imagefit.data.sources import as_index, is_multilabel_y
+
+    assert not is_multilabel_y(np.array([[0], [1], [2]]))  # a column: one label per image
+    assert not is_multilabel_y(["cat", "dog"]) and not is_multilabel_y(pd.Series(["a", "b"]))
+    assert is_multilabel_y(np.array([[0, 1], [1, 1]]))
+    assert is_multilabel_y(pd.Series([["cat"], ["cat", "dog"]]))
+    assert is_multilabel_y(pd.DataFrame({"x": [0, 1], "y": [True, True]}))
+    ragged = np.array([["cat"], ["cat", "dog"]], dtype=object)
+    index = as_index(["a.png", "b.png"], ragged, folder=tmp_path)
+    assert index.classes == ("cat", "dog") and index.tags.tolist() == [[True, False], [True, True]]
+    frame = as_index(["a.png", "b.png"], pd.DataFrame({"x": [0, 1], "y": [True, True]}),
+                     folder=tmp_path)
+    assert frame.classes == ("x", "y") and frame.tags.tolist() == [[False, True], [True, True]]
+    with pytest.raises(ConfigError, match="hold '\\|'"):
+        ImageIndex.from_tags(["a.png"], [["rock|pop"]])
+
+
+def test_a_label_without_validation_positives_undoes_its_positive_weight():
+    logits = np.zeros((10, 2))
+    tags = np.zeros((10, 2), bool)
+    tags[:4, 0] = True
+    a, b = fit_platt(logits, tags, pos_weight=np.array([3.0, 20.0]))
+    assert a[1] == 1.0 and b[1] == pytest.approx(-np.log(20.0))
+    assert platt_proba(np.array([[0.0, np.log(20.0)]]), a, b)[0, 1] == pytest.approx(0.5)
+
+
+def test_nested_non_finite_metrics_are_json_null():
+    from imagefit.evaluation.regression import json_text
+
+    metrics = multilabel_metrics(np.array([[1, 0], [1, 0]]), np.array([[0.9, 0.1], [0.8, 0.2]]),
+                                 ["a", "b"])
+    doc = json.loads(json_text(metrics))  # strict: no NaN literal
+    assert doc["per_label"]["b"]["ap"] is None and doc["per_label"]["a"]["ap"] == 1.0
+
+
+def test_score_reads_a_table_as_label_sets_and_a_comma_column_stays_one(tagger, tmp_path):
+    clf, paths, tags = tagger
+    table = write_table(tmp_path / "t.csv", [[p, "|".join(t)] for p, t in zip(paths[80:], tags[80:])
+                                             if t], ["path", "label"])
+    assert clf.score(str(table)) > 0.7
+    named = write_table(tmp_path / "n.csv", [[p, "x"] for p in paths[:3]], ["path", "kind, final"])
+    index = open_dataset(named, SourceOptions(label_col="kind, final"), min_classes=1)
+    assert index.classes == ("x",) and not index.is_multilabel

@@ -17,7 +17,8 @@ from imagefit.fitted import ImageModel, rebuilding
 from imagefit.bundle import read_model_folder
 from imagefit.data.images import DEFAULT_MAX_PIXELS
 from imagefit.data.index import ImageIndex
-from imagefit.data.sources import as_index
+from imagefit.data.sources import SourceOptions, as_index, open_dataset
+from imagefit.data.tables import is_table
 from imagefit.features.extract import FlipViews, Predictions, raise_first_failure
 from imagefit._fileio import cache_folder
 from imagefit.models.net import StoredNet
@@ -263,9 +264,14 @@ class ImageClassifier(ImageModel):
         """Balanced accuracy on an `ImageIndex` (or paths or an image array, with labels `y`);
         a multi-label model's macro F1 over its labels (y: label sets or a 0/1 matrix)."""
         check_is_fitted(self)
+        if self.multilabel_ and (isinstance(X, (str, os.PathLike)) or is_table(X)):
+            X = open_dataset(X, SourceOptions(task="multilabel"), min_classes=1)
         index = as_index(X, y, folder=cache_folder(self.cache_dir), classes=self.classes_)
         index = index.with_classes(self.classes_)
         if self.multilabel_:
+            if not index.is_multilabel:
+                raise ConfigError("This model predicts label sets: score it on label sets "
+                                  "(lists or a 0/1 matrix as y, or a table of them).")
             return float(multilabel_metrics(index.tags, self.predict_proba(index), self.classes_,
                                             self.thresholds_)["macro_f1"])
         pred = self.predict_proba(index).argmax(axis=1)

@@ -26,6 +26,7 @@ from imagefit.data.text import compact
 from imagefit.errors import ConfigError, DatasetError, ImageLoadError
 
 VAL_DIR_NAMES = ("val", "valid", "validation")
+TAG_SEPARATOR = "|"  # between the labels of one image in split.csv, predictions, the CLI
 ARRAY_SUFFIXES = (".npz", ".mat")  # files that hold their images (arrays.py)
 _IGNORED_FILE_NAMES = {".ds_store": ".DS_Store", "thumbs.db": "Thumbs.db",
                        "desktop.ini": "desktop.ini"}
@@ -175,7 +176,8 @@ class ImageIndex:
             classes: the label names in order (default: the sorted names used).
 
         Raises:
-            ConfigError: lengths differ, a matrix that is not 0/1, or an unknown label.
+            ConfigError: lengths differ, a matrix that is not 0/1, an unknown label, or a
+                label name holding `|` (the separator of label sets in files).
 
         Example:
             >>> index = ImageIndex.from_tags(["a.png", "b.png"], [["cat"], ["cat", "dog"]])
@@ -183,14 +185,13 @@ class ImageIndex:
             (('cat', 'dog'), [[1, 0], [1, 1]])
         """
         path_array = np.array([os.fspath(p) for p in paths], dtype=str)
-        matrix = tags_matrix(tags, classes)
+        matrix, names = tags_matrix(tags, classes)
         if matrix.shape[0] != len(path_array):
             raise ConfigError(f"Got {len(path_array)} paths but {matrix.shape[0]} label sets.")
-        if isinstance(tags, np.ndarray) or classes is not None:
-            names = tuple(str(c) for c in classes) if classes is not None else \
-                tuple(str(i) for i in range(matrix.shape[1]))
-        else:
-            names = tuple(sorted({str(t) for row in tags for t in row}))
+        joined = [name for name in names if TAG_SEPARATOR in name]
+        if joined:
+            raise ConfigError(f"Label names {joined[:5]} hold '{TAG_SEPARATOR}', which separates "
+                              f"the labels of an image in imagefit's files; rename them.")
         return cls(path_array, rarest_tag(matrix), names, tags=matrix)
 
     @property
@@ -215,7 +216,7 @@ class ImageIndex:
         """The class name of every row ("" where unknown); multi-label: the row's labels
         joined with `|`."""
         if self.tags is not None:
-            return np.array(["|".join(self.classes[i] for i in np.flatnonzero(row))
+            return np.array([TAG_SEPARATOR.join(self.classes[i] for i in np.flatnonzero(row))
                              for row in self.tags], dtype=str)
         names = np.array(list(self.classes) + [""], dtype=str)
         return names[self.labels]
@@ -251,16 +252,12 @@ class ImageIndex:
                                "split them).")
         if self.is_regression:  # no classes: any range of values may be held out
             return kept
-        if self.is_multilabel:
-            only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
-                         if n == 0 and all_n > 0]
-            if only_test:
-                kept.report.warnings.append(f"Labels {only_test} appear only on test rows: "
-                                            f"the model will never predict them.")
-            return kept
         only_test = [c for c, n, all_n in zip(self.classes, kept.counts(), self.counts())
                      if n == 0 and all_n > 0]
-        if only_test:
+        if only_test and self.is_multilabel:  # the other labels can still be learnt
+            kept.report.warnings.append(f"Labels {only_test} appear only on test rows: the "
+                                        f"model will never predict them.")
+        elif only_test:
             raise DatasetError(f"Classes {only_test} have only test rows: a model cannot learn "
                                f"them. Mark some of their rows train.")
         return kept
@@ -326,7 +323,10 @@ class ImageIndex:
         the same group (`groups`), always land on the same side; with groups, how far the class
         proportions moved is reported. The choice depends only on each file's content (or
         group) and the seed, so adding files later leaves the existing assignments almost
-        unchanged.
+        unchanged. Label sets (`tags`) are split by iterative stratification over those units
+        instead, seeded (`assign_validation_tags`): every label's share of validation stays
+        near `val_fraction`, but adding files may move others, and a label left without a
+        validation image is warned about.
 
         Raises:
             ConfigError: if `val_fraction` is not in (0, 1).
@@ -342,7 +342,15 @@ class ImageIndex:
         if index.tags is not None:
             is_val = assign_validation_tags(index.sha256, index.tags, val_fraction, seed,
                                             groups=index.groups)
-            return index.take(~is_val), index.take(is_val)
+            train, val = index.take(~is_val), index.take(is_val)
+            missing = [c for c, n, n_val in zip(index.classes, index.counts(), val.counts())
+                       if n and not n_val]
+            if missing:
+                index.report.warnings.append(
+                    f"Labels {missing[:10]} have no validation image (too few images); their "
+                    f"calibration and thresholds are not fitted, and their validation metrics "
+                    f"will be missing.")
+            return train, val
         is_val = assign_validation(index.sha256, index.labels, val_fraction, seed,
                                    groups=index.groups)
         for c, name in enumerate(index.classes):
@@ -381,9 +389,11 @@ def value_strata(values: np.ndarray, max_bins: int = 10) -> tuple[np.ndarray, tu
     return labels.astype(np.int64), tuple(f"bin {i + 1}" for i in range(len(used)))
 
 
-def tags_matrix(tags, classes: Sequence[str] | None = None) -> np.ndarray:
-    """Label sets (lists of names) or an indicator matrix as a bool matrix (n, n_labels)
-    whose columns follow `classes` (default: the sorted names used; "0", "1"... for a matrix).
+def tags_matrix(tags, classes: Sequence[str] | None = None
+                ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Label sets (lists of names) or an indicator matrix as (a bool matrix (n, n_labels),
+    its column names): `classes` when given, else the sorted names used ("0", "1"... for a
+    matrix).
 
     Raises:
         ConfigError: a matrix holding other values than 0 and 1, or a name not in `classes`.
@@ -395,7 +405,9 @@ def tags_matrix(tags, classes: Sequence[str] | None = None) -> np.ndarray:
         if classes is not None and len(classes) != tags.shape[1]:
             raise ConfigError(f"The indicator matrix has {tags.shape[1]} columns but "
                               f"{len(classes)} label names were given.")
-        return tags.astype(bool)
+        names = (tuple(str(c) for c in classes) if classes is not None
+                 else tuple(str(i) for i in range(tags.shape[1])))
+        return tags.astype(bool), names
     rows = [[str(t) for t in ([row] if isinstance(row, str) else row)] for row in tags]
     names = (tuple(str(c) for c in classes) if classes is not None
              else tuple(sorted({t for row in rows for t in row})))
@@ -406,7 +418,7 @@ def tags_matrix(tags, classes: Sequence[str] | None = None) -> np.ndarray:
         if unknown:
             raise ConfigError(f"Labels {unknown[:5]} are not among the labels {list(names)}.")
         matrix[r, [lookup[t] for t in row]] = True
-    return matrix
+    return matrix, names
 
 
 def rarest_tag(tags: np.ndarray) -> np.ndarray:

@@ -186,7 +186,13 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
         return open_dataset(X, min_classes=1, cache_dir=folder)
     if y is not None and is_multilabel_y(y):
         if is_table(y):  # a DataFrame of 0/1 columns, named by its labels
-            y, classes = y.to_numpy(), [str(c) for c in y.columns]
+            values = y.to_numpy()
+            if not np.isin(values, (0, 1, True, False)).all():
+                raise ConfigError("A DataFrame of labels must hold 0/1 (or True/False) columns, "
+                                  "one per label.")
+            y, classes = values.astype(np.int64), [str(c) for c in y.columns]
+        elif not isinstance(y, np.ndarray):
+            y = list(y)  # a pandas Series of lists, a tuple...
         paths = as_index(X, folder=folder).paths
         return ImageIndex.from_tags(paths, y, classes)
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUST":  # T: variable-width text
@@ -195,15 +201,18 @@ def as_index(X: Any, y: Any = None, *, folder: str | os.PathLike,
 
 
 def is_multilabel_y(y: Any) -> bool:
-    """Multi-label targets as scikit-learn users pass them: a 2-D array (an indicator matrix
-    of 0/1), or a sequence whose items are lists, tuples or sets of label names."""
-    if isinstance(y, np.ndarray):
-        return y.ndim == 2 or (y.dtype == object and len(y) > 0
-                               and isinstance(y[0], (list, tuple, set, frozenset)))
+    """Multi-label targets as scikit-learn users pass them: an indicator matrix of 0/1 with
+    two or more columns (an array, or a DataFrame whose columns name the labels), or a
+    sequence (list, array, pandas Series) whose items are lists, tuples or sets of label
+    names. A single column (n, 1) is one label per image, as scikit-learn reads it."""
     if is_table(y):
-        return True
-    return (isinstance(y, (list, tuple)) and len(y) > 0
-            and all(isinstance(row, (list, tuple, set, frozenset)) for row in y))
+        return len(y.columns) > 1
+    if isinstance(y, np.ndarray) and y.dtype != object:
+        return y.ndim == 2 and y.shape[1] > 1
+    if isinstance(y, (str, bytes)) or not hasattr(y, "__len__") or not len(y):
+        return False
+    rows = list(y)
+    return all(isinstance(row, (list, tuple, set, frozenset)) for row in rows)
 
 
 def _scan_tree(root: Path, options: SourceOptions, min_classes: int, follow_links: bool,

@@ -80,7 +80,8 @@ def from_table(table: Any, *, root: str | os.PathLike | None = None, path_col: s
     report_notes: list[str] = []
     path_name = _pick_column(name, header, path_col, PATH_COLUMNS, "path", report_notes)
     label_name = indicator = None
-    if label_col is not None and "," in label_col and label_regex is None:
+    if label_col is not None and "," in label_col and label_col not in header \
+            and label_regex is None:  # a column named "a, b" is still one column
         if task not in ("auto", "multilabel"):
             raise ConfigError("Several label columns (--label-col a,b,c) are 0/1 labels of a "
                               "multi-label task; use --task multilabel (or auto).")

@@ -125,7 +125,17 @@ def write_value_issues(issues: list[tuple[str, float, float, float]], path: Path
 
 def json_text(metrics: dict) -> str:
     """`metrics` as strict JSON: a non-finite number (an unbounded interval's width, R² of
-    constant values) is null, not the `NaN`/`Infinity` JSON parsers reject."""
-    clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-             for k, v in metrics.items()}
-    return json.dumps(clean, indent=2)
+    constant values, the AP of a label without positives), at any depth, is null, not the
+    `NaN`/`Infinity` JSON parsers reject."""
+    return json.dumps(_finite_or_null(metrics), indent=2, ensure_ascii=True)
+
+
+def _finite_or_null(value):
+    """`value` with every non-finite float, at any depth of dicts and lists, as None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

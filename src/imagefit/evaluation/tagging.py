@@ -14,14 +14,12 @@ from typing import Iterable
 
 import numpy as np
 
-from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.index import TAG_SEPARATOR, BadFile, ImageIndex
 from imagefit.errors import ConfigError
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.regression import json_text
 from imagefit.features.extract import Predictions
 from imagefit.metrics import multilabel_metrics
-
-TAG_SEPARATOR = "|"
 
 
 @dataclass

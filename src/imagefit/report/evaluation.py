@@ -41,4 +41,6 @@ def save_tags_report(result: TagResult, folder: str | os.PathLike) -> Path:
     return render_tags_report(TagReportData(
         title="imagefit evaluation", metrics=result.metrics, labels=preds.classes,
         paths=preds.paths, rankings=result.rankings(), co_occurrence=seen.T @ seen,
+        co_occurrence_note=("Images of this set carrying both labels (row and column); the "
+                            "diagonal is each label's count."),
         subtitle=f"multi-label · {len(seen):,} images"), folder)

@@ -306,6 +306,8 @@ class TagReportData:
     paths: np.ndarray
     rankings: dict[str, dict[str, list[tuple[int, float]]]]
     co_occurrence: np.ndarray           # (n_labels, n_labels) images with both labels
+    co_occurrence_note: str = ("Images carrying both labels (row and column); the diagonal is "
+                               "each label's count.")
     subtitle: str = ""
     history: list[dict] | None = None
     label_counts: dict[str, np.ndarray] | None = None
@@ -349,6 +351,7 @@ def render_tags_report(data: TagReportData, out_dir: str | os.PathLike) -> Path:
         labels=[str(n) for n in data.labels], galleries=galleries,
         co_occurrence=[{"name": str(name), "cells": [int(v) for v in row]}
                        for name, row in zip(data.labels, data.co_occurrence)],
+        co_occurrence_note=data.co_occurrence_note,
         charts=[Markup(chart) for chart in charts],  # built from numbers, every text escaped
         label_issues=None if issues is None else {
             "note": data.label_issue_note, "more": len(issues) - 60,

@@ -75,14 +75,16 @@ def conformal_halfwidth(residuals: np.ndarray, coverage: float) -> float:
     return float(r[k - 1]) if k <= len(r) else float("inf")
 
 
-def fit_platt(logits: np.ndarray, tags: np.ndarray, *, iterations: int = 50
-              ) -> tuple[np.ndarray, np.ndarray]:
+def fit_platt(logits: np.ndarray, tags: np.ndarray, *, pos_weight: np.ndarray | None = None,
+              iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Per-label Platt scaling: (a, b) with sigmoid(a * logit + b) the calibrated probability
     of each label, fitted on (logits, tags) by Newton's method on the log loss against Platt's
     smoothed targets, (n+ + 1) / (n+ + 2) for positives and 1 / (n- + 2) for negatives (Platt
     1999; Lin, Lin and Weng 2007), so that a label with few validation images, or one the
     logits separate perfectly, keeps finite, moderate probabilities. A label without any
-    positive or any negative keeps (1, 0): there is nothing to fit.
+    positive or any negative has nothing to fit: it keeps a = 1 and b = -log(pos_weight),
+    undoing the shift that weighing positives by `pos_weight` puts on the logits (b = 0
+    without weights).
 
     Example:
         >>> z = np.array([[-3.0], [-2.0], [2.0], [3.0], [2.5], [-2.5]])
@@ -92,7 +94,9 @@ def fit_platt(logits: np.ndarray, tags: np.ndarray, *, iterations: int = 50
     """
     logits, tags = np.asarray(logits, np.float64), np.asarray(tags, bool)
     n_labels = tags.shape[1]
-    a, b = np.ones(n_labels), np.zeros(n_labels)
+    a = np.ones(n_labels)
+    b = (np.zeros(n_labels) if pos_weight is None
+         else -np.log(np.asarray(pos_weight, np.float64)))
     for k in range(n_labels):
         z, y = logits[:, k], tags[:, k]
         positives, negatives = int(y.sum()), int((~y).sum())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imagefit.data.index import ImageIndex
-from imagefit.errors import ConfigError
+from imagefit.errors import ConfigError, DatasetError
 from imagefit.train.calibrate import best_f1_thresholds, fit_platt, platt_proba
 from imagefit.train.objectives import MultiLabel
 from imagefit.train.settings import Settings, model_metadata
@@ -71,10 +71,13 @@ class TagFit:
 def fit_tags(net, train: ImageIndex, val: ImageIndex, ctx: RunContext, threshold) -> TagFit:
     """Train `net` (one output per label) on label sets, then calibrate each label on the
     validation set and choose its threshold ("auto": max F1 there; a float: that one)."""
+    if not train.counts().any():
+        raise DatasetError("No training image has a label: multi-label training needs some "
+                           "images with each label it should learn.")
     ctx.objective = MultiLabel.fitted(train.tags, device=ctx.settings.device)
     result = run_stages(net, train, val, ctx)
     val_tags = result.val_index.tags
-    a, b = fit_platt(result.val_logits, val_tags)
+    a, b = fit_platt(result.val_logits, val_tags, pos_weight=ctx.objective.pos_weight)
     proba = platt_proba(result.val_logits, a, b)
     if isinstance(threshold, str):
         thresholds = best_f1_thresholds(proba, val_tags)

@@ -31,6 +31,13 @@ def tags_report(clf: ImageClassifier, run_folder: RunFolder, data, out,
     full_train, full_val = run_folder.read_split(clf.classes_, multilabel=True)
     parts = {"train": full_train.subset(MAX_TRAIN_JUDGED, clf.seed),
              "val": full_val.subset(clf.settings_.max_val, clf.seed)}
+    notes = []
+    if len(parts["train"]) < len(full_train):
+        notes.append(f"Label issues searched among a stratified {len(parts['train']):,} of the "
+                     f"{len(full_train):,} training images.")
+    if len(parts["val"]) < len(full_val) and data is None:
+        notes.append(f"Evaluated on the {len(parts['val']):,} validation images training used, "
+                     f"a stratified subset of the {len(full_val):,} (--max-val).")
     if data is not None:
         test = data if isinstance(data, ImageIndex) else open_dataset(
             data, SourceOptions(task="multilabel"), min_classes=1)
@@ -65,6 +72,8 @@ def tags_report(clf: ImageClassifier, run_folder: RunFolder, data, out,
                  f"{len(clf.classes_)} labels · evaluated on {on}",
         metrics=result.metrics, labels=clf.classes_, paths=evaluated.paths,
         rankings=result.rankings(GALLERY_SIZE), co_occurrence=seen.T @ seen,
+        co_occurrence_note=("Images carrying both labels (row and column) in the training and "
+                            "validation data; the diagonal is each label's count."),
         history=run_folder.read_history(),
         label_counts={name: index.counts() for name, index in parts.items()},
         label_issues=issues,
@@ -73,7 +82,7 @@ def tags_report(clf: ImageClassifier, run_folder: RunFolder, data, out,
                           "sigmoid head on the cached features), then confident learning per "
                           "label; most likely first. Check them before trusting the metrics."),
         duplicates=duplicates,
-        notes=([] if data is not None else [
+        notes=notes + ([] if data is not None else [
             "The thresholds and the calibration were fitted on these validation images, so "
             "their F1 here is optimistic; report --data on held-out images tests them."]))
     return ReportResult(render_tags_report(report, out_dir), int(extracted.ok.sum()),

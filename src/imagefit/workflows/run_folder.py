@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from imagefit._fileio import check_output_folder
-from imagefit.data.index import BadFile, ImageIndex
+from imagefit.data.index import TAG_SEPARATOR, BadFile, ImageIndex
 from imagefit.data.labels import UNGROUPED
 from imagefit.errors import DatasetError
 
@@ -132,7 +132,7 @@ class RunFolder:
             chosen = [r for r in rows if r["split"] == name]
             paths, labels = [r["path"] for r in chosen], [r["label"] for r in chosen]
             if multilabel:
-                index = ImageIndex.from_tags(paths, [[t for t in label.split("|") if t]
+                index = ImageIndex.from_tags(paths, [[t for t in label.split(TAG_SEPARATOR) if t]
                                                      for label in labels], classes)
             elif classes is None:
                 index = _value_index(self.split, paths, labels)
