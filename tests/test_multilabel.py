@@ -468,28 +468,12 @@ def test_score_reads_a_table_as_label_sets_and_a_comma_column_stays_one(tagger, 
 
 
 def test_the_page_shows_a_multi_label_models_labels(tag_run, tmp_path):
-    from test_serve import BROWSER_WAIT_S, CHROMEDRIVER, CHROMIUM, _browser_available, \
-        _start_server, _stop
-
-    _browser_available()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serve import served_page
 
     import imagefit
 
-    (tmp_path / "server").mkdir()
-    proc, port = _start_server(tag_run["run"], tmp_path / "server")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, BROWSER_WAIT_S)
+    with served_page(tag_run["run"], tmp_path) as (driver, wait):
         wait.until(lambda d: "any number per image" in d.find_element(By.ID, "model").text)
         path = next(p for p, t in zip(tag_run["paths"], tag_run["tags"]) if len(t) >= 2)
         driver.find_element(By.ID, "file").send_keys(path)
@@ -503,6 +487,3 @@ def test_the_page_shows_a_multi_label_models_labels(tag_run, tmp_path):
         assert status.get_attribute("data-labels") == "|".join(expected)
         bars = driver.find_elements(By.CSS_SELECTOR, "#bars li")
         assert len(bars) == len(clf.classes_)  # every label's probability, not a top 5
-    finally:
-        driver.quit()
-        _stop(proc)

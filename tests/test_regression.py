@@ -354,28 +354,12 @@ def test_the_service_answers_a_value_with_its_interval(value_run):
 
 
 def test_the_page_shows_a_regressions_value(value_run, tmp_path):
-    from test_serve import BROWSER_WAIT_S, CHROMEDRIVER, CHROMIUM, _browser_available, \
-        _start_server, _stop
-
-    _browser_available()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serve import served_page
 
     import imagefit
 
-    (tmp_path / "server").mkdir()
-    proc, port = _start_server(value_run["run"], tmp_path / "server")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
-        driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, BROWSER_WAIT_S)
+    with served_page(value_run["run"], tmp_path) as (driver, wait):
         wait.until(lambda d: d.find_element(By.ID, "model").text.startswith("a number"))
         path = value_run["paths"][5]
         driver.find_element(By.ID, "file").send_keys(path)
@@ -386,9 +370,6 @@ def test_the_page_shows_a_regressions_value(value_run, tmp_path):
         expected = imagefit.load_model(value_run["run"]).predict([path])[0]
         assert float(status.get_attribute("data-value")) == pytest.approx(expected, rel=1e-4)
         assert "80% interval" in status.text
-    finally:
-        driver.quit()
-        _stop(proc)
 
 
 def test_class_balancing_options_are_refused_for_a_regression(tmp_path):

@@ -5,6 +5,7 @@ files, Host check, body cap, content sniffing, API key, bounded concurrency, err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -650,6 +651,34 @@ def _browser_available() -> None:
         pytest.fail(f"{', '.join(missing)} missing: .ci/run must install chromium "
                     f"chromium-driver (apt-get install chromium chromium-driver)")
     pytest.skip(f"{', '.join(missing)} not installed")
+
+
+@contextlib.contextmanager
+def served_page(run: Path, tmp_path: Path):
+    """Headless Chromium on the page of `imagefit serve RUN` (started on a free port, stopped
+    after): yields (driver, a WebDriverWait)."""
+    _browser_available()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    (tmp_path / "server").mkdir()
+    proc, port = _start_server(run, tmp_path / "server")
+    try:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    f"--user-data-dir={tmp_path / 'profile'}"):
+            options.add_argument(arg)
+        driver = webdriver.Chrome(options=options,
+                                  service=Service(executable_path=CHROMEDRIVER))
+        try:
+            driver.get(f"http://127.0.0.1:{port}/")
+            yield driver, WebDriverWait(driver, BROWSER_WAIT_S)
+        finally:
+            driver.quit()
+    finally:
+        _stop(proc)
 
 
 def test_browser_page_predicts(live_server, clf, tmp_path):

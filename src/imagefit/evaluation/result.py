@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -117,45 +117,54 @@ def write_predictions_csv(preds: Predictions | Iterable[Predictions], path: str 
     table's own, one value per row) come first; a name they share with a prediction column is
     prefixed with `input_`.
     """
+    def header(classes: list[str]) -> list[str]:
+        return (["path"] + (["true_label"] if y_true is not None else []) + ["label", "confidence"]
+                + [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"])
+
+    def row(chunk: Predictions, i: int, n: int) -> list[str]:
+        classes, out = chunk.classes, [str(chunk.paths[i])]
+        if y_true is not None:
+            out.append(classes[y_true[n]] if y_true[n] >= 0 else "")
+        if chunk.errors[i]:
+            return out + ["", ""] + [""] * len(classes) + ([""] if top_k else [])
+        p = chunk.proba[i]
+        out += [classes[int(p.argmax())], f"{p.max():.6f}"] + [f"{v:.6f}" for v in p]
+        return out + ([top_k_text(classes, p, top_k)] if top_k else [])
+
+    return write_prediction_rows(preds, path, header, row, leading)
+
+
+def write_prediction_rows(preds: Predictions | Iterable[Predictions], path: str | os.PathLike,
+                          header: Callable[[list[str]], list[str]],
+                          row: Callable[[Predictions, int, int], list[str]],
+                          leading: dict[str, list[str]] | None = None) -> int:
+    """The CSV writer behind the prediction files: `header(classes)` (its last column is
+    `error`), then `row(chunk, i, n)` for row i of each chunk (n counting over all chunks)
+    plus the error text, after a table's own `leading` columns (a name shared with the
+    header prefixed with `input_`); chunks are written as they come. Returns the row count."""
     chunks = iter([preds] if isinstance(preds, Predictions) else preds)
     first = next(chunks, None)
     if first is None:
         raise ValueError("no predictions to write")
-    classes = list(first.classes)
-    header = ["path"] + (["true_label"] if y_true is not None else []) + ["label", "confidence"]
-    header += [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"]
+    columns = header(list(first.classes))
     leading = leading or {}
-    names = [f"input_{k}" if k in header else k for k in leading]
+    names = [f"input_{k}" if k in columns else k for k in leading]
     n_rows = 0
     with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
         writer = csv.writer(f)
-        writer.writerow(names + header)
+        writer.writerow(names + columns)
         for chunk in itertools.chain([first], chunks):
-            rows = range(n_rows, n_rows + len(chunk.paths))
-            before = [[leading[k][i] for k in leading] for i in rows]
-            n_rows += _write_rows(writer, chunk, classes, y_true, top_k, n_rows, before)
+            for i in range(len(chunk.paths)):
+                writer.writerow([leading[k][n_rows] for k in leading] + row(chunk, i, n_rows)
+                                + [chunk.errors[i]])
+                n_rows += 1
     return n_rows
 
 
-def _write_rows(writer, preds: Predictions, classes: list[str], y_true: np.ndarray | None,
-                top_k: int | None, offset: int, before: list[list[str]]) -> int:
-    for i, file_path in enumerate(preds.paths):
-        row = before[i] + [file_path]
-        if y_true is not None:
-            truth = y_true[offset + i]
-            row.append(classes[truth] if truth >= 0 else "")
-        if preds.errors[i]:
-            row += ["", ""] + [""] * len(classes) + ([""] if top_k else [])
-        else:
-            p = preds.proba[i]
-            row += [classes[int(p.argmax())], f"{p.max():.6f}"]
-            row += [f"{v:.6f}" for v in p]
-            if top_k:
-                best = np.argsort(-p, kind="stable")[:top_k]
-                row.append(";".join(f"{classes[j]}:{p[j]:.4f}" for j in best))
-        row.append(preds.errors[i])
-        writer.writerow(row)
-    return len(preds.paths)
+def top_k_text(classes, p: np.ndarray, k: int) -> str:
+    """The k most likely classes as `class:probability` joined with `;`."""
+    best = np.argsort(-p, kind="stable")[:k]
+    return ";".join(f"{classes[j]}:{p[j]:.4f}" for j in best)
 
 
 def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) -> None:

@@ -5,8 +5,6 @@ predictions (`path[,true_labels],labels,prob_<label>...,error`, labels joined wi
 
 from __future__ import annotations
 
-import csv
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 from imagefit.data.index import TAG_SEPARATOR, BadFile, ImageIndex
 from imagefit.errors import ConfigError
 from imagefit.estimator import ImageClassifier
+from imagefit.evaluation.result import top_k_text, write_prediction_rows
 from imagefit.evaluation.regression import json_text
 from imagefit.features.extract import Predictions
 from imagefit.metrics import multilabel_metrics
@@ -125,33 +124,18 @@ def write_tag_predictions_csv(preds: Predictions | Iterable[Predictions],
     (empty: none); `top_k` lists the k most likely labels as `label:probability` joined with
     `;`. `leading` columns (a table's own) come first, a shared name prefixed with `input_`.
     Returns the number of rows."""
-    chunks = iter([preds] if isinstance(preds, Predictions) else preds)
-    first = next(chunks, None)
-    if first is None:
-        raise ValueError("no predictions to write")
-    classes = list(first.classes)
-    header = (["path"] + (["true_labels"] if tags is not None else []) + ["labels"]
-              + [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"])
-    leading = leading or {}
-    names = [f"input_{k}" if k in header else k for k in leading]
-    n_rows = 0
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-        writer = csv.writer(f)
-        writer.writerow(names + header)
-        for chunk in itertools.chain([first], chunks):
-            for i, file_path in enumerate(chunk.paths):
-                row = [leading[k][n_rows] for k in leading] + [str(file_path)]
-                if tags is not None:
-                    row.append(tag_names(classes, tags[n_rows]))
-                if chunk.errors[i]:
-                    row += [""] * (1 + len(classes) + (1 if top_k else 0))
-                else:
-                    p = chunk.proba[i]
-                    row.append(tag_names(classes, p >= thresholds))
-                    row += [f"{v:.6f}" for v in p]
-                    if top_k:
-                        best = np.argsort(-p, kind="stable")[:top_k]
-                        row.append(";".join(f"{classes[j]}:{p[j]:.4f}" for j in best))
-                writer.writerow(row + [chunk.errors[i]])
-                n_rows += 1
-    return n_rows
+    def header(classes: list[str]) -> list[str]:
+        return (["path"] + (["true_labels"] if tags is not None else []) + ["labels"]
+                + [f"prob_{c}" for c in classes] + (["top_k"] if top_k else []) + ["error"])
+
+    def row(chunk: Predictions, i: int, n: int) -> list[str]:
+        classes, out = chunk.classes, [str(chunk.paths[i])]
+        if tags is not None:
+            out.append(tag_names(classes, tags[n]))
+        if chunk.errors[i]:
+            return out + [""] * (1 + len(classes) + (1 if top_k else 0))
+        p = chunk.proba[i]
+        out += [tag_names(classes, p >= thresholds)] + [f"{v:.6f}" for v in p]
+        return out + ([top_k_text(classes, p, top_k)] if top_k else [])
+
+    return write_prediction_rows(preds, path, header, row, leading)
