@@ -90,3 +90,21 @@ def trained_run(tmp_path_factory, _session_cache):
                                    image_size=TEST_IMAGE_SIZE, epochs=30),
                        progress=False)
     return {"result": result, "data": data, "test": test, "run": base / "run"}
+
+
+def torchrun_train(table: Path, run: Path, tmp_path: Path, *options: str):
+    """`imagefit train TABLE` fine-tuned for 2 epochs on two gloo ranks under torchrun (each
+    with its own thread, the cache in `tmp_path`); skips where torchrun is not installed."""
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(torchrun), "--nproc-per-node", "2", "--standalone",
+                           str(Path(sys.executable).with_name("imagefit")), "train", str(table),
+                           *options, "--out", str(run), "--mode", "finetune", "--epochs", "2",
+                           "--image-size", str(TEST_IMAGE_SIZE), "--batch-size", "8",
+                           "--no-report"],
+                          env=env, capture_output=True, text=True, timeout=900)

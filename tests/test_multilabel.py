@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_IMAGE_SIZE
+from conftest import TEST_IMAGE_SIZE, torchrun_train
 from imagefit.data.index import ImageIndex
 from imagefit.data.sources import SourceOptions, open_dataset
 from imagefit.errors import ConfigError, DatasetError
@@ -392,20 +391,11 @@ def test_export_serve_and_explain_a_multi_label_model(tag_run, tmp_path):
 def test_torchrun_trains_label_sets_on_two_gloo_ranks(tmp_path):
     """Data-parallel fine-tuning on label sets: 0/1 rows through the DDP loader; the
     calibration and thresholds the same on every rank; rank 0 writes the run."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed beside this Python")
     paths, tags = make_tag_images(tmp_path / "img", 40, seed=4)
     table = write_table(tmp_path / "t.csv", [[p, "|".join(t) or "none"]
                                              for p, t in zip(paths, tags)], ["path", "label"])
     run = tmp_path / "run"
-    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--standalone",
-                           str(Path(sys.executable).with_name("imagefit")), "train", str(table),
-                           "--task", "multilabel", "--out", str(run), "--mode", "finetune",
-                           "--epochs", "2", "--image-size", str(TEST_IMAGE_SIZE),
-                           "--batch-size", "8", "--no-report"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = torchrun_train(table, run, tmp_path, "--task", "multilabel")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Validation metrics") == 1  # only rank 0 prints
     history = (run / "history.csv").read_text().splitlines()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TEST_IMAGE_SIZE, make_dataset
+from conftest import TEST_IMAGE_SIZE, make_dataset, torchrun_train
 from imagefit.data.index import ImageIndex, value_strata
 from imagefit.data.sources import SourceOptions, open_dataset
 from imagefit.errors import ConfigError, DatasetError
@@ -402,22 +402,11 @@ def test_a_regression_resumes_from_its_checkpoints_and_refuses_another_loss(tmp_
 def test_torchrun_trains_a_regression_on_two_gloo_ranks(tmp_path):
     """Data-parallel fine-tuning of a regression: float targets through the DDP loader, the
     ridge start and the conformal interval the same on every rank; rank 0 writes the run."""
-    import os
-
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed beside this Python")
     paths, values = make_value_images(tmp_path / "img", 40, seed=4)
     table = write_table(tmp_path / "t.csv", [[p, f"{v:.2f}"] for p, v in zip(paths, values)],
                         ["path", "value"])
     run = tmp_path / "run"
-    env = {**os.environ, "IMAGEFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--standalone",
-                           str(Path(sys.executable).with_name("imagefit")), "train", str(table),
-                           "--task", "regress", "--out", str(run), "--mode", "finetune",
-                           "--epochs", "2", "--image-size", str(TEST_IMAGE_SIZE),
-                           "--batch-size", "8", "--no-report"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = torchrun_train(table, run, tmp_path, "--task", "regress")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Validation: MAE") == 1  # only rank 0 prints
     history = (run / "history.csv").read_text().splitlines()
