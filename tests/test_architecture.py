@@ -18,7 +18,8 @@ from imagefit.errors import ConfigError
 SRC = Path(__file__).resolve().parents[1] / "src" / "imagefit"
 # The one allowed upward import: EvaluationResult.save_report, an alias of the report's function
 # (also listed in pyproject's import-linter contract).
-ALLOWED_EDGES = {("imagefit.evaluation.result", "imagefit.report.evaluation")}
+ALLOWED_EDGES = {("imagefit.evaluation.result", "imagefit.report.evaluation"),
+                 ("imagefit.evaluation.tagging", "imagefit.report.evaluation")}
 
 
 def _modules() -> dict[str, Path]:

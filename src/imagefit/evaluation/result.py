@@ -5,12 +5,11 @@ and the CSV of predictions (`path,label,confidence,prob_<class>...`).
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from imagefit.data.index import BadFile, ImageIndex
 from imagefit.data.sources import SourceOptions, open_dataset, scan_folder
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.ranking import Rankings, rank_per_class
+from imagefit.evaluation.prediction_csv import top_k_text, write_prediction_rows
 from imagefit.features.extract import Predictions
 from imagefit.metrics import classification_metrics
 
@@ -132,39 +132,6 @@ def write_predictions_csv(preds: Predictions | Iterable[Predictions], path: str 
         return out + ([top_k_text(classes, p, top_k)] if top_k else [])
 
     return write_prediction_rows(preds, path, header, row, leading)
-
-
-def write_prediction_rows(preds: Predictions | Iterable[Predictions], path: str | os.PathLike,
-                          header: Callable[[list[str]], list[str]],
-                          row: Callable[[Predictions, int, int], list[str]],
-                          leading: dict[str, list[str]] | None = None) -> int:
-    """The CSV writer behind the prediction files: `header(classes)` (its last column is
-    `error`), then `row(chunk, i, n)` for row i of each chunk (n counting over all chunks)
-    plus the error text, after a table's own `leading` columns (a name shared with the
-    header prefixed with `input_`); chunks are written as they come. Returns the row count."""
-    chunks = iter([preds] if isinstance(preds, Predictions) else preds)
-    first = next(chunks, None)
-    if first is None:
-        raise ValueError("no predictions to write")
-    columns = header(list(first.classes))
-    leading = leading or {}
-    names = [f"input_{k}" if k in columns else k for k in leading]
-    n_rows = 0
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-        writer = csv.writer(f)
-        writer.writerow(names + columns)
-        for chunk in itertools.chain([first], chunks):
-            for i in range(len(chunk.paths)):
-                writer.writerow([leading[k][n_rows] for k in leading] + row(chunk, i, n_rows)
-                                + [chunk.errors[i]])
-                n_rows += 1
-    return n_rows
-
-
-def top_k_text(classes, p: np.ndarray, k: int) -> str:
-    """The k most likely classes as `class:probability` joined with `;`."""
-    best = np.argsort(-p, kind="stable")[:k]
-    return ";".join(f"{classes[j]}:{p[j]:.4f}" for j in best)
 
 
 def write_label_issues(issues: list[tuple[str, str, str, float]], path: Path) -> None:

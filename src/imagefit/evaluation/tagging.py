@@ -15,7 +15,7 @@ import numpy as np
 from imagefit.data.index import TAG_SEPARATOR, BadFile, ImageIndex
 from imagefit.errors import ConfigError
 from imagefit.estimator import ImageClassifier
-from imagefit.evaluation.result import top_k_text, write_prediction_rows
+from imagefit.evaluation.prediction_csv import top_k_text, write_prediction_rows
 from imagefit.evaluation.regression import json_text
 from imagefit.features.extract import Predictions
 from imagefit.metrics import multilabel_metrics

@@ -1,13 +1,14 @@
 """`imagefit report`: the report of a run. Predictions on the validation set (or a given test
 folder), rankings, label issues of the training data from out-of-fold predictions of the head on the
 stored bottleneck features, exact and near duplicates across train/validation/test, training
-curves, and Grad-CAM maps of the confidently wrong images. Rendering is html.py's job.
+curves, and Grad-CAM maps of the confidently wrong images; a regression's and a multi-label
+run's (`report_tags.py`) own versions; what they share is in `report_common.py`. Rendering is
+html.py's job.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,12 @@ from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
 from imagefit.data.index import ImageIndex, refuse_output_inside
 from imagefit.data.sources import SourceOptions, open_dataset
-from imagefit.data.text import concat_text
 from imagefit.errors import ConfigError, ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
 from imagefit.evaluation.regression import regression_result, write_value_issues
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
 from imagefit.evaluation.issues import (
-    classify_duplicate_pairs,
-    exact_duplicate_groups,
     find_label_issues,
-    near_duplicate_pairs,
     out_of_fold_probabilities,
     out_of_fold_values,
 )
@@ -37,25 +34,15 @@ from imagefit.metrics import classification_metrics
 from imagefit.regressor import ImageRegressor
 from imagefit.report.html import (RegressionReportData, ReportData, render_regression_report,
                                   render_report)
+from imagefit.workflows.report_common import (GALLERY_SIZE, MAX_TRAIN_JUDGED, ReportResult,
+                                              find_duplicates)
+from imagefit.workflows.report_tags import tags_report
 from imagefit.workflows.run_folder import RunFolder
 
-GALLERY_SIZE = 8
 # A training value whose out-of-fold residual has a modified z-score above this is listed
 # (3.5: Iglewicz and Hoaglin's outlier rule).
 VALUE_ISSUE_Z = 3.5
 GRADCAMS_PER_CLASS = 3
-# Label issues are searched among at most this many training images (a stratified subset of a
-# larger set): each needs its features, which cost ~10 ms on a CPU when not cached.
-MAX_TRAIN_JUDGED = 10_000
-
-
-@dataclass
-class ReportResult:
-    index_html: Path
-    n_evaluated: int
-    n_label_issues: int
-    duplicate_summary: dict
-    evaluation: EvaluationResult   # metrics and predictions of the evaluated set
 
 
 def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageIndex | None = None,
@@ -79,8 +66,6 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
     if isinstance(clf, ImageRegressor):
         return _regression_report(clf, run_folder, data, out, progress)
     if clf.multilabel_:
-        from imagefit.workflows.report_tags import tags_report  # it uses find_duplicates
-
         return tags_report(clf, run_folder, data, out, progress)
     full_train, full_val = run_folder.read_split(clf.classes_)
     # The validation rows training used (max_val), and a bounded share of a huge training set.
@@ -239,45 +224,6 @@ def _value_issues(reg: ImageRegressor, train: ImageIndex, extracted
     paths = train.paths[ok]
     return [(str(paths[i]), float(y[i]), float(oof[i]), float(score[i]))
             for i in np.argsort(-score, kind="stable") if score[i] > VALUE_ISSUE_Z]
-
-
-def find_duplicates(parts: dict[str, ImageIndex], features: dict,
-                    labels: np.ndarray | None = None, across: str = "classes",
-                    names: np.ndarray | None = None) -> dict:
-    """Exact groups (same bytes) and near-duplicate pairs (embeddings) over every split, with
-    counts of label conflicts (across classes; or across what `labels` codes, e.g. distinct
-    values or label sets, shown as `names`) and leakage (across splits)."""
-    paths = concat_text(index.paths for index in parts.values())
-    if labels is None:
-        labels = np.concatenate([index.labels for index in parts.values()])
-    subsets = np.concatenate([[name] * len(index) for name, index in parts.items()])
-    hashes = np.concatenate([index.sha256 for index in parts.values()])
-    embeddings = np.concatenate([f.features for f in features.values()])
-    rows = np.flatnonzero(np.concatenate([f.ok for f in features.values()]))
-    exact = exact_duplicate_groups(hashes)
-    near = near_duplicate_pairs(embeddings[rows])
-    if len(near):
-        near[:, :2] = rows[near[:, :2].astype(int)]
-        same_bytes = hashes[near[:, 0].astype(int)] == hashes[near[:, 1].astype(int)]
-        near = near[~same_bytes]
-    exact_info = classify_duplicate_pairs(exact, labels, subsets)
-    near_info = classify_duplicate_pairs(near, labels, subsets)
-    summary = {"exact duplicate groups": len(exact),
-               f"exact pairs across {across} (label conflicts)": exact_info["label_conflict"],
-               "exact pairs across splits (leakage)": exact_info["leakage"],
-               "near-duplicate pairs": near_info["n_pairs"],
-               f"near pairs across {across}": near_info["label_conflict"],
-               "near pairs across splits (leakage)": near_info["leakage"]}
-    describe = (lambda i: (str(paths[i]), _label(parts, labels[i]) if names is None
-                           else str(names[i]), str(subsets[i])))
-    groups = [[describe(int(i)) for i in group] for group in exact]
-    groups += [[describe(int(i)), describe(int(j))] for i, j, _ in near[:30]]
-    return {"summary": summary, "groups": groups}
-
-
-def _label(parts: dict[str, ImageIndex], label: int) -> str:
-    classes = next(iter(parts.values())).classes
-    return classes[label] if label >= 0 else "?"
 
 
 def _gradcams(clf: ImageClassifier, paths: np.ndarray, rankings) -> dict[int, np.ndarray]:

@@ -20,8 +20,8 @@ from imagefit.evaluation.issues import find_tag_issues, out_of_fold_tag_probabil
 from imagefit.evaluation.tagging import tag_result
 from imagefit.features.extract import Predictions
 from imagefit.report.html import TagReportData, render_tags_report
-from imagefit.workflows.report import (GALLERY_SIZE, MAX_TRAIN_JUDGED, ReportResult,
-                                       find_duplicates)
+from imagefit.workflows.report_common import (GALLERY_SIZE, MAX_TRAIN_JUDGED, ReportResult,
+                                              find_duplicates)
 from imagefit.workflows.run_folder import RunFolder
 
 
