@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from imagefit.bundle import resolve_model_dir
-from imagefit.data.audit import preflight
 from imagefit.data.images import load_image
-from imagefit.data.index import ImageIndex, refuse_output_inside
-from imagefit.data.sources import SourceOptions, open_dataset
-from imagefit.errors import ConfigError, ImageLoadError
+from imagefit.data.index import ImageIndex
+from imagefit.errors import ImageLoadError
 from imagefit.estimator import ImageClassifier, load_model
 from imagefit.evaluation.regression import regression_result, write_value_issues
 from imagefit.evaluation.result import EvaluationResult, write_label_issues
@@ -34,8 +32,8 @@ from imagefit.metrics import classification_metrics
 from imagefit.regressor import ImageRegressor
 from imagefit.report.html import (RegressionReportData, ReportData, render_regression_report,
                                   render_report)
-from imagefit.workflows.report_common import (GALLERY_SIZE, MAX_TRAIN_JUDGED, ReportResult,
-                                              find_duplicates)
+from imagefit.workflows.report_common import (GALLERY_SIZE, ReportResult, find_duplicates,
+                                              report_parts)
 from imagefit.workflows.report_tags import tags_report
 from imagefit.workflows.run_folder import RunFolder
 
@@ -67,26 +65,8 @@ def build_run_report(run: str | os.PathLike, *, data: str | os.PathLike | ImageI
         return _regression_report(clf, run_folder, data, out, progress)
     if clf.multilabel_:
         return tags_report(clf, run_folder, data, out, progress)
-    full_train, full_val = run_folder.read_split(clf.classes_)
-    # The validation rows training used (max_val), and a bounded share of a huge training set.
-    train = full_train.subset(MAX_TRAIN_JUDGED, clf.seed)
-    val = full_val.subset(clf.settings_.max_val, clf.seed)
-    notes = []
-    if len(train) < len(full_train):
-        notes.append(f"Label issues searched among a stratified {len(train):,} of the "
-                     f"{len(full_train):,} training images.")
-    if len(val) < len(full_val) and data is None:
-        notes.append(f"Evaluated on the {len(val):,} validation images training used, a "
-                     f"stratified subset of the {len(full_val):,} (--max-val).")
-    parts = {"train": train, "val": val}
-    if data is not None:
-        test = preflight(open_dataset(data, min_classes=1),
-                         image_size=clf.preprocessing_.image_size,
-                         max_pixels=clf.max_pixels, progress=progress).index
-        test = test.with_classes(clf.classes_)
-        parts["test"] = test
-        if out is not None:  # before anything is written: a table's images may lie anywhere
-            refuse_output_inside(Path(out), [data, test])
+    parts, notes = report_parts(clf, *run_folder.read_split(clf.classes_), data, out, progress)
+    train = parts["train"]
     features = {name: clf.embed_index(index, progress=progress) for name, index in parts.items()}
     eval_name = "test" if data is not None else "val"
     evaluated, extracted = parts[eval_name], features[eval_name]
@@ -156,19 +136,9 @@ def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
                        progress: bool) -> ReportResult:
     """`build_run_report` for a regression: predicted-vs-true, residuals, the largest errors,
     values far from their out-of-fold prediction, duplicates."""
-    full_train, full_val = run_folder.read_split(None)
-    train = full_train.subset(MAX_TRAIN_JUDGED, reg.seed)  # stratified by value
-    parts = {"train": train, "val": full_val.subset(reg.settings_.max_val, reg.seed)}
-    if data is not None:
-        test = data if isinstance(data, ImageIndex) else open_dataset(
-            data, SourceOptions(task="regress"), min_classes=1)
-        if not test.is_regression:
-            raise ConfigError("This run is a regression: report on a table of images and "
-                              "values (--task regress reads one).")
-        parts["test"] = preflight(test, image_size=reg.preprocessing_.image_size,
-                                  max_pixels=reg.max_pixels, progress=progress).index
-        if out is not None:
-            refuse_output_inside(Path(out), [data, parts["test"]])
+    parts, notes = report_parts(reg, *run_folder.read_split(None), data, out, progress,
+                                task="regress")  # the training subset stratified by value
+    train = parts["train"]
     features = {name: reg.embed_index(index, progress=progress) for name, index in parts.items()}
     name = "test" if data is not None else "val"
     evaluated, extracted = parts[name], features[name]
@@ -198,7 +168,7 @@ def _regression_report(reg: ImageRegressor, run_folder: RunFolder, data, out,
                           f"{VALUE_ISSUE_Z}); most likely first. Check them before trusting "
                           "the metrics."),
         duplicates=duplicates,
-        notes=([] if data is not None else [
+        notes=notes + ([] if data is not None else [
             f"The {reg.interval:.0%} interval was fitted on these validation images, so its "
             f"coverage here is not a test of it; report --data on held-out images is."]))
     return ReportResult(render_regression_report(report, out_dir), int(extracted.ok.sum()),

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefit.data.index import ImageIndex
+from imagefit.data.audit import preflight
+from imagefit.data.index import ImageIndex, refuse_output_inside
+from imagefit.data.sources import SourceOptions, open_dataset
 from imagefit.data.text import concat_text
+from imagefit.errors import ConfigError
 from imagefit.evaluation.issues import (classify_duplicate_pairs, exact_duplicate_groups,
                                         near_duplicate_pairs)
 
@@ -32,6 +35,44 @@ class ReportResult:
     n_label_issues: int
     duplicate_summary: dict
     evaluation: object   # the evaluated set's result: EvaluationResult, RegressionResult, TagResult
+
+
+_OTHER_DATA = {
+    "classify": "This run classifies: report on a folder or table of images and their classes.",
+    "regress": "This run is a regression: report on a table of images and values (--task "
+               "regress reads one).",
+    "multilabel": "This run is multi-label: report on a table of images and their labels "
+                  "(joined by |, or 0/1 columns; --task multilabel)."}
+
+
+def report_parts(model, full_train: ImageIndex, full_val: ImageIndex, data, out,
+                 progress: bool, task: str = "classify") -> tuple[dict[str, ImageIndex],
+                                                                  list[str]]:
+    """The sets a report judges, and notes on what was subsampled: a stratified training
+    subset (label issues need each image's features), the validation rows training used
+    (max_val), and with `data` (a folder, table or `ImageIndex` of the model's `task`) its
+    pre-flighted images, under "test". `out` is refused inside the data before anything is
+    written."""
+    parts = {"train": full_train.subset(MAX_TRAIN_JUDGED, model.seed),
+             "val": full_val.subset(model.settings_.max_val, model.seed)}
+    notes = []
+    if len(parts["train"]) < len(full_train):
+        notes.append(f"Label issues searched among a stratified {len(parts['train']):,} of the "
+                     f"{len(full_train):,} training images.")
+    if len(parts["val"]) < len(full_val) and data is None:
+        notes.append(f"Evaluated on the {len(parts['val']):,} validation images training used, "
+                     f"a stratified subset of the {len(full_val):,} (--max-val).")
+    if data is not None:
+        test = open_dataset(data, SourceOptions(task=task), min_classes=1)
+        if (test.is_regression, test.is_multilabel) != (task == "regress", task == "multilabel"):
+            raise ConfigError(_OTHER_DATA[task])
+        if task != "regress":
+            test = test.with_classes(model.classes_)
+        parts["test"] = preflight(test, image_size=model.preprocessing_.image_size,
+                                  max_pixels=model.max_pixels, progress=progress).index
+        if out is not None:  # a table's images may lie anywhere
+            refuse_output_inside(Path(out), [data, parts["test"]])
+    return parts, notes
 
 
 def find_duplicates(parts: dict[str, ImageIndex], features: dict,

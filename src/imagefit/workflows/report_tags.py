@@ -11,17 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefit.data.audit import preflight
-from imagefit.data.index import ImageIndex, refuse_output_inside
-from imagefit.data.sources import SourceOptions, open_dataset
-from imagefit.errors import ConfigError
+from imagefit.data.index import ImageIndex
 from imagefit.estimator import ImageClassifier
 from imagefit.evaluation.issues import find_tag_issues, out_of_fold_tag_probabilities
 from imagefit.evaluation.tagging import tag_result
 from imagefit.features.extract import Predictions
 from imagefit.report.html import TagReportData, render_tags_report
-from imagefit.workflows.report_common import (GALLERY_SIZE, MAX_TRAIN_JUDGED, ReportResult,
-                                              find_duplicates)
+from imagefit.workflows.report_common import (GALLERY_SIZE, ReportResult, find_duplicates,
+                                              report_parts)
 from imagefit.workflows.run_folder import RunFolder
 
 
@@ -29,26 +26,8 @@ def tags_report(clf: ImageClassifier, run_folder: RunFolder, data, out,
                 progress: bool) -> ReportResult:
     """`build_run_report` for a multi-label model (same arguments, same result)."""
     full_train, full_val = run_folder.read_split(clf.classes_, multilabel=True)
-    parts = {"train": full_train.subset(MAX_TRAIN_JUDGED, clf.seed),
-             "val": full_val.subset(clf.settings_.max_val, clf.seed)}
-    notes = []
-    if len(parts["train"]) < len(full_train):
-        notes.append(f"Label issues searched among a stratified {len(parts['train']):,} of the "
-                     f"{len(full_train):,} training images.")
-    if len(parts["val"]) < len(full_val) and data is None:
-        notes.append(f"Evaluated on the {len(parts['val']):,} validation images training used, "
-                     f"a stratified subset of the {len(full_val):,} (--max-val).")
-    if data is not None:
-        test = data if isinstance(data, ImageIndex) else open_dataset(
-            data, SourceOptions(task="multilabel"), min_classes=1)
-        if not test.is_multilabel:
-            raise ConfigError("This run is multi-label: report on a table of images and their "
-                              "labels (joined by |, or 0/1 columns; --task multilabel).")
-        parts["test"] = preflight(test.with_classes(clf.classes_),
-                                  image_size=clf.preprocessing_.image_size,
-                                  max_pixels=clf.max_pixels, progress=progress).index
-        if out is not None:
-            refuse_output_inside(Path(out), [data, parts["test"]])
+    parts, notes = report_parts(clf, full_train, full_val, data, out, progress,
+                                task="multilabel")
     features = {name: clf.embed_index(index, progress=progress) for name, index in parts.items()}
     name = "test" if data is not None else "val"
     evaluated, extracted = parts[name], features[name]
