@@ -122,11 +122,7 @@ class ImageClassifier(ImageModel):
             raise ConfigError("The 'threshold' parameter applies to multi-label data (label "
                               "sets); a single-label classifier predicts its most likely class.")
         settings = resolve_settings(params, train.counts(), train.classes)
-        net = new_net(settings, len(train.classes))
-        dist = distributed.current()
-        ctx = RunContext.for_data(settings, dist, train, val, progress=self.verbose)
-        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume, params, settings,
-                                             train, val, dist)
+        net, ctx = self._start(settings, train, val, params)
         result = run_stages(net, train, val, ctx)
         temperature = fit_temperature(result.val_logits, result.val_index.labels)
         net = net.cpu().eval()  # on the CPU, whatever trained it: explain/export/save work
@@ -142,12 +138,7 @@ class ImageClassifier(ImageModel):
     def _fit_tags(self, train: ImageIndex, val: ImageIndex, params: dict) -> "ImageClassifier":
         """`fit` for label sets: a sigmoid head (`train.tagging`), calibrated per label."""
         settings = resolve_settings(params, train.counts(), train.classes, n_train=len(train))
-        net = new_net(settings, len(train.classes))
-        ctx = RunContext.for_data(settings, distributed.current(), train, val,
-                                  progress=self.verbose)
-        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume,
-                                             {**params, "task": "multilabel"}, settings,
-                                             train, val, ctx.dist)
+        net, ctx = self._start(settings, train, val, {**params, "task": "multilabel"})
         fitted = fit_tags(net, train, val, ctx, self.threshold)
         net = net.cpu().eval()
         self._restore(fitted.metadata(settings, train.classes, net, self.threshold),
@@ -157,6 +148,17 @@ class ImageClassifier(ImageModel):
         self.validation_ = (Predictions(index.paths, fitted.val_proba, self.classes_,
                                         [None] * len(index)), index.tags)
         return self
+
+    def _start(self, settings: Settings, train: ImageIndex, val: ImageIndex,
+               fingerprint: dict) -> tuple:
+        """(a new network, the run's context with its checkpointer, fingerprinted by
+        `fingerprint` and the data) for a fit."""
+        net = new_net(settings, len(train.classes))  # first: its head draws from the seed
+        ctx = RunContext.for_data(settings, distributed.current(), train, val,
+                                  progress=self.verbose)
+        ctx.checkpointer = make_checkpointer(self.checkpoint_dir, self.resume, fingerprint,
+                                             settings, train, val, ctx.dist)
+        return net, ctx
 
     def get_config(self) -> dict:
         """The metadata this fitted model rebuilds itself from (model.json's content)."""
